@@ -1,0 +1,113 @@
+"""Budgets: how many tokens each layer and head keeps.
+
+A budget turns "keep this fraction" into exact integer counts. Counts are always computed from the number
+of real (non-padding) tokens, and ``kept_count`` is the one rounding rule used everywhere:
+``n_kept = floor(keep * n + 1/2)``, at least 1 when there is anything to keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokenomy._validation import TokenomyError, check_fraction, check_int
+
+
+def kept_count(keep: float, n: Tensor | int) -> Tensor:
+    """Number of tokens kept out of ``n`` at fraction ``keep`` (elementwise for tensors)."""
+    n_t = torch.as_tensor(n)
+    kept = torch.floor(keep * n_t.double() + 0.5).long()
+    return torch.minimum(kept.clamp_min(1), n_t).clamp_min(0)
+
+
+@dataclass
+class Keep:
+    """The same fraction of tokens in every layer and every head."""
+
+    keep: float = 0.5
+
+    def __post_init__(self):
+        self.keep = check_fraction("keep", self.keep)
+
+    def layer_counts(self, n_valid: Tensor, layer_idx: int, num_layers: int) -> Tensor:
+        """Tokens kept per batch row in layer ``layer_idx`` (shape ``(b,)``)."""
+        return kept_count(self.keep, n_valid)
+
+
+@dataclass
+class Pyramid(Keep):
+    """PyramidKV's layer schedule: many tokens in low layers, few in high layers, same total.
+
+    From "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling"
+    (Cai et al., 2024, arXiv:2406.02069). Layer budgets fall linearly from ``2 m - m / beta`` to
+    ``m / beta`` where ``m`` is the uniform budget; rounding leftovers go to the lowest layers so the
+    total over layers equals ``num_layers * kept_count(keep, n)`` exactly, and no layer exceeds ``n``.
+    """
+
+    beta: int = 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("beta", self.beta, minimum=1)
+
+    def layer_counts(self, n_valid: Tensor, layer_idx: int, num_layers: int) -> Tensor:
+        return self.schedule(n_valid, num_layers)[:, layer_idx]
+
+    def schedule(self, n_valid: Tensor, num_layers: int) -> Tensor:
+        """All layer budgets, shape ``(b, num_layers)``."""
+        uniform = kept_count(self.keep, n_valid)  # (b,)
+        total = uniform * num_layers
+        if num_layers == 1:
+            return total.unsqueeze(1)
+        m = uniform.double().unsqueeze(1)
+        lo, hi = m / self.beta, 2 * m - m / self.beta
+        steps = torch.linspace(0, 1, num_layers, dtype=torch.float64)
+        ideal = hi - (hi - lo) * steps  # (b, L), mean == m
+        cap = n_valid.long().unsqueeze(1).expand(-1, num_layers)
+        counts = torch.minimum(torch.floor(ideal).long(), cap)
+        # Hand out what rounding and capping left over, lowest layers first, never above the cap.
+        for row in range(counts.shape[0]):
+            missing = int(total[row] - counts[row].sum())
+            layer = 0
+            while missing > 0:
+                if counts[row, layer] < cap[row, layer]:
+                    counts[row, layer] += 1
+                    missing -= 1
+                layer = (layer + 1) % num_layers
+        return counts
+
+
+@dataclass
+class HeadAdaptive:
+    """AdaKV's head-wise allocation: a layer's budget goes to the heads whose scores need it most.
+
+    From "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM
+    Inference" (Feng et al., 2024, arXiv:2407.11550). All heads of a layer compete in one top-k over
+    their (comparable) scores; each head keeps at least ``floor`` of the uniform per-head budget.
+    """
+
+    floor: float = 0.2
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.floor) <= 1.0:
+            raise TokenomyError(f"floor must be in [0, 1], got {self.floor!r}")
+
+    def head_counts(self, priority: Tensor, per_head: Tensor) -> Tensor:
+        """Per-head counts ``(b, h)`` summing to ``h * per_head`` for priorities ``(b, h, n)``.
+
+        ``priority`` must be comparable across heads and 0 at padding (see `select.prioritize`).
+        """
+        b, h, n = priority.shape
+        counts = torch.zeros(b, h, dtype=torch.long, device=priority.device)
+        for row in range(b):
+            k = int(per_head[row])
+            safe = int(k * self.floor)
+            p = priority[row].clone()
+            if safe > 0:
+                top = p.topk(safe, dim=-1).indices
+                p.scatter_(-1, top, torch.inf)
+            chosen = p.flatten().topk(h * k).indices // n
+            counts[row] = torch.bincount(chosen, minlength=h)
+        return counts

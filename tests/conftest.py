@@ -1,0 +1,33 @@
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def tiny_llama(layers: int = 3, seed: int = 0):
+    """A random-weight Llama with GQA (4 query heads, 2 KV heads): fast, and every code path of the real one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def model():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real packaged SmolLM2-135M-Instruct, converted once per cache dir and loaded once per run."""
+    import tokenomy
+
+    return tokenomy.load("smollm2-135m")

@@ -1,0 +1,125 @@
+"""Scorers on plain tensors: each picks what its paper says it picks."""
+
+import math
+
+import pytest
+import torch
+
+from tokenomy._validation import TokenomyError
+from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
+from tokenomy.score import ValueWeighted
+
+
+def observation(keys, values=None, queries=None, valid=None, query_offset=0, layer_idx=0):
+    """An observation over plain tensors; queries default to the keys themselves (self-attention)."""
+    b, h_kv, n, d = keys.shape
+    values = torch.randn_like(keys) if values is None else values
+    queries = keys if queries is None else queries
+    return LayerObservation(
+        keys=keys, values=values, valid=valid, layer_idx=layer_idx, num_layers=2,
+        query_offset=query_offset, num_queries=queries.shape[2], scale=1 / math.sqrt(d),
+        query_fn=lambda w: queries[:, :, -w:],
+    )
+
+
+def test_key_norm_prefers_small_keys():
+    keys = torch.ones(1, 1, 4, 2)
+    keys[0, 0, 2] = 0.1
+    scores = KeyNorm()(observation(keys))
+    assert scores.argmax(-1).item() == 2
+
+
+def test_key_diversity_prefers_the_outlier_key():
+    keys = torch.tensor([1.0, 0.0]).repeat(1, 1, 6, 1)
+    keys[0, 0, 4] = torch.tensor([0.0, 1.0])
+    assert KeyDiversity()(observation(keys)).argmax(-1).item() == 4
+
+
+def test_key_diversity_ignores_padding_in_the_mean():
+    keys = torch.tensor([1.0, 0.0]).repeat(1, 1, 6, 1)
+    keys[0, 0, :3] = torch.tensor([0.0, 1.0])  # padding that would dominate the mean
+    valid = torch.tensor([[False, False, False, True, True, True]])
+    scores = KeyDiversity()(observation(keys, valid=valid))
+    assert torch.allclose(scores[0, 0, 3:], torch.full((3,), -1.0))
+
+
+def test_attention_last_query_matches_manual_softmax():
+    torch.manual_seed(0)
+    keys = torch.randn(1, 1, 5, 4)
+    queries = torch.randn(1, 1, 5, 4)
+    obs = observation(keys, queries=queries)
+    expected = torch.softmax(queries[0, 0, -1] @ keys[0, 0].T / 2.0, dim=-1)
+    assert torch.allclose(Attention(window=1)(obs)[0, 0], expected, atol=1e-6)
+
+
+def test_attention_is_causal_and_respects_padding():
+    torch.manual_seed(0)
+    keys = torch.randn(1, 1, 6, 4)
+    valid = torch.tensor([[False, True, True, True, True, True]])
+    probs = observation(keys, valid=valid).attention(None)  # (1, 1, 6, 6)
+    assert torch.all(probs[0, 0].triu(1) == 0)  # no query sees the future
+    assert torch.all(probs[0, 0, :, 0] == 0)  # nobody attends to padding
+    assert torch.allclose(probs[0, 0, 1:].sum(-1), torch.ones(5))
+
+
+def test_attention_decoding_queries_see_every_cached_key():
+    keys = torch.randn(1, 1, 6, 4)
+    queries = torch.randn(1, 1, 2, 4)
+    probs = observation(keys, queries=queries, query_offset=6).attention(None)
+    assert (probs > 0).all()
+
+
+def test_attention_accumulated_sum_differs_from_mean_only_by_scale():
+    keys = torch.randn(2, 2, 8, 4)
+    obs = observation(keys)
+    total, mean = Attention(window=None, reduce="sum")(obs), Attention(window=None)(obs)
+    assert torch.allclose(total, mean * 8, atol=1e-5)
+
+
+def test_attention_groups_query_heads_per_kv_head():
+    keys = torch.randn(1, 2, 5, 4)
+    queries = torch.randn(1, 4, 5, 4)  # 2 query heads per KV head
+    obs = observation(keys, queries=queries)
+    grouped = Attention(window=2)(obs)
+    assert grouped.shape == (1, 2, 5)
+    layer = Attention(window=2, heads="layer")(obs)
+    assert torch.equal(layer[0, 0], layer[0, 1])
+
+
+def test_pooled_max_spreads_a_peak_to_its_neighbours_but_not_from_padding():
+    class Peak:
+        def __call__(self, obs):
+            s = torch.zeros(1, 1, 9)
+            s[0, 0, 4] = 1.0
+            s[0, 0, 0] = 5.0  # a padding position with a high score
+            return s
+
+    valid = torch.ones(1, 9, dtype=torch.bool)
+    valid[0, 0] = False
+    pooled = Pooled(Peak(), kernel=3)(observation(torch.zeros(1, 1, 9, 2), valid=valid))
+    assert pooled[0, 0].tolist()[1:] == [0, 0, 1, 1, 1, 0, 0, 0]
+
+
+def test_value_weighted_scales_by_value_l1_norm():
+    keys = torch.zeros(1, 1, 3, 2)
+    values = torch.tensor([[[[1.0, 1.0], [3.0, 0.0], [0.5, 0.0]]]])
+    scores = ValueWeighted(Recency())(observation(keys, values=values))
+    assert scores[0, 0].tolist() == [0.0, 3.0, 1.0]
+
+
+def test_recency_and_random_are_deterministic():
+    obs = observation(torch.zeros(1, 2, 5, 2))
+    assert Recency()(obs)[0, 1].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(RandomScores(3)(obs), RandomScores(3)(obs))
+    assert not torch.equal(RandomScores(3)(obs), RandomScores(4)(obs))
+
+
+@pytest.mark.parametrize("bad", [dict(window=0), dict(reduce="median"), dict(heads="all")])
+def test_attention_bad_arguments(bad):
+    with pytest.raises(TokenomyError):
+        Attention(**bad)
+
+
+def test_pooled_bad_arguments():
+    with pytest.raises(TokenomyError, match="kind"):
+        Pooled(KeyNorm(), kind="median")
