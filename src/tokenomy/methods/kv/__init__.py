@@ -1,0 +1,15 @@
+"""KV-cache methods: each is a `KVCompression` recipe (score, budget, protections, phase)."""
+
+from tokenomy.methods.kv import (  # noqa: F401
+    adakv,
+    h2o,
+    keydiff,
+    knorm,
+    pyramidkv,
+    random,
+    snapkv,
+    streamingllm,
+    tokenselect,
+    tova,
+    vatp,
+)

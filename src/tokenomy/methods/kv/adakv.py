@@ -1,0 +1,24 @@
+import dataclasses
+
+from tokenomy import registry
+from tokenomy._validation import TokenomyError
+from tokenomy.budget import HeadAdaptive
+from tokenomy.sites.kv_cache import SITE, KVCompression
+
+
+@registry.register(
+    "adakv",
+    site=SITE,
+    paper="Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference "
+    "(Feng et al., 2024, arXiv:2407.11550)",
+    summary="wraps any KV scorer: each layer's budget is shared out across heads by one top-k over "
+    "all heads (each head keeps >= `floor` of its uniform share)",
+    query_aware=True,
+)
+def adakv(keep: float = 0.5, scorer: str = "snapkv", floor: float = 0.2) -> KVCompression:
+    """``scorer``: name of the KV method whose scores and protections are reused (default SnapKV)."""
+    inner = registry.get(scorer)
+    if inner.site != SITE or scorer in ("adakv", "tokenselect", "pyramidkv"):
+        allowed = [m.name for m in registry.methods(SITE) if m.name not in ("adakv", "tokenselect", "pyramidkv")]
+        raise TokenomyError(f"adakv cannot wrap {scorer!r}; choose a scorer from: {', '.join(allowed)}")
+    return dataclasses.replace(inner.create(keep=keep), heads=HeadAdaptive(floor))

@@ -1,0 +1,19 @@
+from tokenomy.budget import Keep
+from tokenomy.registry import register
+from tokenomy.score.attention import Attention
+from tokenomy.sites.kv_cache import SITE, KVCompression
+
+
+@register(
+    "tokenselect",
+    site=SITE,
+    paper="TokenSelect: Efficient Long-Context Inference and Length Extrapolation for LLMs via Dynamic "
+    "Token-Level KV Cache Selection (Wu et al., 2024, arXiv:2411.02886)",
+    summary="no eviction: each forward after the prefill attends only to the entries its queries "
+    "soft-vote for (per-head softmax summed over heads)",
+    query_aware=True,
+)
+def tokenselect(keep: float = 0.5, sinks: int = 4, recent: int = 16) -> KVCompression:
+    """``keep`` is the fraction of cached entries each decoding step attends to (memory is not saved)."""
+    score = Attention(window=None, reduce="sum", heads="layer")
+    return KVCompression(score=score, budget=Keep(keep), sinks=sinks, recent=recent, phase="decode")

@@ -1,0 +1,1 @@
+"""Sites: the model surgery that applies a selection at one place in a model."""

@@ -1,0 +1,410 @@
+"""The KV-cache site: evict (or select) cached keys/values of HF causal LMs, GQA included.
+
+How it works, in three pieces kept apart from the methods:
+
+* `PrunedLayer` replaces a `DynamicLayer` of HF's `DynamicCache` once a layer has been compressed. It keeps
+  the original position of every stored entry and reports the number of tokens *seen* as its length, so
+  `generate()` builds positions and masks exactly as for the uncompressed model.
+* A forward pre-hook on every attention module maps HF's mask (over seen positions) onto the stored
+  entries — per head, since heads may keep different tokens — and arms the layer for the update.
+* A forward post-hook on every attention module compresses the layer right after its prefill, from a
+  `LayerObservation` (cache + the queries of that prefill), by the method's score -> budget -> select.
+
+Compression happens on the first forward of a cache (the prefill). Later forwards (a question appended
+after the context, decoding) only read the compressed cache, so the same session serves both settings:
+the question inside the compressed prompt (query-aware) or after it (query-agnostic).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicLayer
+
+from tokenomy._validation import TokenomyError, check_choice, check_int
+from tokenomy.budget import HeadAdaptive, Keep, kept_count
+from tokenomy.models.adapters import attention_modules, rotated_queries, softmax_scale
+from tokenomy.score.base import LayerObservation, Scorer
+from tokenomy.select import prioritize, top_k
+
+SITE = "kv-cache"
+
+
+class PrunedLayer(DynamicLayer):
+    """A cache layer holding a subset of the tokens seen, each with its original position.
+
+    keys, values: ``(b, h_kv, L, d)``; positions: ``(b, h_kv, L)`` original token index of each entry;
+    valid: ``(b, h_kv, L)`` False for unused slots (ragged per-head budgets, padding) or None.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int):
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values, self.positions, self.valid = keys, values, positions, valid
+        self.seen = seen
+        self.is_initialized = True
+        self.selection: Tensor | None = None  # entries to attend to in the next forward only
+        self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
+        self.armed = False  # set by the site's pre-hook, which maps the mask for the next update
+
+    @property
+    def stored(self) -> int:
+        return self.keys.shape[-2]
+
+    def kept_entries(self) -> int:
+        """Entries in use, summed over batch and heads."""
+        return int(self.valid.sum()) if self.valid is not None else self.positions.numel()
+
+    def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
+        if not self.armed:
+            raise TokenomyError(
+                "this cache was compressed by tokenomy; use it inside a `with tokenomy.apply(model, ...)` "
+                "block on the same model (its masks must be mapped onto the kept entries)"
+            )
+        self.armed = False
+        b, h, q, _ = key_states.shape
+        stored = self.stored
+        new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.positions = torch.cat([self.positions, new_positions], dim=-1)
+        if self.valid is not None:
+            self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
+        self.seen += q
+        selection, self.selection, self.selection_valid = self.selection, None, None
+        if selection is None:
+            return self.keys, self.values
+        idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
+        idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        return self.keys.gather(2, idx), self.values.gather(2, idx)
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, cache_position: Tensor) -> tuple[int, int]:
+        return self.seen + cache_position.shape[0], 0
+
+    def crop(self, max_length: int) -> None:
+        raise TokenomyError("a compressed cache cannot be cropped (assisted decoding is not supported)")
+
+    def _index_batch(self, fn) -> None:
+        self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
+        if self.valid is not None:
+            self.valid = fn(self.valid)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._index_batch(lambda t: t[indices, ...])
+
+
+def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: int) -> Tensor | None:
+    """HF's mask over seen positions ``(b, 1, q, seen + q)`` -> a mask over the entries the layer will
+    attend to, ``(b, num_heads, q, L + q)`` (bool or additive float, like the input)."""
+    positions, valid = layer.positions, layer.valid
+    if layer.selection is not None:
+        positions = positions.gather(-1, layer.selection)
+        valid = None if valid is None else valid.gather(-1, layer.selection)
+        if layer.selection_valid is not None:
+            valid = layer.selection_valid if valid is None else valid & layer.selection_valid
+    b, h_kv, stored = positions.shape
+    q = num_new
+    device = positions.device
+    if mask is None:
+        if valid is None:
+            return None
+        causal = torch.ones(q, q, dtype=torch.bool, device=device).tril()
+        mapped = torch.cat([valid.unsqueeze(2).expand(b, h_kv, q, stored), causal.expand(b, h_kv, q, q)], dim=-1)
+    else:
+        new = (layer.seen + torch.arange(q, device=device)).expand(b, h_kv, q)
+        columns = torch.cat([positions, new], dim=-1).unsqueeze(2).expand(b, h_kv, q, stored + q)
+        mapped = mask[..., -q:, :].expand(b, h_kv, q, mask.shape[-1]).gather(-1, columns)
+        if valid is not None:
+            in_use = torch.cat([valid, valid.new_ones(b, h_kv, q)], dim=-1).unsqueeze(2)
+            if mapped.dtype == torch.bool:
+                mapped = mapped & in_use
+            else:
+                mapped = mapped.masked_fill(~in_use, torch.finfo(mapped.dtype).min)
+    return mapped.repeat_interleave(num_heads // h_kv, dim=1)
+
+
+def key_padding(mask: Tensor | None, n: int) -> Tensor | None:
+    """Which of the ``n`` prefill tokens are real, read off HF's 4-D prefill mask (None: all real)."""
+    if mask is None:
+        return None
+    last_row = mask[:, 0, -1, :n]  # the last query sees every real token (left padding)
+    real = last_row if last_row.dtype == torch.bool else last_row == 0
+    return None if bool(real.all()) else real
+
+
+@dataclass
+class KVStats:
+    """What a session did, summed over layers: for reports and budgets checks."""
+
+    layers_compressed: int = 0
+    entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
+    entries_kept: int = 0
+    bytes_kept: int = 0  # physical size of the compressed keys + values
+    scoring_seconds: float = 0.0
+    per_layer_kept: list[int] = field(default_factory=list)
+
+
+@dataclass
+class KVCompression:
+    """A KV-cache method: score every cached entry, budget how many survive, keep the top ones.
+
+    score: a scorer (see `tokenomy.score`), higher = keep.
+    budget: `Keep(keep)` (same fraction everywhere) or a layer schedule such as `Pyramid`.
+    heads: "uniform", or a `HeadAdaptive` allocation of each layer's budget across its KV heads.
+    sinks: the first tokens always kept (attention sinks).
+    recent: the last tokens always kept: an int, or a float = fraction of the layer's budget.
+    phase: "prefill" evicts once after the prefill; "decode" keeps every entry and lets each later
+        forward attend only to its selected ones (TokenSelect).
+    """
+
+    score: Scorer
+    budget: Keep = field(default_factory=Keep)
+    heads: str | HeadAdaptive = "uniform"
+    sinks: int = 0
+    recent: int | float = 0
+    phase: str = "prefill"
+
+    def __post_init__(self):
+        check_int("sinks", self.sinks)
+        if isinstance(self.recent, float):
+            if not 0.0 <= self.recent <= 1.0:
+                raise TokenomyError(f"recent as a fraction of the budget must be in [0, 1], got {self.recent}")
+        else:
+            check_int("recent", self.recent)
+        check_choice("phase", self.phase, ["prefill", "decode"])
+        if not isinstance(self.heads, HeadAdaptive):
+            check_choice("heads", self.heads, ["uniform"])
+        if self.phase == "decode" and isinstance(self.heads, HeadAdaptive):
+            raise TokenomyError("head-adaptive budgets apply to eviction after prefill, not to decode-time selection")
+
+    @property
+    def keep(self) -> float:
+        return self.budget.keep
+
+    def apply(self, model: nn.Module) -> "KVSession":
+        """Patch ``model`` for the duration of a ``with`` block (see `tokenomy.apply`)."""
+        return KVSession(model, self)
+
+    # -- the recipe, shared by the hooks and the benchmark ------------------------------------------------
+
+    def select(self, obs: LayerObservation) -> tuple[Tensor, Tensor | None]:
+        """Indices ``(b, h_kv, k)`` of the entries to keep (sorted) and the slots in use (or None)."""
+        n = obs.keys.shape[2]
+        b = obs.keys.shape[0]
+        n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
+        per_head = self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
+        if isinstance(self.recent, float):
+            recent = torch.floor(self.recent * per_head.double()).long()
+        else:
+            recent = torch.full_like(per_head, self.recent)
+        priority = prioritize(self.score(obs), first=self.sinks, last=recent.to(obs.keys.device), valid=obs.valid)
+        if isinstance(self.heads, HeadAdaptive):
+            counts = self.heads.head_counts(priority, per_head)
+        else:
+            counts = per_head.view(-1, 1).expand(-1, obs.keys.shape[1])
+        return top_k(priority, counts.to(obs.keys.device))
+
+    def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats) -> None:
+        """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
+        selectable copy (decode phase)."""
+        start = time.perf_counter()
+        layer = cache.layers[layer_idx]
+        n = obs.keys.shape[2]
+        b, h_kv = obs.keys.shape[:2]
+        if self.phase == "decode":
+            indices = torch.arange(n, device=obs.keys.device).expand(b, h_kv, n)
+            in_use = None if obs.valid is None else obs.valid.unsqueeze(1).expand(b, h_kv, n)
+        else:
+            indices, in_use = self.select(obs)
+        gather = indices.unsqueeze(-1).expand(-1, -1, -1, obs.keys.shape[-1])
+        pruned = PrunedLayer(
+            obs.keys.gather(2, gather),
+            obs.values.gather(2, gather),
+            positions=indices,
+            valid=in_use,
+            seen=getattr(layer, "seen", n),
+        )
+        cache.layers[layer_idx] = pruned
+        stats.scoring_seconds += time.perf_counter() - start
+        stats.layers_compressed += 1
+        n_real = int(obs.valid.sum()) if obs.valid is not None else b * n
+        stats.entries_seen += n_real * h_kv
+        stats.entries_kept += pruned.kept_entries()
+        stats.per_layer_kept.append(pruned.kept_entries())
+        stats.bytes_kept += (pruned.keys.numel() + pruned.values.numel()) * pruned.keys.element_size()
+
+    def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation) -> None:
+        """Decode phase: pick the stored entries the coming forward attends to."""
+        n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((obs.keys.shape[0],), layer.stored)
+        if bool((kept_count(self.keep, n_valid) >= n_valid).all()):
+            return
+        layer.selection, layer.selection_valid = self.select(obs)
+
+
+def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, num_layers: int):
+    keys, values = layer.keys, layer.values
+    n = keys.shape[2]
+
+    def queries(w: int) -> Tensor:
+        cos, sin = rope
+        return rotated_queries(module, hidden[:, -w:], (cos[:, -w:], sin[:, -w:]))
+
+    return LayerObservation(
+        keys=keys,
+        values=values,
+        valid=key_padding(mask, n),
+        layer_idx=module.layer_idx,
+        num_layers=num_layers,
+        query_offset=0,
+        num_queries=hidden.shape[1],
+        scale=softmax_scale(module),
+        query_fn=queries,
+    )
+
+
+def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], num_layers: int):
+    """The stored entries, observed by the queries of the coming forward (which see all of them)."""
+    valid = None if layer.valid is None else layer.valid[:, 0]
+    return LayerObservation(
+        keys=layer.keys,
+        values=layer.values,
+        valid=valid,
+        layer_idx=module.layer_idx,
+        num_layers=num_layers,
+        query_offset=layer.stored,
+        num_queries=hidden.shape[1],
+        scale=softmax_scale(module),
+        query_fn=lambda w: rotated_queries(module, hidden[:, -w:], tuple(t[:, -w:] for t in rope)),
+    )
+
+
+class KVSession:
+    """Hooks that apply a `KVCompression` to a model; a context manager, reusable once exited."""
+
+    def __init__(self, model: nn.Module, method: KVCompression):
+        self.model = model
+        self.method = method
+        self.modules = attention_modules(model)
+        self.stats = KVStats()
+        self._handles: list = []
+        self._prefill: dict[int, tuple] = {}
+
+    def __enter__(self) -> "KVSession":
+        if getattr(self.model, "_tokenomy_kv_session", None) is not None:
+            raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
+        self.model._tokenomy_kv_session = self
+        for module in self.modules:
+            self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._prefill.clear()
+        self.model._tokenomy_kv_session = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.modules)
+
+    def _before(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            return None
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        rope = kwargs["position_embeddings"]
+        idx = module.layer_idx
+        layer = cache.layers[idx] if idx < len(cache.layers) else None
+        if isinstance(layer, PrunedLayer):
+            if self.method.phase == "decode":
+                self.method.choose_for_step(layer, _obs_for_step(module, layer, hidden, rope, self.num_layers))
+            num_heads = module.config.num_attention_heads
+            kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)
+            layer.armed = True
+            return args, kwargs
+        if (layer is None or layer.get_seq_length() == 0) and not getattr(layer, "is_sliding", False):
+            self._prefill[idx] = (hidden, rope, kwargs.get("attention_mask"))
+        return None
+
+    def _after(self, module, args, kwargs, output):
+        pending = self._prefill.pop(module.layer_idx, None)
+        if pending is None or self.method.keep >= 1.0:
+            return None  # keep=1.0 leaves the cache untouched
+        cache = kwargs["past_key_values"]
+        layer = cache.layers[module.layer_idx]
+        if getattr(layer, "is_sliding", False) or layer.get_seq_length() == 0:
+            return None  # sliding-window layers already bound their cache
+        if type(layer) is not DynamicLayer:
+            raise TokenomyError(f"tokenomy KV methods need HF's DynamicCache; got a {type(layer).__name__} layer")
+        obs = _obs_from_prefill(module, layer, *pending, num_layers=self.num_layers)
+        self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
+        return None
+
+    def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
+        """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`)."""
+        if self.method.keep >= 1.0:
+            return
+        for idx, obs in observations.items():
+            self.method.compress_layer(cache, idx, obs, self.stats)
+
+
+class PrefillRecorder:
+    """Records each layer's observation during one plain prefill, so several methods can then be
+    applied to copies of the same cache without running the prefill again (the benchmark's trick;
+    results equal those of the hooks, which a test checks)."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = attention_modules(model)
+        self.observations: dict[int, LayerObservation] = {}
+        self._pending: dict[int, tuple] = {}
+
+    @contextmanager
+    def record(self) -> Iterator["PrefillRecorder"]:
+        handles = []
+        for module in self.modules:
+            handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+            handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _before(self, module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self._pending[module.layer_idx] = (hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+
+    def _after(self, module, args, kwargs, output):
+        pending = self._pending.pop(module.layer_idx)
+        layer = kwargs["past_key_values"].layers[module.layer_idx]
+        if getattr(layer, "is_sliding", False):
+            return
+        self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, len(self.modules))
+
+
+def copy_cache(cache):
+    """A new DynamicCache sharing the (never mutated in place) tensors of ``cache``'s layers."""
+    from transformers import DynamicCache
+
+    fresh = DynamicCache()
+    for layer in cache.layers:
+        clone = type(layer).__new__(type(layer))
+        clone.__dict__.update(layer.__dict__)
+        fresh.layers.append(clone)
+    return fresh

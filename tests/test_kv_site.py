@@ -1,0 +1,224 @@
+"""Every KV method on a tiny random Llama (GQA): invariants of the site and of each recipe."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import tokenomy
+from tokenomy.budget import kept_count
+from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer, copy_cache
+
+from conftest import tiny_llama
+
+METHODS = [m.name for m in tokenomy.methods(SITE)]
+EVICTING = [m for m in METHODS if m != "tokenselect"]
+UNIFORM = [m for m in EVICTING if m not in ("adakv", "pyramidkv")]
+
+
+def ids(n=60, seed=1, batch=1):
+    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def generate(model, x, **kwargs):
+    return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
+                          output_scores=True, return_dict_in_generate=True, pad_token_id=0, **kwargs)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_keep_one_changes_nothing(model, name):
+    x = ids()
+    reference = generate(model, x)
+    with tokenomy.apply(model, name, keep=1.0) as session:
+        out = generate(model, x)
+    assert torch.equal(out.sequences, reference.sequences)
+    for a, b in zip(out.scores, reference.scores):
+        assert torch.allclose(a, b)
+    assert session.stats.layers_compressed == 0
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_generation_after_compression_is_coherent(model, name):
+    x = ids(80)
+    with tokenomy.apply(model, name, keep=0.3):
+        out = generate(model, x, max_length=None)
+        cache = DynamicCache()
+        model(x, past_key_values=cache)
+    assert out.sequences.shape == (1, 88)
+    for layer in cache.layers:
+        assert isinstance(layer, PrunedLayer)
+        assert layer.get_seq_length() == 80  # positions stay those of the uncompressed sequence
+
+
+@pytest.mark.parametrize("name", UNIFORM)
+@pytest.mark.parametrize("keep", [0.5, 0.25, 0.013])
+def test_budget_is_honoured_exactly(model, name, keep):
+    x = ids(77)
+    cache = DynamicCache()
+    with tokenomy.apply(model, name, keep=keep) as session:
+        model(x, past_key_values=cache)
+    expected = kept_count(keep, 77).item()
+    for layer in cache.layers:
+        assert layer.stored == expected and layer.valid is None
+        assert (layer.positions.diff(dim=-1) > 0).all()  # distinct, in causal order
+    assert session.stats.entries_kept == expected * 2 * 3  # 2 KV heads x 3 layers
+
+
+def test_pyramid_budgets_sum_to_the_uniform_total(model):
+    cache = DynamicCache()
+    with tokenomy.apply(model, "pyramidkv", keep=0.5, window=4):
+        model(ids(100), past_key_values=cache)
+    stored = [layer.stored for layer in cache.layers]
+    assert sum(stored) == 3 * 50 and stored[0] > stored[-1]
+
+
+def test_adakv_shares_each_layer_budget_across_heads(model):
+    cache = DynamicCache()
+    with tokenomy.apply(model, "adakv", keep=0.5) as session:
+        model(ids(100), past_key_values=cache)
+    for layer in cache.layers:
+        in_use = layer.valid.sum(-1) if layer.valid is not None else torch.full((1, 2), layer.stored)
+        assert in_use.sum().item() == 2 * 50
+        assert (in_use >= int(50 * 0.2)).all()
+    assert session.stats.entries_kept == 3 * 2 * 50
+
+
+def test_adakv_unused_slots_are_never_attended(model):
+    x = ids(100)
+    cache = DynamicCache()
+    with tokenomy.apply(model, "adakv", keep=0.3, floor=0.0, scorer="knorm"):
+        model(x, past_key_values=cache)
+        ragged = [layer for layer in cache.layers if layer.valid is not None]
+        assert ragged, "expected at least one layer with unequal head budgets"
+        nxt = torch.tensor([[5]])
+        before = model(nxt, past_key_values=copy_cache(cache)).logits
+        for layer in ragged:  # garbage in every unused slot must not change anything
+            layer.keys = layer.keys.masked_fill(~layer.valid.unsqueeze(-1), 1e4)
+            layer.values = layer.values.masked_fill(~layer.valid.unsqueeze(-1), 1e4)
+        after = model(nxt, past_key_values=copy_cache(cache)).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", UNIFORM)
+def test_decoding_matches_a_plain_cache_of_the_kept_entries(model, name):
+    """Mask mapping and positions: the compressed cache behaves exactly like a plain HF cache holding the
+    kept entries, fed with explicit positions (the kvpress way), for a multi-token question and a step."""
+    context, question = ids(70), ids(6, seed=2)
+    cache = DynamicCache()
+    with tokenomy.apply(model, name, keep=0.4):
+        model(context, past_key_values=cache)
+        plain = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            plain.update(layer.keys, layer.values, i)
+        ours = model(question, past_key_values=cache).logits
+        ours_step = model(torch.tensor([[7]]), past_key_values=cache).logits
+    positions = torch.arange(70, 76)[None]
+    ref = model(question, past_key_values=plain, position_ids=positions).logits
+    ref_step = model(torch.tensor([[7]]), past_key_values=plain, position_ids=torch.tensor([[76]])).logits
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(ours_step, ref_step, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", EVICTING)
+def test_recorded_prefill_gives_the_same_cache_as_the_hooks(model, name):
+    x = ids(64)
+    hooked = DynamicCache()
+    with tokenomy.apply(model, name, keep=0.4):
+        model(x, past_key_values=hooked)
+    recorder, plain = PrefillRecorder(model), DynamicCache()
+    with recorder.record():
+        model(x, past_key_values=plain)
+    recorded = copy_cache(plain)
+    with tokenomy.apply(model, name, keep=0.4) as session:
+        session.compress(recorded, recorder.observations)
+    for a, b in zip(hooked.layers, recorded.layers):
+        assert torch.equal(a.positions, b.positions)
+        assert torch.equal(a.keys, b.keys)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "random"])  # random draws depend on the batch
+def test_left_padded_batch_matches_each_row_alone(model, name):
+    long, short = ids(60, seed=3), ids(45, seed=4)
+    batch = torch.zeros(2, 60, dtype=torch.long)
+    batch[0], batch[1, 15:] = long[0], short[0]
+    mask = torch.ones(2, 60, dtype=torch.long)
+    mask[1, :15] = 0
+    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    with tokenomy.apply(model, name, keep=0.5):
+        together = model.generate(batch, attention_mask=mask, **kwargs)
+        alone = [model.generate(row, attention_mask=torch.ones_like(row), **kwargs) for row in (long, short)]
+    for row in range(2):
+        assert torch.equal(together.sequences[row, 60:], alone[row].sequences[0, -6:])
+        for step in range(len(alone[row].scores)):
+            assert torch.allclose(together.scores[step][row], alone[row].scores[step][0], atol=1e-4)
+
+
+def test_short_context_below_sinks_plus_window_still_honours_the_budget(model):
+    cache = DynamicCache()
+    with tokenomy.apply(model, "snapkv", keep=0.5):  # window 32 > budget 5
+        model(ids(10), past_key_values=cache)
+        model.generate(ids(10), attention_mask=torch.ones(1, 10, dtype=torch.long), max_new_tokens=3,
+                       pad_token_id=0)
+    assert all(layer.stored == 5 for layer in cache.layers)
+    assert cache.layers[0].positions[0, 0].tolist() == [5, 6, 7, 8, 9]  # the most recent win
+
+
+def test_tokenselect_keeps_everything_but_attends_to_the_budget(model, monkeypatch):
+    attended = []
+    original = PrunedLayer.update
+
+    def spy(self, key_states, value_states, cache_kwargs=None):
+        if self.selection is not None:
+            attended.append((self.selection.shape[-1], self.stored))
+        return original(self, key_states, value_states, cache_kwargs)
+
+    monkeypatch.setattr(PrunedLayer, "update", spy)
+    cache = DynamicCache()
+    with tokenomy.apply(model, "tokenselect", keep=0.5, sinks=0, recent=0):
+        model(ids(80), past_key_values=cache)
+        model(torch.tensor([[9]]), past_key_values=cache)
+    assert attended == [(40, 80)] * 3  # every layer: 40 of its 80 stored entries, nothing evicted
+
+
+def test_compressed_cache_outside_its_block_is_a_clear_error(model):
+    cache = DynamicCache()
+    with tokenomy.apply(model, "knorm", keep=0.5):
+        model(ids(30), past_key_values=cache)
+    with pytest.raises(tokenomy.TokenomyError, match="inside a `with tokenomy.apply"):
+        model(torch.tensor([[4]]), past_key_values=cache)
+
+
+def test_sessions_do_not_nest_and_are_reusable(model):
+    method = tokenomy.get("knorm").create(keep=0.5)
+    with method.apply(model):
+        with pytest.raises(tokenomy.TokenomyError, match="already applied"):
+            with tokenomy.apply(model, "snapkv", keep=0.5):
+                pass
+    for _ in range(2):
+        with method.apply(model) as session:
+            model(ids(20), past_key_values=DynamicCache())
+        assert session.stats.layers_compressed == 3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: tokenomy.apply(m, "nope", keep=0.5), "unknown method 'nope'; choose one of: adakv"),
+        (lambda m: tokenomy.apply(m, "snapkv", keep=0), "keep must be in"),
+        (lambda m: tokenomy.apply(m, "snapkv", keep=1.01), "keep must be in"),
+        (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, windw=3), "has no option 'windw'; its options are: keep"),
+        (lambda m: tokenomy.apply(m, "adakv", keep=0.5, scorer="tokenselect"), "adakv cannot wrap"),
+        (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, window=0), "window must be"),
+    ],
+)
+def test_bad_arguments_raise_one_clear_error(model, call, message):
+    with pytest.raises(tokenomy.TokenomyError, match=message):
+        call(model)
+
+
+def test_beam_search_reorders_positions_with_the_cache():
+    model = tiny_llama()
+    x = ids(40)
+    with tokenomy.apply(model, "snapkv", keep=0.5):
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, num_beams=3, do_sample=False,
+                             pad_token_id=0)
+    assert out.shape == (1, 45)
