@@ -1,0 +1,1 @@
+"""Benchmarks: tasks, runners, peers, reports."""

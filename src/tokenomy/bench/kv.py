@@ -1,0 +1,231 @@
+"""`tokenomy bench kv`: KV-cache methods side by side on long-context tasks, optionally against kvpress.
+
+For every sample and setting the uncompressed prefill runs once, recording what each layer's scorers
+need; every method then compresses its own copy of that cache (exactly what its hooks would do, which
+a test checks) and decodes greedily. Two settings:
+
+* ``aware``: the question is inside the compressed prompt (SnapKV's original setting);
+* ``agnostic``: the context is compressed before the question is known; the question is then appended
+  to the compressed cache (kvpress's pipeline setting).
+
+Accuracy: a sample is correct when one of its accepted answer strings appears in the greedy output.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tokenomy import registry
+from tokenomy._validation import check_choice, check_fraction
+from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matches, kvpress_prefill
+from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
+from tokenomy.bench.tasks import Sample
+from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder, copy_cache
+
+SETTINGS = ("aware", "agnostic")
+
+
+@dataclass
+class Row:
+    """One method at one budget on one sample."""
+
+    sample: int
+    setting: str
+    label: str  # "full", a method name, or "kvpress:<method>"
+    keep: float
+    prompt_tokens: int
+    compressed_tokens: int
+    correct: bool | None = None
+    answer: str = ""
+    nll: float | None = None  # perplexity task: mean NLL of the continuation
+    kl: float | None = None  # perplexity task: mean KL(full || this)
+    kept_fraction: float = 1.0
+    kv_bytes: int = 0
+    prefill_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_tokens: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class KVBenchConfig:
+    methods: list[str]
+    keeps: list[float]
+    settings: list[str]
+    max_new_tokens: int = 16
+    compare: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        known = [m.name for m in registry.methods(SITE)]
+        for m in self.methods:
+            check_choice("method", m, known)
+        self.keeps = [check_fraction("keep", k) for k in self.keeps]
+        for s in self.settings:
+            check_choice("setting", s, SETTINGS)
+        for c in self.compare:
+            check_choice("peer", c, ["kvpress"])
+
+
+def _cache_bytes(cache) -> int:
+    return sum((layer.keys.numel() + layer.values.numel()) * layer.keys.element_size() for layer in cache.layers)
+
+
+class KVBench:
+    """Runs every configured method on samples; one `run_sample` call per sample."""
+
+    def __init__(self, model, tokenizer, config: KVBenchConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.stops = stop_ids(model, tokenizer)
+        self.kvpress = import_kvpress() if "kvpress" in config.compare else None
+        self.peer_methods = kvpress_matches(config.methods) if self.kvpress else []
+
+    @torch.no_grad()
+    def _prefill(self, ids: torch.Tensor):
+        recorder = PrefillRecorder(self.model)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with recorder.record():
+            start = time.perf_counter()
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            seconds = time.perf_counter() - start
+        return cache, logits, recorder.observations, seconds
+
+    @torch.no_grad()
+    def _finish(self, row: Row, cache, logits, prompt: Prompt, setting: str, sample: Sample, position=None) -> None:
+        """Append the question when it came after compression, then decode (or score a continuation)."""
+        start = time.perf_counter()
+        kwargs = {} if position is None else {"position_ids": position + torch.arange(prompt.question.shape[1])[None]}
+        if setting == "agnostic" and prompt.question.shape[1]:
+            logits = self.model(input_ids=prompt.question, past_key_values=cache, use_cache=True, **kwargs).logits
+            if position is not None:
+                position += prompt.question.shape[1]
+        if sample.continuation is not None:
+            self._score_continuation(row, cache, logits, sample, position)
+        else:
+            tokens = greedy(self.model, cache, logits[:, -1:], self.config.max_new_tokens, self.stops, position)
+            row.answer = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            row.correct = any(a in row.answer for a in sample.answers)
+            row.decode_tokens = len(tokens)
+        row.decode_seconds = time.perf_counter() - start
+
+    def _score_continuation(self, row: Row, cache, logits, sample: Sample, position) -> None:
+        ids = self.tokenizer.encode(sample.continuation, add_special_tokens=False, return_tensors="pt")
+        kwargs = {} if position is None else {"position_ids": position + torch.arange(ids.shape[1])[None]}
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs).logits[0, :-1]
+        logp = F.log_softmax(out.float(), dim=-1)
+        row.nll = float(-logp.gather(-1, ids[0, 1:, None]).mean())
+        row.meta["logp"] = logp  # compared with the full model's after the sample (then dropped)
+        row.decode_tokens = ids.shape[1]
+
+    def run_sample(self, index: int, sample: Sample) -> list[Row]:
+        prompt = build_prompt(self.tokenizer, sample)
+        check_fits(self.model, prompt, self.config.max_new_tokens, f"sample {index}")
+        settings = ["agnostic"] if sample.continuation is not None else self.config.settings
+        rows = []
+        for setting in settings:
+            ids = prompt.full if setting == "aware" else prompt.context
+            n = ids.shape[1]
+            cache, logits, observations, prefill_s = self._prefill(ids)
+            base = dict(sample=index, setting=setting, prompt_tokens=prompt.full.shape[1], compressed_tokens=n)
+
+            full = Row(label="full", keep=1.0, kv_bytes=_cache_bytes(cache), prefill_seconds=prefill_s, **base)
+            self._finish(full, copy_cache(cache), logits, prompt, setting, sample)
+            current = [full]
+            for name in self.config.methods:
+                for keep in self.config.keeps:
+                    current.append(self._run_ours(name, keep, base, cache, logits, observations, prefill_s, prompt, sample))
+                    if name in self.peer_methods:
+                        current.append(self._run_kvpress(name, keep, base, ids, prefill_s, prompt, sample))
+            if sample.continuation is not None:
+                reference = full.meta["logp"]
+                for row in current:
+                    row.kl = float((reference.exp() * (reference - row.meta["logp"])).sum(-1).mean())
+                for row in current:
+                    del row.meta["logp"]
+            rows.extend(current)
+        for row in rows:
+            row.meta.update(sample.meta)
+        return rows
+
+    def _run_ours(self, name, keep, base, cache, logits, observations, prefill_s, prompt, sample) -> Row:
+        method = registry.get(name).create(keep=keep)
+        mine = copy_cache(cache)
+        with method.apply(self.model) as session:
+            session.compress(mine, observations)
+            stats: KVStats = session.stats
+            row = Row(label=name, keep=keep, **base)
+            row.scoring_seconds = stats.scoring_seconds
+            row.prefill_seconds = prefill_s + stats.scoring_seconds
+            row.kept_fraction = stats.entries_kept / stats.entries_seen if stats.entries_seen else 1.0
+            row.kv_bytes = stats.bytes_kept if stats.layers_compressed else _cache_bytes(mine)
+            self._finish(row, mine, logits, prompt, base["setting"], sample)
+        return row
+
+    def _run_kvpress(self, name, keep, base, ids, plain_prefill_s, prompt, sample) -> Row:
+        run = kvpress_prefill(self.kvpress, self.model, name, keep, ids)
+        row = Row(label=f"kvpress:{name}", keep=keep, **base)
+        row.prefill_seconds = run.prefill_seconds
+        row.scoring_seconds = max(0.0, run.prefill_seconds - plain_prefill_s)
+        seen = sum(layer.keys.shape[1] for layer in run.cache.layers) * ids.shape[1]
+        row.kept_fraction = run.kept_entries / seen
+        row.kv_bytes = run.bytes_kept
+        try:
+            self._finish(row, run.cache, run.logits, prompt, base["setting"], sample, position=ids.shape[1])
+        finally:
+            kvpress_cleanup(self.model)
+        return row
+
+
+def aggregate(rows: list[Row]) -> list[dict]:
+    """Per (setting, method, keep): quality relative to the full model on the same samples, budgets,
+    medians of timings."""
+    full = {(r.sample, r.setting): r for r in rows if r.label == "full"}
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.setting, r.label, r.keep), []).append(r)
+    out = []
+    for (setting, label, keep), group in groups.items():
+        refs = [full[(r.sample, r.setting)] for r in group]
+        entry = {
+            "setting": setting,
+            "method": label,
+            "keep": keep,
+            "samples": len(group),
+            "kept_fraction": statistics.fmean(r.kept_fraction for r in group),
+            "kv_bytes_median": statistics.median(r.kv_bytes for r in group),
+            "prefill_seconds_median": statistics.median(r.prefill_seconds for r in group),
+            "scoring_seconds_median": statistics.median(r.scoring_seconds for r in group),
+            "scoring_overhead_median": statistics.median(
+                r.scoring_seconds / ref.prefill_seconds for r, ref in zip(group, refs)
+            ),
+            "decode_tokens_per_second_median": statistics.median(
+                r.decode_tokens / r.decode_seconds for r in group if r.decode_seconds > 0
+            ),
+        }
+        if group[0].correct is not None:
+            accuracy = statistics.fmean(r.correct for r in group)
+            reference = statistics.fmean(ref.correct for ref in refs)
+            entry.update(accuracy=accuracy, full_accuracy=reference,
+                         relative_accuracy=accuracy / reference if reference else None)
+        else:
+            nll = statistics.fmean(r.nll for r in group)
+            ref_nll = statistics.fmean(ref.nll for ref in refs)
+            entry.update(perplexity=math.exp(nll), full_perplexity=math.exp(ref_nll),
+                         perplexity_ratio=math.exp(nll - ref_nll), kl=statistics.fmean(r.kl for r in group))
+        out.append(entry)
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    return sorted(out, key=lambda e: (order[e["setting"]], -e["keep"], e["method"] != "full", e["method"]))
+
+
+def by_length(rows: list[Row]) -> dict[int, list[dict]]:
+    """The aggregate split by the samples' context length (for per-length claims, e.g. overhead at 2k)."""
+    lengths = sorted({r.meta.get("length") for r in rows if r.meta.get("length") is not None})
+    return {n: aggregate([r for r in rows if r.meta.get("length") == n]) for n in lengths}

@@ -1,0 +1,100 @@
+"""Peer libraries run side by side with tokenomy in the same process, on the same model and samples.
+
+kvpress (NVIDIA, ``pip install "tokenomy[compare]"``): for each tokenomy method with a matching press, the
+press runs with kvpress's own defaults at the same kept fraction (``compression_ratio = 1 - keep``),
+through kvpress's own API (``with press(model): model(...)``), prefilling the same token ids; tokenomy's
+greedy loop then decodes for both, with explicit positions as kvpress's pipeline does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from tokenomy._validation import TokenomyError
+from tokenomy.models.adapters import attention_modules
+
+# tokenomy method -> kvpress press factory (compression ratio -> press)
+_KVPRESS: dict[str, Callable[[object, float], object]] = {
+    "streamingllm": lambda kp, r: kp.StreamingLLMPress(compression_ratio=r),
+    "snapkv": lambda kp, r: kp.SnapKVPress(compression_ratio=r),
+    "tova": lambda kp, r: kp.TOVAPress(compression_ratio=r),
+    "knorm": lambda kp, r: kp.KnormPress(compression_ratio=r),
+    "keydiff": lambda kp, r: kp.KeyDiffPress(compression_ratio=r),
+    "h2o": lambda kp, r: kp.ObservedAttentionPress(compression_ratio=r),
+    "pyramidkv": lambda kp, r: kp.PyramidKVPress(compression_ratio=r),
+    "adakv": lambda kp, r: kp.AdaKVPress(kp.SnapKVPress(compression_ratio=r)),
+    "random": lambda kp, r: kp.RandomPress(compression_ratio=r, seed=0),
+}
+_NEEDS_EAGER = {"h2o"}  # kvpress reads H2O's scores from materialised attention weights
+
+
+def kvpress_matches(methods: list[str]) -> list[str]:
+    """The methods among ``methods`` that kvpress has a press for."""
+    return [m for m in methods if m in _KVPRESS]
+
+
+def import_kvpress():
+    try:
+        import kvpress
+    except ImportError as err:
+        raise TokenomyError(
+            'the kvpress comparison needs the optional extra: pip install "tokenomy[compare]"'
+        ) from err
+    return kvpress
+
+
+@dataclass
+class PeerRun:
+    cache: object
+    logits: torch.Tensor
+    prefill_seconds: float
+    kept_entries: int
+    bytes_kept: int
+
+
+@contextlib.contextmanager
+def _attention(model, implementation: str):
+    previous = model.config._attn_implementation
+    if previous == implementation:
+        yield
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@torch.no_grad()
+def kvpress_prefill(kvpress, model, method: str, keep: float, ids: torch.Tensor) -> PeerRun:
+    """Prefill ``ids`` under kvpress's matching press; return its compressed cache and last logits."""
+    from transformers import DynamicCache
+
+    press = _KVPRESS[method](kvpress, 1.0 - keep)
+    cache = DynamicCache()
+    modules = attention_modules(model)
+    implementation = "eager" if method in _NEEDS_EAGER else model.config._attn_implementation
+    with _attention(model, implementation):
+        start = time.perf_counter()
+        with press(model):
+            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        seconds = time.perf_counter() - start
+    kept = bytes_kept = 0
+    for module, layer in zip(modules, cache.layers):
+        b, h, n, _ = layer.keys.shape
+        masked = getattr(module, "masked_key_indices", None)  # AdaKV masks instead of evicting
+        kept += b * h * n - (0 if masked is None else len(masked[0]))
+        bytes_kept += (layer.keys.numel() + layer.values.numel()) * layer.keys.element_size()
+    return PeerRun(cache, logits, seconds, kept, bytes_kept)
+
+
+def kvpress_cleanup(model) -> None:
+    """Forget AdaKV's per-module masks so they cannot leak into the next run."""
+    for module in attention_modules(model):
+        if getattr(module, "masked_key_indices", None) is not None:
+            module.masked_key_indices = None

@@ -1,0 +1,232 @@
+"""Benchmark tasks for KV-cache compression: long contexts with a question asked about them.
+
+Every sample is a context (the part compressed in the query-agnostic setting), a question appended after
+it, accepted answers, and an optional answer prefix that opens the model's reply (RULER's format, which
+gives the uncompressed SmolLM2 its best accuracy). Built-in tasks are generated deterministically from a
+seed over a public-domain haystack shipped with the package; ``--data`` reads the same fields from JSONL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from tokenomy._validation import TokenomyError
+
+
+@dataclass
+class Sample:
+    """One benchmark item. ``continuation`` is set for perplexity tasks (no question then)."""
+
+    context: str
+    question: str
+    answers: list[str]
+    answer_prefix: str = ""
+    continuation: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def haystack_paragraphs() -> tuple[str, ...]:
+    """Paragraphs of *Alice's Adventures in Wonderland* (packaged, public domain), one line each."""
+    raw = resources.files("tokenomy").joinpath("data/alice29.txt.gz").read_bytes()
+    text = gzip.decompress(raw).decode("ascii").replace("\r\n", "\n")
+    paragraphs = (" ".join(p.split()) for p in text.split("\n\n"))
+    return tuple(p for p in paragraphs if len(p) > 40)
+
+
+def _fill(tokenizer, rng: random.Random, n_tokens: int) -> list[str]:
+    """Consecutive paragraphs from a random start (wrapping) totalling about ``n_tokens`` tokens."""
+    paragraphs = haystack_paragraphs()
+    start = rng.randrange(len(paragraphs))
+    chosen, total = [], 0
+    while total < n_tokens:
+        paragraph = paragraphs[(start + len(chosen)) % len(paragraphs)]
+        chosen.append(paragraph)
+        total += len(tokenizer.encode(paragraph, add_special_tokens=False)) + 1
+    return chosen
+
+
+_WORDS = (
+    "amber basil cedar delta ember fable garnet harbor indigo jasper kestrel lantern meadow nectar "
+    "onyx pepper quartz raven saffron tundra umber velvet willow xenon yarrow zephyr cobalt falcon "
+    "glacier hazel ivory juniper lotus marble nutmeg orchid pebble quill russet sierra thistle"
+).split()
+
+
+def _key(rng: random.Random) -> str:
+    return f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}"
+
+
+def _number(rng: random.Random) -> str:
+    return str(rng.randint(1_000_000, 9_999_999))
+
+
+def _grid(lengths: list[int], limit: int) -> list[tuple[int, float]]:
+    """``limit`` (length, depth) pairs: lengths cycle, depths sweep 0..1 evenly within each length."""
+    per_length = math.ceil(limit / len(lengths))
+    pairs = []
+    for i in range(limit):
+        j = i // len(lengths)
+        depth = j / (per_length - 1) if per_length > 1 else 0.5
+        pairs.append((lengths[i % len(lengths)], depth))
+    return pairs
+
+
+def _insert(paragraphs: list[str], depth: float, sentence: str) -> list[str]:
+    position = round(depth * len(paragraphs))
+    return paragraphs[:position] + [sentence] + paragraphs[position:]
+
+
+_NIAH_INSTRUCTION = (
+    "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the numbers afterwards.\n"
+)
+
+
+def _needle_question(key: str, number: str, paragraphs: list[str], meta: dict) -> Sample:
+    return Sample(
+        context=_NIAH_INSTRUCTION + "\n".join(paragraphs),
+        question=f"\nWhat is the special magic number for {key} mentioned in the provided text?",
+        answers=[number],
+        answer_prefix=f"The special magic number for {key} mentioned in the provided text is",
+        meta=meta,
+    )
+
+
+def niah(tokenizer, lengths: list[int], limit: int, seed: int) -> list[Sample]:
+    """RULER's single needle: one "special magic number" hidden at a depth, asked for by its key."""
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        key, number = _key(rng), _number(rng)
+        needle = f"The special magic number for {key} is: {number}."
+        paragraphs = _insert(_fill(tokenizer, rng, length), depth, needle)
+        samples.append(_needle_question(key, number, paragraphs, {"length": length, "depth": round(depth, 3)}))
+    return samples
+
+
+def multikey(tokenizer, lengths: list[int], limit: int, seed: int, needles: int = 4) -> list[Sample]:
+    """RULER's multi-key needles: ``needles`` magic numbers with different keys; one is asked for."""
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        keys = set()
+        while len(keys) < needles:
+            keys.add(_key(rng))
+        keys = sorted(keys)
+        numbers = [_number(rng) for _ in keys]
+        asked = rng.randrange(needles)
+        paragraphs = _fill(tokenizer, rng, length)
+        for i, (key, number) in enumerate(zip(keys, numbers)):
+            if i != asked:
+                paragraphs = _insert(paragraphs, rng.random(), f"The special magic number for {key} is: {number}.")
+        needle = f"The special magic number for {keys[asked]} is: {numbers[asked]}."
+        paragraphs = _insert(paragraphs, depth, needle)
+        meta = {"length": length, "depth": round(depth, 3), "needles": needles}
+        samples.append(_needle_question(keys[asked], numbers[asked], paragraphs, meta))
+    return samples
+
+
+def vartrack(tokenizer, lengths: list[int], limit: int, seed: int, hops: int = 2) -> list[Sample]:
+    """RULER-style variable tracking: ``VAR A = 12345`` then ``VAR B = VAR A`` ... spread through the
+    haystack; the question asks for the value of the last variable of the chain."""
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        names = []
+        while len(names) < hops + 1:
+            name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+            if name not in names:
+                names.append(name)
+        value = str(rng.randint(10_000, 99_999))
+        statements = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+        paragraphs = _fill(tokenizer, rng, length)
+        # The chain starts at `depth` and its links follow, in order, over the rest of the text.
+        positions = sorted(depth + (1 - depth) * rng.random() * i / hops for i in range(hops + 1))
+        for statement, position in reversed(list(zip(statements, positions))):
+            paragraphs = _insert(paragraphs, position, statement)
+        samples.append(
+            Sample(
+                context="Memorize and track the chain of variable assignments hidden in the following text.\n"
+                + "\n".join(paragraphs),
+                question=f"\nWhat is the value of VAR {names[-1]}? Follow the chain of assignments.",
+                answers=[value],
+                answer_prefix=f"The value of VAR {names[-1]} is",
+                meta={"length": length, "depth": round(depth, 3), "hops": hops},
+            )
+        )
+    return samples
+
+
+def perplexity(tokenizer, lengths: list[int], limit: int, seed: int, continuation_tokens: int = 64) -> list[Sample]:
+    """A stretch of text: its first ``length`` tokens are the context, the next ones the continuation
+    whose perplexity (and KL to the uncompressed model) is measured."""
+    rng = random.Random(seed)
+    samples = []
+    for length, _ in _grid(lengths, limit):
+        paragraphs = _fill(tokenizer, rng, length + continuation_tokens + 64)
+        ids = tokenizer.encode("\n".join(paragraphs), add_special_tokens=False)
+        context = tokenizer.decode(ids[:length])
+        continuation = tokenizer.decode(ids[length : length + continuation_tokens])
+        samples.append(Sample(context, "", [], continuation=continuation, meta={"length": length}))
+    return samples
+
+
+TASKS: dict[str, Callable[..., list[Sample]]] = {
+    "niah": niah,
+    "multikey": multikey,
+    "vartrack": vartrack,
+    "ppl": perplexity,
+}
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    """Samples from JSONL: one object per line with ``context``, ``question``, ``answers`` (a list of
+    accepted strings) and optionally ``answer_prefix``. Errors name the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise TokenomyError(f"cannot read --data file {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise TokenomyError(f"{path} is not UTF-8 text: {err}") from err
+    samples = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TokenomyError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(item, dict):
+            raise TokenomyError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        missing = [k for k in ("context", "question", "answers") if k not in item]
+        if missing:
+            raise TokenomyError(f"{where}: missing field(s) {', '.join(missing)}")
+        answers = item["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
+            raise TokenomyError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
+        for key in ("context", "question", "answer_prefix"):
+            if key in item and not isinstance(item[key], str):
+                raise TokenomyError(f"{where}: {key!r} must be a string")
+        samples.append(
+            Sample(
+                context=item["context"],
+                question=item["question"],
+                answers=answers,
+                answer_prefix=item.get("answer_prefix", ""),
+                meta={"line": number},
+            )
+        )
+    if not samples:
+        raise TokenomyError(f"{path} holds no samples")
+    return samples
