@@ -222,3 +222,9 @@ def test_beam_search_reorders_positions_with_the_cache():
         out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, num_beams=3, do_sample=False,
                              pad_token_id=0)
     assert out.shape == (1, 45)
+
+
+def test_public_listing_survives_loading_the_recipes():
+    import tokenomy.recipes  # noqa: F401  (a package named like the function would shadow it)
+
+    assert callable(tokenomy.methods) and len(tokenomy.methods()) == len(METHODS)

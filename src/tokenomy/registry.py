@@ -57,7 +57,7 @@ def register(name: str, *, site: str, paper: str, summary: str, query_aware: boo
 
 def _load_all() -> None:
     # Importing the method packages runs their @register decorators.
-    import tokenomy.methods  # noqa: F401
+    import tokenomy.recipes  # noqa: F401
 
 
 def get(name: str) -> MethodInfo:

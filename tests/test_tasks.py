@@ -1,0 +1,123 @@
+"""Benchmark tasks and prompts: deterministic, answerable, never truncated; bad data named by line."""
+
+import json
+
+import pytest
+import torch
+
+from tokenomy import TokenomyError
+from tokenomy.bench.prompts import Prompt, build_prompt, check_fits
+from tokenomy.bench.tasks import TASKS, Sample, haystack_paragraphs, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    return smollm2[1]
+
+
+def test_haystack_ships_with_the_package():
+    paragraphs = haystack_paragraphs()
+    assert len(paragraphs) > 500 and "Alice" in paragraphs[10] + paragraphs[11] + paragraphs[12]
+
+
+@pytest.mark.parametrize("task", ["niah", "multikey", "vartrack"])
+def test_tasks_are_deterministic_and_answerable(tokenizer, task):
+    a = TASKS[task](tokenizer, [300, 500], 4, seed=1)
+    b = TASKS[task](tokenizer, [300, 500], 4, seed=1)
+    c = TASKS[task](tokenizer, [300, 500], 4, seed=2)
+    assert [s.context for s in a] == [s.context for s in b]
+    assert [s.context for s in a] != [s.context for s in c]
+    assert [s.meta["length"] for s in a] == [300, 500, 300, 500]
+    for s in a:
+        assert all(answer in s.context for answer in s.answers)
+        n = len(tokenizer.encode(s.context))
+        assert s.meta["length"] <= n <= s.meta["length"] + 400
+
+
+def test_niah_depths_sweep_the_context(tokenizer):
+    samples = TASKS["niah"](tokenizer, [300], 3, seed=0)
+    assert [s.meta["depth"] for s in samples] == [0.0, 0.5, 1.0]
+    first = samples[0].context.index(samples[0].answers[0])
+    last = samples[2].context.index(samples[2].answers[0])
+    assert first < len(samples[0].context) * 0.2 and last > len(samples[2].context) * 0.8
+
+
+def test_multikey_asks_one_of_several_needles(tokenizer):
+    s = TASKS["multikey"](tokenizer, [400], 1, seed=0)[0]
+    assert s.context.count("The special magic number for") == 4
+    assert s.question.split("for ")[1].split(" ")[0] in s.context
+
+
+def test_vartrack_chain_is_in_order(tokenizer):
+    s = TASKS["vartrack"](tokenizer, [400], 1, seed=0)[0]
+    value = s.answers[0]
+    first = s.context.index(f"= {value}.")
+    last_var = s.question.split("VAR ")[1].split("?")[0]
+    assert first < s.context.index(f"VAR {last_var} = VAR")
+
+
+def test_perplexity_samples_carry_a_continuation(tokenizer):
+    s = TASKS["ppl"](tokenizer, [300], 1, seed=0)[0]
+    assert s.continuation and not s.answers and len(tokenizer.encode(s.context)) >= 290
+
+
+def test_prompt_splits_at_the_question_and_keeps_every_token(tokenizer):
+    sample = Sample("Some context.", "\nWhat?", ["x"], answer_prefix="The answer is")
+    prompt = build_prompt(tokenizer, sample)
+    text = tokenizer.decode(prompt.full[0])
+    assert text.index("Some context.") < text.index("What?") < text.index("The answer is")
+    assert tokenizer.decode(prompt.context[0]).endswith("Some context.")
+    assert text.endswith("assistant\nThe answer is")
+
+
+def test_prompt_without_chat_template_uses_plain_text(tokenizer):
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        prompt = build_prompt(tokenizer, Sample("Context.", " Question?", ["a"]))
+    finally:
+        tokenizer.chat_template = template
+    assert tokenizer.decode(prompt.full[0]).endswith("Context. Question?\n")
+
+
+def test_too_long_prompts_are_refused_not_truncated(smollm2):
+    model = smollm2[0]
+    prompt = Prompt(torch.zeros(1, 8000, dtype=torch.long), torch.zeros(1, 190, dtype=torch.long))
+    with pytest.raises(TokenomyError, match="needs 8206 positions .* allows 8192"):
+        check_fits(model, prompt, 16, "sample 3")
+
+
+def write_lines(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_reads_samples(tmp_path):
+    good = {"context": "c", "question": "q", "answers": ["a", "b"], "answer_prefix": "p"}
+    path = write_lines(tmp_path, [json.dumps(good), "", json.dumps({**good, "context": ""})])
+    samples = read_jsonl(path)
+    assert len(samples) == 2 and samples[0].answers == ["a", "b"] and samples[1].meta == {"line": 3}
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "data.jsonl:2: not valid JSON"),
+        ("[1, 2]", "data.jsonl:2: expected a JSON object"),
+        ('{"context": "c", "question": "q"}', "data.jsonl:2: missing field"),
+        ('{"context": "c", "question": "q", "answers": "a"}', "data.jsonl:2: 'answers' must be"),
+        ('{"context": "c", "question": "q", "answers": []}', "data.jsonl:2: 'answers' must be"),
+        ('{"context": 3, "question": "q", "answers": ["a"]}', "data.jsonl:2: 'context' must be a string"),
+    ],
+)
+def test_jsonl_errors_name_the_line(tmp_path, line, message):
+    good = json.dumps({"context": "c", "question": "q", "answers": ["a"]})
+    with pytest.raises(TokenomyError, match=message):
+        read_jsonl(write_lines(tmp_path, [good, line]))
+
+
+def test_jsonl_missing_or_empty_file(tmp_path):
+    with pytest.raises(TokenomyError, match="cannot read --data file"):
+        read_jsonl(tmp_path / "absent.jsonl")
+    with pytest.raises(TokenomyError, match="holds no samples"):
+        read_jsonl(write_lines(tmp_path, [""]))
