@@ -85,6 +85,12 @@ def cmd_bench_kv(args) -> int:
         ("scoring_overhead_median", "overhead", ".1%"),
         ("decode_tokens_per_second_median", "decode tok/s", ".1f"),
     ]))
+    for entry in summary:
+        if entry["errors"]:
+            failed = next(r.error for r in rows if r.label == entry["method"] and r.keep == entry["keep"]
+                          and r.setting == entry["setting"] and r.error)
+            print(f"{entry['method']} ({entry['setting']}, keep {entry['keep']}) failed on {entry['errors']} "
+                  f"sample(s): {failed}")
     print(f"{len(samples)} samples, {time.perf_counter() - started:.0f} s; {os.path.basename(args.model)}")
     if args.json:
         payload = {

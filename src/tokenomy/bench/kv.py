@@ -51,6 +51,7 @@ class Row:
     scoring_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_tokens: int = 0
+    error: str | None = None  # a peer that crashed on this sample (reported, not hidden)
     meta: dict = field(default_factory=dict)
 
 
@@ -147,9 +148,8 @@ class KVBench:
             if sample.continuation is not None:
                 reference = full.meta["logp"]
                 for row in current:
-                    row.kl = float((reference.exp() * (reference - row.meta["logp"])).sum(-1).mean())
-                for row in current:
-                    del row.meta["logp"]
+                    if row.error is None:
+                        row.kl = float((reference.exp() * (reference - row.meta.pop("logp"))).sum(-1).mean())
             rows.extend(current)
         for row in rows:
             row.meta.update(sample.meta)
@@ -170,15 +170,18 @@ class KVBench:
         return row
 
     def _run_kvpress(self, name, keep, base, ids, plain_prefill_s, prompt, sample) -> Row:
-        run = kvpress_prefill(self.kvpress, self.model, name, keep, ids)
         row = Row(label=f"kvpress:{name}", keep=keep, **base)
-        row.prefill_seconds = run.prefill_seconds
-        row.scoring_seconds = max(0.0, run.prefill_seconds - plain_prefill_s)
-        seen = sum(layer.keys.shape[1] for layer in run.cache.layers) * ids.shape[1]
-        row.kept_fraction = run.kept_entries / seen
-        row.kv_bytes = run.bytes_kept
         try:
+            run = kvpress_prefill(self.kvpress, self.model, name, keep, ids)
+            row.prefill_seconds = run.prefill_seconds
+            row.scoring_seconds = max(0.0, run.prefill_seconds - plain_prefill_s)
+            seen = sum(layer.keys.shape[1] for layer in run.cache.layers) * ids.shape[1]
+            row.kept_fraction = run.kept_entries / seen
+            row.kv_bytes = run.bytes_kept
             self._finish(row, run.cache, run.logits, prompt, base["setting"], sample, position=ids.shape[1])
+        except Exception as err:  # a peer's failure is a result to report, not a reason to stop
+            row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            row.meta.pop("logp", None)
         finally:
             kvpress_cleanup(self.model)
         return row
@@ -192,13 +195,15 @@ def aggregate(rows: list[Row]) -> list[dict]:
     for r in rows:
         groups.setdefault((r.setting, r.label, r.keep), []).append(r)
     out = []
-    for (setting, label, keep), group in groups.items():
+    for (setting, label, keep), rows_ in groups.items():
+        group = [r for r in rows_ if r.error is None]
+        entry = {"setting": setting, "method": label, "keep": keep, "samples": len(group),
+                 "errors": len(rows_) - len(group)}
+        if not group:
+            out.append(entry | {"error": rows_[0].error})
+            continue
         refs = [full[(r.sample, r.setting)] for r in group]
-        entry = {
-            "setting": setting,
-            "method": label,
-            "keep": keep,
-            "samples": len(group),
+        entry |= {
             "kept_fraction": statistics.fmean(r.kept_fraction for r in group),
             "kv_bytes_median": statistics.median(r.kv_bytes for r in group),
             "prefill_seconds_median": statistics.median(r.prefill_seconds for r in group),
