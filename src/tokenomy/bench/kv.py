@@ -46,7 +46,9 @@ class Row:
     nll: float | None = None  # perplexity task: mean NLL of the continuation
     kl: float | None = None  # perplexity task: mean KL(full || this)
     kept_fraction: float = 1.0
-    kv_bytes: int = 0
+    kv_bytes: int = 0  # cache size right after compression
+    peak_kv_bytes: int = 0  # cache size at the end of decoding (its peak: it only grows)
+    peak_memory_bytes: int | None = None  # accelerator peak during the row (None on CPU)
     prefill_seconds: float = 0.0
     scoring_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -103,6 +105,8 @@ class KVBench:
     def _finish(self, row: Row, cache, logits, prompt: Prompt, setting: str, sample: Sample, position=None) -> None:
         """Append the question when it came after compression, then decode (or score a continuation)."""
         start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         kwargs = {} if position is None else {"position_ids": position + torch.arange(prompt.question.shape[1])[None]}
         if setting == "agnostic" and prompt.question.shape[1]:
             logits = self.model(input_ids=prompt.question, past_key_values=cache, use_cache=True, **kwargs).logits
@@ -116,14 +120,21 @@ class KVBench:
             row.correct = any(a in row.answer for a in sample.answers)
             row.decode_tokens = len(tokens)
         row.decode_seconds = time.perf_counter() - start
+        row.peak_kv_bytes = _cache_bytes(cache)
+        if torch.cuda.is_available():
+            row.peak_memory_bytes = torch.cuda.max_memory_allocated()
 
     def _score_continuation(self, row: Row, cache, logits, sample: Sample, position) -> None:
+        """Teacher-force the continuation: its mean NLL, and the KL from the full model's distributions
+        (the full row runs first and leaves them in ``self._reference``)."""
         ids = self.tokenizer.encode(sample.continuation, add_special_tokens=False, return_tensors="pt")
         kwargs = {} if position is None else {"position_ids": position + torch.arange(ids.shape[1])[None]}
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs).logits[0, :-1]
         logp = F.log_softmax(out.float(), dim=-1)
         row.nll = float(-logp.gather(-1, ids[0, 1:, None]).mean())
-        row.meta["logp"] = logp  # compared with the full model's after the sample (then dropped)
+        if row.label == "full":
+            self._reference = logp
+        row.kl = float((self._reference.exp() * (self._reference - logp)).sum(-1).mean())
         row.decode_tokens = ids.shape[1]
 
     def run_sample(self, index: int, sample: Sample) -> list[Row]:
@@ -133,24 +144,18 @@ class KVBench:
         rows = []
         for setting in settings:
             ids = prompt.full if setting == "aware" else prompt.context
-            n = ids.shape[1]
             cache, logits, observations, prefill_s = self._prefill(ids)
-            base = dict(sample=index, setting=setting, prompt_tokens=prompt.full.shape[1], compressed_tokens=n)
+            base = dict(sample=index, setting=setting, prompt_tokens=prompt.full.shape[1],
+                        compressed_tokens=ids.shape[1])
 
             full = Row(label="full", keep=1.0, kv_bytes=_cache_bytes(cache), prefill_seconds=prefill_s, **base)
             self._finish(full, copy_cache(cache), logits, prompt, setting, sample)
-            current = [full]
+            rows.append(full)
             for name in self.config.methods:
                 for keep in self.config.keeps:
-                    current.append(self._run_ours(name, keep, base, cache, logits, observations, prefill_s, prompt, sample))
+                    rows.append(self._run_ours(name, keep, base, cache, logits, observations, prefill_s, prompt, sample))
                     if name in self.peer_methods:
-                        current.append(self._run_kvpress(name, keep, base, ids, prefill_s, prompt, sample))
-            if sample.continuation is not None:
-                reference = full.meta["logp"]
-                for row in current:
-                    if row.error is None:
-                        row.kl = float((reference.exp() * (reference - row.meta.pop("logp"))).sum(-1).mean())
-            rows.extend(current)
+                        rows.append(self._run_kvpress(name, keep, base, ids, prefill_s, prompt, sample))
         for row in rows:
             row.meta.update(sample.meta)
         return rows
@@ -181,7 +186,6 @@ class KVBench:
             self._finish(row, run.cache, run.logits, prompt, base["setting"], sample, position=ids.shape[1])
         except Exception as err:  # a peer's failure is a result to report, not a reason to stop
             row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            row.meta.pop("logp", None)
         finally:
             kvpress_cleanup(self.model)
         return row
@@ -206,6 +210,7 @@ def aggregate(rows: list[Row]) -> list[dict]:
         entry |= {
             "kept_fraction": statistics.fmean(r.kept_fraction for r in group),
             "kv_bytes_median": statistics.median(r.kv_bytes for r in group),
+            "peak_kv_bytes_median": statistics.median(r.peak_kv_bytes for r in group),
             "prefill_seconds_median": statistics.median(r.prefill_seconds for r in group),
             "scoring_seconds_median": statistics.median(r.scoring_seconds for r in group),
             "scoring_overhead_median": statistics.median(

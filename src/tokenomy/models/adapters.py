@@ -46,11 +46,6 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return modules
 
 
-def num_query_heads(module: nn.Module) -> int:
-    config = module.config
-    return getattr(config, "num_attention_heads")
-
-
 def softmax_scale(module: nn.Module) -> float:
     """The scale the attention applies to q.k (Gemma uses its own query_pre_attn_scalar)."""
     return float(getattr(module, "scaling", module.head_dim**-0.5))
