@@ -1,0 +1,272 @@
+"""LM + arithmetic coding with Equal-Info Windows (Lester et al., 2024, "Training LLMs over Neurally
+Compressed Text", arXiv:2404.03626), after LLMZip (Valmeekam et al., 2023) and "Language Modeling Is
+Compression" (Delétang et al., 2023).
+
+The bytes become tokens (`ByteTokenizer`), the tokens are cut into segments of at most
+``segment_tokens`` (the model's context never spans two segments), and each segment is coded:
+
+* ``window_bits = 0``: one arithmetic-coded stream per segment;
+* ``window_bits = N``: Equal-Info Windows — the coder *and the model context* restart whenever the
+  stream reaches N bits, so every window is exactly N bits and decodes on its own. A token that would
+  overflow the window starts the next one. The model sees only its window's tokens, which is what makes
+  small windows cost compression (the price the paper pays for learnability).
+
+Each coded unit (window, or segment) records its token count; units decode independently and in
+parallel (batched through `Engine`, whose results do not depend on the batch or thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from tokenomy._validation import TokenomyError
+from tokenomy.codec import container
+from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
+from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
+from tokenomy.codec.engine import exact
+from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, symbol_at
+from tokenomy.codec.tokens import ByteTokenizer
+
+_PROBE = "The quick brown fox, 0123."  # a few tokens: each costs one sequential model step
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Codec:
+    """A model ready to code: ``name`` is what archives record (a packaged name or a path)."""
+
+    model: object
+    tokenizer: object
+    name: str
+
+    def __post_init__(self):
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self.bytes = ByteTokenizer(self.tokenizer, vocab)
+        self.start = start_token(self.tokenizer)
+        self._fingerprint: bytes | None = None
+        self._arithmetic: bytes | None = None
+
+    def frequencies(self, logits: torch.Tensor) -> torch.Tensor:
+        """Cumulative tables over the whole alphabet (tokens, then byte escapes)."""
+        return cumulative_frequencies(logits, extra=self.bytes.alphabet - logits.shape[-1])
+
+    def feed(self, symbol: int) -> int:
+        """The token the model reads after ``symbol`` was coded (an escaped byte reads as a separator)."""
+        return self.start if self.bytes.is_escape(symbol) else symbol
+
+    def model_fingerprint(self) -> bytes:
+        """8 bytes identifying the weights and the tokenizer."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+            digest.update(self.tokenizer.backend_tokenizer.to_str().encode())
+            self._fingerprint = digest.digest()[:8]
+        return self._fingerprint
+
+    def arithmetic_fingerprint(self) -> bytes:
+        """8 bytes summarising the exact frequency tables this machine computes for a fixed probe."""
+        if self._arithmetic is None:
+            digest = hashlib.sha256()
+            with exact(self.model) as engine:
+                row = engine.open()
+                for symbol in [self.start, *self.bytes.encode(_PROBE.encode())]:
+                    digest.update(self.frequencies(engine.step({row: self.feed(symbol)})[row]).numpy().tobytes())
+            self._arithmetic = digest.digest()[:8]
+        return self._arithmetic
+
+
+def start_token(tokenizer) -> int:
+    """The token every context starts from: the document separator the model was trained after."""
+    for candidate in ("<|endoftext|>", tokenizer.bos_token, tokenizer.eos_token):
+        if candidate is not None and candidate in tokenizer.get_vocab():
+            return tokenizer.get_vocab()[candidate]
+    raise TokenomyError("the tokenizer has no BOS/EOS token to start a context from")
+
+
+@dataclass
+class _Unit:
+    tokens: list[int]
+    bits: list[int]
+
+
+class _SegmentEncoder:
+    """Codes one segment as a sequence of units, one token per engine step."""
+
+    def __init__(self, tokens: list[int], window_bits: int):
+        self.tokens, self.window_bits = tokens, window_bits
+        self.position = 0
+        self.model_bits = 0.0  # -log2 p of the coded tokens under the unquantised model
+        self.units: list[_Unit] = []
+        self._open_unit()
+
+    def _open_unit(self) -> None:
+        self.coder, self.current = Encoder(), []
+
+    def _close_unit(self) -> None:
+        bits = self.coder.finish()
+        if self.window_bits:
+            bits = bits + [0] * (self.window_bits - len(bits))
+        self.units.append(_Unit(self.current, bits))
+
+    @property
+    def done(self) -> bool:
+        return self.position == len(self.tokens)
+
+    def last(self) -> int | None:
+        """The last symbol coded in the current window (None at its start)."""
+        return self.current[-1] if self.current else None
+
+    def code(self, cum: torch.Tensor, log2p: torch.Tensor) -> bool:
+        """Code the next token under ``cum``; False if it did not fit and a new window began.
+        ``log2p``: the model's unquantised log2-probabilities (for the cross-entropy report)."""
+        token = self.tokens[self.position]
+        state = self.coder.snapshot()
+        self.coder.encode(int(cum[token]), int(cum[token + 1]), TOTAL)
+        if self.window_bits and self.coder.bits_if_finished() > self.window_bits:
+            if not self.current:
+                raise AssertionError("a token always fits an empty window of >= MIN_WINDOW_BITS bits")
+            self.coder.restore(state)
+            self._close_unit()
+            self._open_unit()
+            return False
+        self.current.append(token)
+        self.position += 1
+        self.model_bits -= float(log2p[token]) if token < log2p.shape[0] else math.log2((cum[token + 1] - cum[token]) / TOTAL)
+        if self.done:
+            self._close_unit()
+        return True
+
+
+def _segments(tokens: list[int], size: int) -> list[list[int]]:
+    return [tokens[i : i + size] for i in range(0, len(tokens), size)]
+
+
+def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tokens: int, batch: int,
+                  progress: Progress | None = None, stats: dict | None = None) -> list[_Unit]:
+    """Code ``tokens``; segments are coded in parallel, ``batch`` at a time, in order."""
+    pending = [_SegmentEncoder(s, window_bits) for s in _segments(tokens, segment_tokens)]
+    with exact(codec.model) as engine:
+        active: dict[int, _SegmentEncoder] = {}
+        queue = list(pending)
+        while queue or active:
+            while queue and len(active) < batch:
+                active[engine.open()] = queue.pop(0)
+            feeds = {row: codec.start if seg.last() is None else codec.feed(seg.last()) for row, seg in active.items()}
+            logits = torch.stack(list(engine.step(feeds).values()))
+            cums = codec.frequencies(logits)
+            log2p = torch.log_softmax(logits.double(), dim=-1) / math.log(2)
+            for (row, seg), cum, row_log2p in zip(list(active.items()), cums, log2p):
+                if seg.code(cum, row_log2p):
+                    if progress:
+                        progress(1)
+                else:
+                    engine.reset(row)  # the token opens the next window, from a fresh context
+                if seg.done:
+                    engine.close(row)
+                    del active[row]
+    if stats is not None:
+        stats["model_bits"] = sum(seg.model_bits for seg in pending)
+    return [unit for seg in pending for unit in seg.units]
+
+
+def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: int,
+                 progress: Progress | None = None) -> list[list[int]]:
+    """Token ids of each (token count, bits) unit, decoded in parallel ``batch`` at a time."""
+    units = list(units)
+    results: list[list[int]] = [[] for _ in units]
+    with exact(codec.model) as engine:
+        active: dict[int, tuple[int, Decoder]] = {}
+        queue = [i for i, (count, _) in enumerate(units) if count]
+        while queue or active:
+            while queue and len(active) < batch:
+                i = queue.pop(0)
+                active[engine.open()] = (i, Decoder(units[i][1]))
+            feeds = {row: codec.feed(results[i][-1]) if results[i] else codec.start for row, (i, _) in active.items()}
+            cums = codec.frequencies(torch.stack(list(engine.step(feeds).values())))
+            for (row, (i, decoder)), cum in zip(list(active.items()), cums):
+                symbol = symbol_at(cum, decoder.target(TOTAL))
+                decoder.consume(int(cum[symbol]), int(cum[symbol + 1]), TOTAL)
+                results[i].append(symbol)
+                if progress:
+                    progress(1)
+                if len(results[i]) == units[i][0]:
+                    engine.close(row)
+                    del active[row]
+    return results
+
+
+def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: int = SEGMENT_TOKENS, batch: int = BATCH,
+             progress: Progress | None = None, on_tokens: Callable[[int], None] | None = None,
+             stats: dict | None = None) -> bytes:
+    """Compress ``data`` into a self-describing archive. ``stats``, if given, receives token and unit
+    counts, the coded bits and the model's own cross-entropy in bits (``model_bits``)."""
+    if window_bits and window_bits < MIN_WINDOW_BITS:
+        raise TokenomyError(
+            f"--window-bits must be 0 (no windows) or >= {MIN_WINDOW_BITS}: with a {codec.bytes.alphabet}-symbol "
+            f"vocabulary a single token can need up to 28 bits (probabilities are resolved to 2^-28), plus 2 "
+            f"bits to terminate; got {window_bits}"
+        )
+    if segment_tokens < 1 or batch < 1:
+        raise TokenomyError("segment tokens and batch must be >= 1")
+    tokens = codec.bytes.encode(data)
+    if on_tokens:
+        on_tokens(len(tokens))
+    units = encode_tokens(codec, tokens, window_bits, segment_tokens, batch, progress, stats)
+    bits = [b for unit in units for b in unit.bits]
+    if stats is not None:
+        stats.update(tokens=len(tokens), units=len(units), coded_bits=len(bits), payload_bytes=(len(bits) + 7) // 8)
+    archive = container.Archive(
+        model=codec.name,
+        model_fingerprint=codec.model_fingerprint(),
+        arithmetic_fingerprint=codec.arithmetic_fingerprint(),
+        window_bits=window_bits,
+        segment_tokens=segment_tokens,
+        original_size=len(data),
+        sha256=container.sha256(data),
+        token_counts=[len(u.tokens) for u in units],
+        stream_bits=[len(u.bits) for u in units],
+        payload=pack_bits(bits),
+    )
+    return container.dumps(archive)
+
+
+def check_compatible(codec: Codec, archive: container.Archive) -> None:
+    """Refuse to decode with another model, or where the arithmetic would not be reproduced."""
+    if codec.model_fingerprint() != archive.model_fingerprint:
+        raise TokenomyError(
+            f"this archive was made with model {archive.model!r} (fingerprint {archive.model_fingerprint.hex()}); "
+            f"the loaded model differs ({codec.model_fingerprint().hex()}): decode with the same model"
+        )
+    if codec.arithmetic_fingerprint() != archive.arithmetic_fingerprint:
+        raise TokenomyError(
+            "this machine's floating-point results differ from the compressing machine's (another CPU "
+            "kind or torch build): the model's probabilities would not be reproduced exactly, so decoding "
+            "is refused rather than producing wrong bytes"
+        )
+
+
+def decompress(codec: Codec, blob: bytes, window: int | None = None, batch: int = BATCH,
+               progress: Progress | None = None) -> bytes:
+    """The original bytes (all of them, or only unit ``window``'s)."""
+    archive = container.loads(blob)
+    check_compatible(codec, archive)
+    offsets = archive.unit_offsets()
+    indices = range(archive.units)
+    if window is not None:
+        if not 0 <= window < archive.units:
+            raise TokenomyError(f"window {window} is out of range: this archive has {archive.units} (0..{archive.units - 1})")
+        indices = [window]
+    units = [(archive.token_counts[i], unpack_bits(archive.payload, offsets[i], archive.stream_bits[i])) for i in indices]
+    decoded = decode_units(codec, units, batch, progress)
+    data = b"".join(codec.bytes.decode(ids) for ids in decoded)
+    if window is None and (len(data) != archive.original_size or container.sha256(data) != archive.sha256):
+        raise TokenomyError("decoded data does not match the archive's checksum: the archive is damaged")
+    return data

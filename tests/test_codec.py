@@ -1,0 +1,228 @@
+"""The LM codec on small random-weight models: exact round trips, windows, container safety, determinism."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenomy import TokenomyError
+from tokenomy.codec import container
+from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
+from tokenomy.codec.core import MIN_WINDOW_BITS, Codec, compress, decompress
+from tokenomy.codec.engine import exact
+from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, symbol_at
+from tokenomy.codec.tokens import ByteTokenizer
+
+
+def tiny_lm(vocab: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from tokenomy.models.loader import converted_dir
+
+    return AutoTokenizer.from_pretrained(converted_dir("smollm2-135m"))
+
+
+@pytest.fixture(scope="module")
+def codec(tokenizer):
+    return Codec(tiny_lm(49152), tokenizer, "tiny-random")
+
+
+# -- arithmetic coder and frequency tables (plain integers) -------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 9), max_size=300), st.lists(st.integers(1, 1000), min_size=10, max_size=10))
+def test_arithmetic_coder_round_trips_any_symbols(symbols, freqs):
+    cum = [0]
+    for f in freqs:
+        cum.append(cum[-1] + f)
+    encoder = Encoder()
+    for s in symbols:
+        encoder.encode(cum[s], cum[s + 1], cum[-1])
+    expected = encoder.bits_if_finished()
+    bits = encoder.finish()
+    assert len(bits) == expected
+    decoder = Decoder(unpack_bits(pack_bits(bits)))  # byte padding must not matter
+    out = []
+    for _ in symbols:
+        target = decoder.target(cum[-1])
+        s = max(i for i in range(10) if cum[i] <= target)
+        decoder.consume(cum[s], cum[s + 1], cum[-1])
+        out.append(s)
+    assert out == symbols
+
+
+def test_coder_size_is_close_to_the_ideal_code_length():
+    torch.manual_seed(0)
+    logits = torch.randn(2000, 50) * 3
+    cums = cumulative_frequencies(logits)
+    symbols = torch.distributions.Categorical(logits=logits).sample()
+    encoder = Encoder()
+    ideal = 0.0
+    for cum, s in zip(cums, symbols.tolist()):
+        encoder.encode(int(cum[s]), int(cum[s + 1]), TOTAL)
+        ideal -= torch.log2((cum[s + 1] - cum[s]).double() / TOTAL).item()
+    assert len(encoder.finish()) <= ideal + 4
+
+
+def test_frequency_tables_are_exact_and_total():
+    logits = torch.tensor([[0.0, -1e9, 5.0, float("-inf")], [1.0, 1.0, 1.0, 1.0]])
+    cum = cumulative_frequencies(logits, extra=2)
+    assert cum.shape == (2, 7) and (cum[:, -1] == TOTAL).all() and (cum[:, 0] == 0).all()
+    assert (cum.diff(dim=-1) >= 1).all()  # every symbol, escapes included, stays codable
+    assert torch.equal(cum, cumulative_frequencies(logits.clone(), extra=2))
+    assert symbol_at(cum[1], int(cum[1, 2])) == 2
+
+
+# -- bytes <-> symbols ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_round_trip_through_symbols(tokenizer, data):
+    byte_tokenizer = ByteTokenizer(tokenizer, 49152)
+    assert byte_tokenizer.decode(byte_tokenizer.encode(data)) == data
+
+
+@pytest.mark.parametrize("data", [
+    "plain English prose, with punctuation.".encode(),
+    "Grüße 😀 日本語\r\n\ttabs  and  spaces <|im_end|> <|endoftext|>".encode(),
+    b"\x00\x01\xff\xfe\xc0\xc1 invalid utf-8 \xe2\x82",
+    b"x" * 200_000,  # a huge line
+])
+def test_special_cases_round_trip(tokenizer, data):
+    byte_tokenizer = ByteTokenizer(tokenizer, 49152)
+    symbols = byte_tokenizer.encode(data)
+    assert byte_tokenizer.decode(symbols) == data
+    if data.startswith(b"plain"):
+        assert len(symbols) < len(data) / 3 and not any(byte_tokenizer.is_escape(s) for s in symbols)
+
+
+# -- the engine -------------------------------------------------------------------------------------------
+
+
+def test_engine_logits_do_not_depend_on_batch_companions():
+    model = tiny_lm(300)
+    sequence = [5, 9, 33, 7, 100, 3, 44, 250]
+
+    def run(companions):
+        with exact(model) as engine:
+            row, others = engine.open(), [engine.open() for _ in companions]
+            out = []
+            for t, token in enumerate(sequence):
+                feeds = {row: token} | {o: c[t % len(c)] for o, c in zip(others, companions)}
+                out.append(engine.step(feeds)[row])
+                if companions and t == 3:
+                    engine.reset(others[0])  # another row restarting its context must not matter either
+        return torch.stack(out)
+
+    alone, crowded, few = run([]), run([[1, 2, 3]] * 9), run([[4]] * 2)
+    assert torch.equal(alone, crowded) and torch.equal(alone, few)
+    reference = model(torch.tensor([sequence])).logits[0]
+    assert torch.allclose(alone, reference, atol=1e-5)
+
+
+# -- the codec end to end ------------------------------------------------------------------------------------
+
+
+SAMPLES = [b"", b"a", b"hello world", "Grüße 😀\n\tend".encode() + b"\xff\xfe\x00 bin", os.urandom(200),
+           b"the cat sat on the mat. " * 40]
+
+
+@pytest.mark.parametrize("window_bits", [0, 32, 64])
+@pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"{len(d)}B")
+def test_round_trip_is_exact(codec, data, window_bits):
+    blob = compress(codec, data, window_bits=window_bits, segment_tokens=50, batch=4)
+    assert decompress(codec, blob, batch=3) == data
+
+
+def test_equal_info_windows_are_exactly_that_many_bits_and_decode_alone(codec):
+    data = b"the cat sat on the mat. " * 30
+    blob = compress(codec, data, window_bits=64, segment_tokens=1000, batch=4)
+    archive = container.loads(blob)
+    assert archive.units > 3 and set(archive.stream_bits) == {64}
+    pieces = [decompress(codec, blob, window=k) for k in range(archive.units)]
+    assert b"".join(pieces) == data
+
+
+def test_window_bits_below_one_token_are_refused(codec):
+    with pytest.raises(TokenomyError, match=f">= {MIN_WINDOW_BITS}"):
+        compress(codec, b"abc", window_bits=16)
+
+
+def test_wrong_model_is_refused(codec, tokenizer):
+    blob = compress(codec, b"some text", batch=4)
+    other = Codec(tiny_lm(49152, seed=1), tokenizer, "other")
+    with pytest.raises(TokenomyError, match="made with model 'tiny-random'"):
+        decompress(other, blob)
+
+
+def test_window_out_of_range_is_refused(codec):
+    blob = compress(codec, b"some text", batch=4)
+    with pytest.raises(TokenomyError, match="window 5 is out of range: this archive has 1"):
+        decompress(codec, blob, window=5)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic", "empty"])
+def test_damaged_archives_fail_clearly(codec, damage):
+    blob = bytearray(compress(codec, b"some text to protect", batch=4))
+    if damage == "truncate":
+        blob = blob[:-7]
+    elif damage == "flip":
+        blob[len(blob) // 2] ^= 0x10
+    elif damage == "magic":
+        blob[:3] = b"ZIP"
+    else:
+        blob = bytearray()
+    with pytest.raises(TokenomyError, match="archive"):
+        decompress(codec, bytes(blob))
+
+
+_CHILD = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(int(sys.argv[1]))
+    sys.path.insert(0, sys.argv[4])
+    from test_codec import tiny_lm
+    from transformers import AutoTokenizer
+    from tokenomy.models.loader import converted_dir
+    from tokenomy.codec.core import Codec, compress, decompress
+    codec = Codec(tiny_lm(49152), AutoTokenizer.from_pretrained(converted_dir("smollm2-135m")), "tiny-random")
+    if sys.argv[2] == "zip":
+        data = open(sys.argv[3], "rb").read()
+        sys.stdout.buffer.write(compress(codec, data, window_bits=64, segment_tokens=40, batch=2))
+    else:
+        sys.stdout.buffer.write(decompress(codec, open(sys.argv[3], "rb").read(), batch=int(sys.argv[2])))
+""")
+
+
+def test_decoding_is_bit_exact_across_processes_threads_and_batch_sizes(tmp_path):
+    """Floating-point results move with thread counts and batch shapes; the codec must not."""
+    source = tmp_path / "in.txt"
+    source.write_bytes(("Alice was beginning to get very tired of sitting by her sister on the bank. " * 6).encode())
+    child = tmp_path / "child.py"
+    child.write_text(_CHILD)
+    here = os.path.dirname(__file__)
+    env = os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    blob = subprocess.run([sys.executable, str(child), "1", "zip", str(source), here], capture_output=True,
+                          check=True, env=env).stdout
+    archive = tmp_path / "in.tkz"
+    archive.write_bytes(blob)
+    for threads, batch in [(2, 1), (2, 7), (1, 16)]:
+        out = subprocess.run([sys.executable, str(child), str(threads), str(batch), str(archive), here],
+                             capture_output=True, check=True, env=env).stdout
+        assert out == source.read_bytes(), (threads, batch)
