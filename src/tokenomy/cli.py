@@ -46,7 +46,7 @@ def cmd_bench_kv(args) -> int:
     from tqdm.auto import tqdm
 
     from tokenomy import load, registry
-    from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length
+    from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length, columns
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy.bench.tasks import TASKS, read_jsonl
     from tokenomy._validation import check_choice, check_int
@@ -75,16 +75,7 @@ def cmd_bench_kv(args) -> int:
     for index, sample in enumerate(tqdm(samples, desc=f"bench kv {task}", unit="sample")):
         rows.extend(bench.run_sample(index, sample))
     summary = aggregate(rows)
-    quality = ("accuracy", "acc", ".3f") if samples[0].continuation is None else ("perplexity", "ppl", ".3f")
-    relative = (
-        ("relative_accuracy", "rel", ".3f") if samples[0].continuation is None else ("kl", "KL", ".4f")
-    )
-    print(table(summary, [
-        ("setting", "setting", ""), ("method", "method", ""), ("keep", "keep", ".2f"), quality, relative,
-        ("kept_fraction", "kept", ".3f"), ("prefill_seconds_median", "prefill s", ".3f"),
-        ("scoring_overhead_median", "overhead", ".1%"),
-        ("decode_tokens_per_second_median", "decode tok/s", ".1f"),
-    ]))
+    print(table(summary, columns(samples[0].continuation is not None)))
     for entry in summary:
         if entry["errors"]:
             failed = next(r.error for r in rows if r.label == entry["method"] and r.keep == entry["keep"]
@@ -107,7 +98,163 @@ def cmd_bench_kv(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import json
+
+    from tokenomy.bench import codec, kv
+
+    try:
+        payload = json.loads(open(args.json).read())
+    except (OSError, ValueError) as err:
+        raise TokenomyError(f"cannot read benchmark JSON {args.json}: {err}") from err
+    render = kv.render if "aggregate" in payload else codec.render
+    print(render(payload, markdown=args.markdown))
+    print(f"\n`{payload['command']}`")
+    return 0
+
+
+def cmd_bench_codec(args) -> int:
+    from tqdm.auto import tqdm
+
+    from tokenomy.bench.codec import COLUMNS, classic, default_files, read_inputs, run_classic, run_tokenomy, summarize
+    from tokenomy.bench.report import command_line, environment, table, write_json
+    from tokenomy.codec import load_codec
+    from tokenomy.codec.defaults import MIN_WINDOW_BITS
+
+    paths = args.files or [str(p) for p in default_files()]
+    if not paths:
+        from importlib import resources
+
+        paths = [str(resources.files("tokenomy").joinpath("data/alice29.txt.gz"))]
+    for bits in args.window_bits:
+        if bits and bits < MIN_WINDOW_BITS:
+            raise TokenomyError(f"--window-bits must be 0 (no windows) or >= {MIN_WINDOW_BITS}, got {bits}")
+    inputs = read_inputs(paths, args.max_bytes)
+    codec = load_codec(args.model)
+    results = []
+    total = sum(len(codec.bytes.encode(data)) for _, data in inputs) * len(args.window_bits) * 2
+    with tqdm(total=total, desc="bench codec", unit="tok", file=sys.stderr) as bar:
+        for path, data in inputs:
+            name = path.rsplit("/", 1)[-1]
+            for method in classic():
+                results.append(run_classic(method, name, data, args.repeats))
+            for bits in args.window_bits:
+                results.append(run_tokenomy(codec, name, data, bits, args.segment_tokens, args.batch, bar.update))
+    rows = summarize(results)
+    print(table(rows, COLUMNS))
+    bad = [r for r in results if not r.round_trip]
+    if args.json:
+        payload = {"command": command_line(), "model": args.model, "config": vars(args) | {"func": None},
+                   "environment": environment(), "results": rows}
+        print(f"wrote {write_json(args.json, payload)}")
+    if bad:
+        raise TokenomyError(f"round trip failed for {[(r.file, r.method, r.window_bits) for r in bad]}")
+    return 0
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise TokenomyError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _refuse_existing(path: str, force: bool) -> None:
+    """Checked before any work, so a refusal costs nothing."""
+    import os
+
+    if path != "-" and not force and os.path.exists(path):
+        raise TokenomyError(f"{path} exists; pass --force to overwrite it")
+
+
+def _write_output(path: str, data: bytes) -> None:
+    """Write atomically (temp file + rename): a failure leaves no partial output behind."""
+    import os
+    import tempfile
+
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".tokenomy-", dir=directory)
+    except OSError as err:
+        raise TokenomyError(f"cannot write {path}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, leave=False)
+
+
+def cmd_zip(args) -> int:
+    from tokenomy.codec import compress, load_codec
+
+    output = args.output or ("-" if args.input == "-" else args.input + ".tkz")
+    _refuse_existing(output, args.force)
+    data = _read_input(args.input)
+    codec = load_codec(args.model)
+    bar = None
+
+    def on_tokens(n: int) -> None:
+        nonlocal bar
+        bar = _progress(n, "zip")
+
+    try:
+        blob = compress(codec, data, window_bits=args.window_bits, segment_tokens=args.segment_tokens,
+                        batch=args.batch, progress=lambda k: bar.update(k), on_tokens=on_tokens)
+    finally:
+        if bar is not None:
+            bar.close()
+    _write_output(output, blob)
+    if output != "-":
+        ratio = len(data) / len(blob) if blob else 0
+        print(f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(1, len(data)):.3f} bits/byte, "
+              f"{ratio:.2f}x) -> {output}", file=sys.stderr)
+    return 0
+
+
+def cmd_unzip(args) -> int:
+    from tokenomy.codec import decompress, load_codec, read_archive
+
+    if args.output is None:
+        if args.input == "-" or not args.input.endswith(".tkz"):
+            raise TokenomyError("give -o OUTPUT (the input does not end with .tkz)")
+        output = args.input[: -len(".tkz")]
+    else:
+        output = args.output
+    _refuse_existing(output, args.force)
+    blob = _read_input(args.input)
+    archive = read_archive(blob)
+    codec = load_codec(args.model or archive.model)
+    selected = archive.units if args.window is None else 1
+    counts = archive.token_counts if args.window is None else archive.token_counts[args.window : args.window + 1]
+    bar = _progress(sum(counts), "unzip")
+    try:
+        data = decompress(codec, blob, window=args.window, batch=args.batch, progress=bar.update)
+    finally:
+        bar.close()
+    _write_output(output, data)
+    if output != "-":
+        print(f"{args.input}: {selected} unit(s), {len(data)} bytes -> {output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
+
     parser = argparse.ArgumentParser(prog="tokenomy", description="Make transformer models spend fewer tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -132,6 +279,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", type=_csv(str), help="peer libraries to run side by side: kvpress")
     p.add_argument("--json", help="write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)
+
+    p = bench.add_parser("codec", help="LM + arithmetic coding vs gzip, bzip2, xz, zstd, brotli")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--files", type=_csv(str), help="comma list of files (default: the texts in ../shared/data/text)")
+    p.add_argument("--window-bits", type=_csv(int), default=[0, 32, 64, 128, 512],
+                   help="Equal-Info Window sizes to measure (0: no windows)")
+    p.add_argument("--max-bytes", type=int, default=32768,
+                   help="measure the first N bytes of each file (0: whole files); reported in the output")
+    p.add_argument("--segment-tokens", type=int, default=SEGMENT_TOKENS)
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats for the classic compressors (median)")
+    p.add_argument("--json", help="write all results to this JSON file")
+    p.set_defaults(func=cmd_bench_codec)
+
+    p = sub.add_parser("report", help="print the tables of a benchmark JSON")
+    p.add_argument("json", help="a file written by `tokenomy bench ... --json`")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables (for README)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("zip", help="compress a file losslessly with a language model")
+    p.add_argument("input", help="file to compress, or - for stdin")
+    p.add_argument("-o", "--output", help="archive to write (default INPUT.tkz; - for stdout)")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
+    p.add_argument("--window-bits", type=int, default=0,
+                   help=f"Equal-Info Window size in bits (0: no windows; else >= {MIN_WINDOW_BITS})")
+    p.add_argument("--segment-tokens", type=int, default=SEGMENT_TOKENS,
+                   help="longest model context; segments are coded independently and in parallel")
+    p.add_argument("--batch", type=int, default=BATCH, help="contexts run through the model at once")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.set_defaults(func=cmd_zip)
+
+    p = sub.add_parser("unzip", help="decompress a tokenomy archive")
+    p.add_argument("input", help="archive, or - for stdin")
+    p.add_argument("-o", "--output", help="file to write (default: INPUT without .tkz; - for stdout)")
+    p.add_argument("--window", type=int, help="decode only this window (or segment) of the archive")
+    p.add_argument("--model", help="load this model instead of the one the archive names (must be identical)")
+    p.add_argument("--batch", type=int, default=BATCH, help="windows decoded at once")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.set_defaults(func=cmd_unzip)
     return parser
 
 
@@ -146,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokenomy: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tokenomy report x.json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

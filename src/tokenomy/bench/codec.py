@@ -1,0 +1,153 @@
+"""`tokenomy bench codec`: LM + arithmetic coding against classic compressors on the same bytes.
+
+For each input and window size: compressed size, bits per byte, ratio, encode and decode throughput, and
+an exact round trip (checked, never assumed). The model's own cross-entropy in bits per byte — the size
+an ideal coder would reach with the same model calls — is reported next to the coded size. Classic
+compressors (gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -11 where installed) run on the same bytes.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tokenomy._validation import TokenomyError
+from tokenomy.bench.report import table
+from tokenomy.codec.core import Codec, compress, decompress
+
+SHARED_TEXTS = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "wikitext-2/wiki.test.raw")
+
+
+def default_files() -> list[Path]:
+    """The public-domain/CC texts under ../shared/data/text when present, else the packaged Alice."""
+    for root in (Path.cwd() / "../shared/data/text", Path(__file__).resolve().parents[4] / "../shared/data/text"):
+        found = [root / name for name in SHARED_TEXTS if (root / name).is_file()]
+        if found:
+            return [p.resolve() for p in found]
+    return []
+
+
+def classic() -> dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
+    """Classic compressors at their strongest settings: name -> (compress, decompress)."""
+    out = {
+        "gzip -9": (lambda d: gzip.compress(d, 9, mtime=0), gzip.decompress),
+        "bzip2 -9": (lambda d: bz2.compress(d, 9), bz2.decompress),
+        "xz -9e": (lambda d: lzma.compress(d, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+    }
+    try:
+        import zstandard
+
+        out["zstd -19"] = (zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress)
+    except ImportError:
+        pass
+    try:
+        import brotli
+
+        out["brotli -11"] = (lambda d: brotli.compress(d, quality=11), brotli.decompress)
+    except ImportError:
+        pass
+    return out
+
+
+@dataclass
+class Result:
+    file: str
+    size: int
+    method: str
+    window_bits: int | None
+    compressed: int
+    bits_per_byte: float
+    ratio: float
+    encode_bytes_per_second: float
+    decode_bytes_per_second: float
+    round_trip: bool
+    model_bits_per_byte: float | None = None  # the model's cross-entropy with the same contexts
+    units: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _rate(size: int, seconds: float) -> float:
+    return size / seconds if seconds > 0 else float("inf")
+
+
+def run_classic(name: str, path: str, data: bytes, repeats: int) -> Result:
+    comp, decomp = classic()[name]
+    encode_times, decode_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        blob = comp(data)
+        encode_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        back = decomp(blob)
+        decode_times.append(time.perf_counter() - start)
+    return Result(path, len(data), name, None, len(blob), 8 * len(blob) / len(data), len(data) / len(blob),
+                  _rate(len(data), statistics.median(encode_times)), _rate(len(data), statistics.median(decode_times)),
+                  back == data)
+
+
+def run_tokenomy(codec: Codec, path: str, data: bytes, window_bits: int, segment_tokens: int, batch: int,
+                 progress=None) -> Result:
+    stats: dict = {}
+    start = time.perf_counter()
+    blob = compress(codec, data, window_bits=window_bits, segment_tokens=segment_tokens, batch=batch,
+                    progress=progress, stats=stats)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    back = decompress(codec, blob, batch=batch, progress=progress)
+    decode_s = time.perf_counter() - start
+    return Result(
+        path, len(data), "tokenomy", window_bits, len(blob), 8 * len(blob) / len(data), len(data) / len(blob),
+        _rate(len(data), encode_s), _rate(len(data), decode_s), back == data,
+        model_bits_per_byte=stats["model_bits"] / len(data), units=stats["units"],
+        extra={"tokens": stats["tokens"], "payload_bytes": stats["payload_bytes"],
+               "table_and_header_bytes": len(blob) - stats["payload_bytes"], "coded_bits": stats["coded_bits"],
+               "model_bits": stats["model_bits"]},
+    )
+
+
+def read_inputs(paths: list[str], max_bytes: int | None) -> list[tuple[str, bytes]]:
+    inputs = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise TokenomyError(f"cannot read {path}: {err.strerror or err}") from err
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        if not data:
+            raise TokenomyError(f"{path} is empty: nothing to measure")
+        inputs.append((path, data[:max_bytes] if max_bytes else data))
+    return inputs
+
+
+COLUMNS = [
+    ("file", "file", ""), ("method", "method", ""), ("window", "window", ""), ("size", "bytes", "d"),
+    ("compressed", "compressed", "d"), ("bits_per_byte", "bits/byte", ".3f"),
+    ("model_bits_per_byte", "model CE", ".3f"), ("coding_excess", "coded vs CE", "+.2%"), ("vs_xz", "xz/this", ".2f"),
+    ("encode_kbps", "enc KB/s", ".1f"), ("decode_kbps", "dec KB/s", ".1f"), ("round_trip", "exact", ""),
+]
+
+
+def summarize(results: list[Result]) -> list[dict]:
+    """Table rows: each result with its window label, throughput in KB/s, size relative to xz, and the
+    coded bit streams (header and window table excluded) relative to the model's cross-entropy."""
+    rows = []
+    for r in results:
+        xz = next(x for x in results if x.file == r.file and x.method == "xz -9e")
+        window = "-" if r.window_bits is None else ("none" if r.window_bits == 0 else str(r.window_bits))
+        excess = r.extra["coded_bits"] / r.extra["model_bits"] - 1 if r.extra.get("model_bits") else None
+        rows.append(asdict(r) | {
+            "window": window, "vs_xz": xz.compressed / r.compressed, "coding_excess": excess,
+            "encode_kbps": r.encode_bytes_per_second / 1000, "decode_kbps": r.decode_bytes_per_second / 1000,
+        })
+    return rows
+
+
+def render(payload: dict, markdown: bool = False) -> str:
+    return table(payload["results"], COLUMNS, markdown)
