@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tokenomy import registry
 from tokenomy._validation import check_choice, check_fraction
 from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matches, kvpress_prefill
+from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
 from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder, copy_cache
@@ -239,3 +240,25 @@ def by_length(rows: list[Row]) -> dict[int, list[dict]]:
     """The aggregate split by the samples' context length (for per-length claims, e.g. overhead at 2k)."""
     lengths = sorted({r.meta.get("length") for r in rows if r.meta.get("length") is not None})
     return {n: aggregate([r for r in rows if r.meta.get("length") == n]) for n in lengths}
+
+
+def columns(perplexity: bool) -> list[tuple[str, str, str]]:
+    """The summary table's columns (accuracy tasks or the perplexity task)."""
+    quality = [("perplexity", "ppl", ".3f"), ("kl", "KL", ".4f")] if perplexity else [
+        ("accuracy", "acc", ".3f"), ("relative_accuracy", "rel", ".3f")]
+    return [
+        ("setting", "setting", ""), ("method", "method", ""), ("keep", "keep", ".2f"), *quality,
+        ("kept_fraction", "kept", ".3f"), ("prefill_seconds_median", "prefill s", ".3f"),
+        ("scoring_overhead_median", "overhead", ".1%"),
+        ("decode_tokens_per_second_median", "decode tok/s", ".1f"),
+    ]
+
+
+def render(payload: dict, markdown: bool = False) -> str:
+    """The tables of a `tokenomy bench kv` JSON: overall, then per context length."""
+    perplexity = any("perplexity" in e for e in payload["aggregate"])
+    parts = [table(payload["aggregate"], columns(perplexity), markdown)]
+    for length, entries in payload.get("aggregate_by_length", {}).items():
+        parts.append(f"\ncontext length {length} tokens:\n")
+        parts.append(table(entries, columns(perplexity), markdown))
+    return "\n".join(parts)

@@ -31,8 +31,9 @@ def command_line() -> str:
     return " ".join(["tokenomy", *sys.argv[1:]]) if sys.argv else "tokenomy"
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """Format dicts as an aligned table; ``columns`` are (key, header, format spec)."""
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]], markdown: bool = False) -> str:
+    """Format dicts as an aligned table (or a Markdown one); ``columns`` are (key, header, format spec);
+    columns with a format spec are numbers, right-aligned."""
     cells = [[header for _, header, _ in columns]]
     for row in rows:
         line = []
@@ -40,6 +41,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]
             value = row.get(key)
             line.append("-" if value is None else format(value, spec) if spec else str(value))
         cells.append(line)
+    if markdown:
+        rule = "|".join("---:" if spec else "---" for _, _, spec in columns)
+        lines = ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join([lines[0], f"|{rule}|", *lines[1:]])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     out = []
     for n, r in enumerate(cells):

@@ -154,7 +154,7 @@ class KVStats:
     entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
     entries_kept: int = 0
     bytes_kept: int = 0  # physical size of the compressed keys + values
-    scoring_seconds: float = 0.0
+    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods)
     per_layer_kept: list[int] = field(default_factory=list)
 
 
@@ -222,7 +222,6 @@ class KVCompression:
         """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
         selectable copy (decode phase)."""
         start = time.perf_counter()
-        layer = cache.layers[layer_idx]
         n = obs.keys.shape[2]
         b, h_kv = obs.keys.shape[:2]
         if self.phase == "decode":
@@ -236,7 +235,7 @@ class KVCompression:
             obs.values.gather(2, gather),
             positions=indices,
             valid=in_use,
-            seen=getattr(layer, "seen", n),
+            seen=n,
         )
         cache.layers[layer_idx] = pruned
         stats.scoring_seconds += time.perf_counter() - start
@@ -333,7 +332,9 @@ class KVSession:
         layer = cache.layers[idx] if idx < len(cache.layers) else None
         if isinstance(layer, PrunedLayer):
             if self.method.phase == "decode":
+                start = time.perf_counter()
                 self.method.choose_for_step(layer, _obs_for_step(module, layer, hidden, rope, self.num_layers))
+                self.stats.scoring_seconds += time.perf_counter() - start
             num_heads = module.config.num_attention_heads
             kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)
             layer.armed = True
