@@ -1,0 +1,154 @@
+"""Putting models with different tokenizers on one support, step by step.
+
+- `ByteAlignment` ("bytes"): every model becomes an exact next-byte model (`ByteLevelLM`); the shared
+  support is the 256 bytes plus END. Exact, one byte per step.
+- `UnionAlignment` ("union", the baseline the byte-level and CoRE papers compare against): each model's
+  tokens are mapped by the string they spell into the union of all vocabularies; the chosen string is
+  appended to every model — as its own token when its vocabulary has that string, else as the
+  tokenizer's split of it. Cheap (one token per step), but a string one model spells in one token and
+  another in two gets two unrelated entries: the misalignment CoRE's token-level filter targets.
+- `TokenAlignment`: one model on its own vocabulary — plain greedy/sampled decoding, the single-model
+  reference.
+All share `start(prompt)`, `distributions()` -> [models, symbols], `advance(symbol)`, `spell(symbol)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenomy._validation import TokenomyError
+from tokenomy.ensemble.bytelevel import ByteLevelLM, ByteStats
+from tokenomy.ensemble.lm import Branch
+from tokenomy.ensemble.vocab import END, Vocabulary
+
+ALIGNMENTS = ("bytes", "union")
+
+
+def _prompt_ids(tokenizer, vocabulary: Vocabulary, prompt: bytes) -> list[int]:
+    ids = list(tokenizer("", add_special_tokens=True)["input_ids"]) + vocabulary.encode(prompt)
+    if not ids:
+        raise TokenomyError("empty prompt: this model has no start-of-text token to condition on")
+    if any(i >= vocabulary.size for i in ids):
+        raise TokenomyError("the prompt has bytes this model's vocabulary cannot spell")
+    return ids
+
+
+class ByteAlignment:
+    end = END
+
+    def __init__(self, members, *, max_hypotheses=4, prune=1e-3, backoff=1):
+        self.models = [ByteLevelLM(model, tok, max_hypotheses=max_hypotheses, prune=prune, backoff=backoff,
+                                   vocabulary=vocab) for model, tok, vocab in members]
+
+    def start(self, prompt: bytes) -> None:
+        for m in self.models:
+            m.start(prompt)
+
+    def distributions(self) -> torch.Tensor:
+        return torch.stack([m.distribution() for m in self.models])
+
+    def advance(self, symbol: int) -> None:
+        for m in self.models:
+            m.advance(symbol)
+
+    def spell(self, symbol: int) -> bytes:
+        return bytes([symbol])
+
+    @property
+    def stats(self) -> list[ByteStats]:
+        return [m.stats for m in self.models]
+
+    @property
+    def forwarded(self) -> int:
+        return sum(m.forwarded[0] for m in self.models)
+
+
+class _TokenModel:
+    """One model decoding its own tokens, with a prefix-shared cache."""
+
+    def __init__(self, model, tokenizer, vocabulary: Vocabulary):
+        self.model, self.tokenizer, self.vocabulary = model, tokenizer, vocabulary
+        self.forwarded = 0
+
+    def start(self, prompt: bytes) -> None:
+        ids = _prompt_ids(self.tokenizer, self.vocabulary, prompt)
+        self.branch = Branch.prefill(self.model, ids)
+        self.forwarded += len(ids)
+
+    def append(self, tokens: list[int]) -> None:
+        self.branch.extend(tokens)
+        self.forwarded += len(tokens)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.branch.probs
+
+
+class TokenAlignment:
+    """A single model on its own vocabulary (non-text tokens end the text)."""
+
+    def __init__(self, member):
+        model, tok, vocab = member
+        self.member = _TokenModel(model, tok, vocab)
+        self.end = vocab.size  # one past the vocabulary
+        self._text = torch.tensor([bool(b) for b in vocab.spelled])
+
+    def start(self, prompt: bytes) -> None:
+        self.member.start(prompt)
+
+    def distributions(self) -> torch.Tensor:
+        probs = self.member.probs
+        out = torch.cat([torch.where(self._text, probs, 0.0), probs[~self._text].sum().reshape(1)])
+        return out[None]
+
+    def advance(self, symbol: int) -> None:
+        self.member.append([symbol])
+
+    def spell(self, symbol: int) -> bytes:
+        return self.member.vocabulary.spelled[symbol]
+
+    @property
+    def forwarded(self) -> int:
+        return self.member.forwarded
+
+
+class UnionAlignment:
+    """Models on the union of their vocabularies, keyed by the bytes each token spells."""
+
+    def __init__(self, members):
+        self.members = [_TokenModel(model, tok, vocab) for model, tok, vocab in members]
+        strings: dict[bytes, int] = {}
+        self.index = []
+        for _, _, vocab in members:
+            ids = [strings.setdefault(b, len(strings)) if b else -1 for b in vocab.spelled]
+            self.index.append(ids)
+        self.end = len(strings)
+        self.index = [torch.tensor([self.end if i < 0 else i for i in ids]) for ids in self.index]
+        self.strings = list(strings)
+        self.size = self.end + 1
+
+    def start(self, prompt: bytes) -> None:
+        for m in self.members:
+            m.start(prompt)
+
+    def distributions(self) -> torch.Tensor:
+        out = torch.zeros(len(self.members), self.size, dtype=torch.float64)
+        for row, (m, index) in enumerate(zip(self.members, self.index)):
+            out[row].scatter_add_(0, index, m.probs)
+        return out
+
+    def advance(self, symbol: int) -> None:
+        spelled = self.strings[symbol]
+        for m in self.members:
+            own = m.vocabulary.exact.get(spelled)
+            tokens = [min(own)] if own else m.vocabulary.encode(spelled)
+            if any(t >= m.vocabulary.size for t in tokens):
+                raise TokenomyError(f"a model's vocabulary cannot spell {spelled!r}")
+            m.append(tokens)
+
+    def spell(self, symbol: int) -> bytes:
+        return self.strings[symbol]
+
+    @property
+    def forwarded(self) -> int:
+        return sum(m.forwarded for m in self.members)

@@ -1,0 +1,71 @@
+"""What each token of a model spells, indexed for byte-level questions.
+
+`Vocabulary` sorts a model's text tokens by their bytes so that all tokens starting with a byte string
+form one contiguous range (found by binary search), and keeps a [depth, token] table of the byte each
+sorted token has at each depth. Tokens that spell no text (special, control and unused tokens) sort
+first with an empty spelling; generation treats them all as "end of text" (symbol ``END``).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+import torch
+
+from tokenomy.codec.tokens import ByteTokenizer
+
+END = 256  # the symbol after the 256 byte values: the model emitted a non-text token
+SYMBOLS = 257
+
+
+class Vocabulary:
+    """A model's tokens as byte strings: prefix ranges, exact look-up and per-depth next bytes."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self.bytes_tokenizer = ByteTokenizer(tokenizer, vocab_size)
+        spelled = list(self.bytes_tokenizer.symbol_bytes[:vocab_size])
+        special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        special |= set(tokenizer.all_special_ids)
+        for index in special:
+            if index < vocab_size:
+                spelled[index] = b""
+        self.size = vocab_size
+        self.spelled = spelled
+        self.order = torch.tensor(sorted(range(vocab_size), key=spelled.__getitem__), dtype=torch.long)
+        self.sorted_bytes = [spelled[i] for i in self.order.tolist()]
+        self.text_start = bisect.bisect_right(self.sorted_bytes, b"")  # sorted positions before it spell nothing
+        depth = max(len(b) for b in spelled) + 1
+        table = np.full((depth, vocab_size), END, dtype=np.int16)
+        for position, value in enumerate(self.sorted_bytes):
+            if value:
+                table[: len(value), position] = np.frombuffer(value, dtype=np.uint8)
+        self.next_byte = torch.from_numpy(table.astype(np.int64))
+        self.exact: dict[bytes, list[int]] = {}
+        for index, value in enumerate(spelled):
+            if value:
+                self.exact.setdefault(value, []).append(index)
+
+    @property
+    def max_token_bytes(self) -> int:
+        return self.next_byte.shape[0] - 1
+
+    def prefix_range(self, prefix: bytes) -> tuple[int, int]:
+        """Sorted positions [lo, hi) of the text tokens whose bytes start with ``prefix``."""
+        if not prefix:
+            return self.text_start, self.size
+        lo = bisect.bisect_left(self.sorted_bytes, prefix, lo=self.text_start)
+        hi = bisect.bisect_left(self.sorted_bytes, _successor(prefix), lo=lo) if _successor(prefix) else self.size
+        return lo, hi
+
+    def encode(self, data: bytes) -> list[int]:
+        """Token ids spelling exactly ``data`` (the tokenizer's own split; byte pieces where it has no other)."""
+        return self.bytes_tokenizer.encode(data)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with ``prefix`` (None: no such string)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])

@@ -1,0 +1,299 @@
+"""Byte-level probabilities, alignments, strategies and CoRE on a toy tokenizer and tiny random models."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tokenomy._validation import TokenomyError
+
+
+def toy_tokenizer(merges=(("a", "b"), ("b", "c"), ("ab", "c"), (" ", "a"), ("c", "a"))):
+    """A BPE tokenizer over 'a', 'b', 'c', ' ' whose merges give every short string several spellings."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "c": 4, " ": 5}
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+
+
+def toy_model(vocab_size, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=0, eos_token_id=1)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # sharpen the random logits so probabilities differ a lot between tokens
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+@torch.no_grad()
+def brute_force_prefix_probability(model, vocabulary, context, target: bytes) -> float:
+    """P(the model's text after ``context`` starts with ``target``), enumerating every token sequence
+    that covers it: each token spelling a piece of ``target``, the last one reaching its end or past."""
+    texts = {i: b for i, b in enumerate(vocabulary.spelled) if b}
+
+    def next_probs(ids):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        return torch.softmax(logits, -1)
+
+    def walk(ids, done):
+        probs = next_probs(ids)
+        total = 0.0
+        rest = target[done:]
+        for token, spelled in texts.items():
+            if spelled.startswith(rest):  # covers the end of target
+                total += float(probs[token])
+            elif rest.startswith(spelled):
+                total += float(probs[token]) * walk(ids + [token], done + len(spelled))
+        return total
+
+    return walk(list(context), 0) if target else 1.0
+
+
+def exact_byte_lm(model, tokenizer, **options):
+    from tokenomy.ensemble.bytelevel import ByteLevelLM
+
+    return ByteLevelLM(model, tokenizer, max_hypotheses=None, prune=0.0, **options)
+
+
+@pytest.mark.parametrize("prompt, text", [("ab", "ca b"), ("c", "abca"), ("ba c", " abc"), ("a", "bcab")])
+def test_next_byte_products_equal_enumerated_tokenizations(prompt, text):
+    tok = toy_tokenizer()
+    model = toy_model(len(tok))
+    lm = exact_byte_lm(model, tok)
+    lm.start(prompt)
+    tail = lm.stream  # the prompt's last token, replayed as bytes
+    product = 1.0
+    for byte in text.encode():
+        product *= float(lm.distribution()[byte])
+        lm.advance(byte)
+    # the reference conditions on the same committed tokens and enumerates the rest
+    prefix = tok("", add_special_tokens=True)["input_ids"]
+    ids = lm.vocabulary.encode(prompt.encode())
+    context = prefix + ids[:-1]
+    head = lm.vocabulary.bytes_tokenizer.decode(ids[-1:])
+    expected = (brute_force_prefix_probability(model, lm.vocabulary, context, head + text.encode())
+                / brute_force_prefix_probability(model, lm.vocabulary, context, head))
+    assert tail == head
+    assert product == pytest.approx(expected, rel=1e-5)  # float32 logits: cached vs full forward
+    assert lm.stats.pruned_mass == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distribution_sums_to_one_and_end_is_the_non_text_mass():
+    tok = toy_tokenizer()
+    model = toy_model(len(tok))
+    lm = exact_byte_lm(model, tok, backoff=0)
+    lm.start("ab")
+    dist = lm.distribution()
+    assert dist.sum().item() == pytest.approx(1.0, abs=1e-12)
+    with torch.no_grad():
+        ids = tok("", add_special_tokens=True)["input_ids"] + lm.vocabulary.encode(b"ab")
+        probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+    assert dist[256].item() == pytest.approx((probs[0] + probs[1]).item(), rel=1e-5)
+
+
+def test_hypothesis_cap_drops_mass_and_reports_it():
+    tok = toy_tokenizer()
+    model = toy_model(len(tok))
+    from tokenomy.ensemble.bytelevel import ByteLevelLM
+
+    exact, capped = exact_byte_lm(model, tok), ByteLevelLM(model, tok, max_hypotheses=1, prune=0.0)
+    for lm in (exact, capped):
+        lm.start("c")
+        for byte in b"abcab":
+            lm.advance(byte)
+    assert capped.stats.max_hypotheses == 1 and capped.stats.capped_steps > 0
+    assert 0.0 < capped.stats.pruned_mass < 1.0
+    assert exact.stats.max_hypotheses > 1 and exact.stats.pruned_mass == 0.0
+    assert capped.distribution().sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_every_live_tokenization_spells_the_stream():
+    tok = toy_tokenizer()
+    lm = exact_byte_lm(toy_model(len(tok)), tok)
+    lm.start("ba")
+    committed = b"ba"[: 2 - len(lm.stream)]  # the stream starts with the prompt's re-read last token
+    prefix = len(tok("", add_special_tokens=True)["input_ids"])
+    for byte in b"bcabca":
+        lm.advance(byte)
+        for h in lm.hypotheses:
+            spelled = lm.vocabulary.bytes_tokenizer.decode(h.branch.ids[prefix:])
+            assert spelled == committed + lm.stream[: h.end]
+            assert len(h.branch.ids) == h.branch.cache.get_seq_length()
+
+
+# --- strategies and CoRE ------------------------------------------------------------------------------
+
+
+def _rows(*rows):
+    probs = torch.tensor(rows, dtype=torch.float64)
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_strategies_on_known_distributions():
+    from tokenomy.ensemble import Strategy
+
+    probs = _rows([0.6, 0.3, 0.1], [0.1, 0.1, 0.8])
+    uniform = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert torch.allclose(Strategy("average").combine(probs, uniform), torch.tensor([0.35, 0.2, 0.45], dtype=torch.float64))
+    assert torch.equal(Strategy("max-confidence").combine(probs, uniform), probs[1])
+    weighted = Strategy("weighted", (3.0, 1.0))
+    w = weighted.model_weights(2)
+    assert torch.allclose(w, torch.tensor([0.75, 0.25], dtype=torch.float64))
+    assert torch.allclose(weighted.combine(probs, w), torch.tensor([0.475, 0.25, 0.275], dtype=torch.float64))
+
+
+def test_core_is_neutral_when_models_agree_and_follows_its_formulas_otherwise():
+    from tokenomy.ensemble import Combiner, Core, Strategy
+
+    same = _rows([0.7, 0.2, 0.1], [0.7, 0.2, 0.1])
+    combined, changed = Combiner(Strategy(), Core())(same)
+    assert torch.allclose(combined, same[0]) and not changed
+
+    probs = _rows([0.9, 0.05, 0.05], [0.1, 0.3, 0.6])
+    weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    filtered, model_weights = Core(sigma=0.2).reweigh(probs, weights)
+    reference = probs.mean(0)
+    s = torch.exp(-((probs - reference) ** 2) / (2 * 0.2**2))
+    assert torch.allclose(filtered, s * probs)
+    entropy = -(probs * probs.log()).sum(1)
+    expected = weights * (s * probs).sum(1) * torch.exp(-entropy)
+    assert torch.allclose(model_weights, expected / expected.sum())
+
+
+def test_core_changes_the_decision_when_one_model_is_confidently_isolated():
+    from tokenomy.ensemble import Combiner, Core, Strategy
+
+    # the plain average follows model 2's spread-out mass; CoRE trusts the confident model 1
+    probs = _rows([0.05, 0.9, 0.05], [0.45, 0.1, 0.45])
+    plain, _ = Combiner(Strategy())(probs)
+    robust, changed = Combiner(Strategy(), Core())(probs)
+    assert int(plain.argmax()) == 1 and changed == (int(robust.argmax()) != 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "median"}, "unknown strategy"),
+    ({"name": "weighted"}, "needs weights"),
+    ({"name": "weighted", "weights": (1.0, -1.0)}, "positive"),
+])
+def test_bad_strategies_raise_one_clear_error(kwargs, message):
+    from tokenomy.ensemble import Strategy
+
+    with pytest.raises(TokenomyError, match=message):
+        Strategy(**kwargs)
+
+
+# --- ensembles of models with different tokenizers -----------------------------------------------------
+
+
+@pytest.fixture
+def two_members():
+    first = toy_tokenizer()
+    second = toy_tokenizer(merges=(("b", "c"), (" ", "b"), ("c", "c"), ("a", "a"), ("bc", "a")))
+    return [(toy_model(len(first), seed=1), first), (toy_model(len(second), seed=2), second)]
+
+
+@pytest.mark.parametrize("alignment", ["bytes", "union"])
+@pytest.mark.parametrize("core", [False, True])
+def test_ensemble_generates_and_every_model_stays_on_the_text(two_members, alignment, core):
+    from tokenomy.ensemble import Ensemble
+
+    ens = Ensemble(two_members, alignment=alignment, strategy="average", core=core)
+    out = ens.generate(["ab c", "c"], max_new_bytes=12)
+    assert len(out) == 2
+    for o in out:
+        assert len(o.data) <= 12 and o.stopped in {"end", "length"}
+        assert o.core_changed <= o.steps
+        assert set(o.data) <= set(b"abc ")
+    if alignment == "union":  # each model's own tokens spell prompt + output so far
+        for member in ens.alignment.members:
+            prefix = len(member.tokenizer("", add_special_tokens=True)["input_ids"])
+            spelled = member.vocabulary.bytes_tokenizer.decode(member.branch.ids[prefix:])
+            full = b"c" + out[1].data  # the last chosen string ends decoding before it is appended
+            assert full.startswith(spelled) and len(full) - len(spelled) <= member.vocabulary.max_token_bytes
+
+
+def test_stop_strings_and_byte_budget_are_honoured(two_members):
+    from tokenomy.ensemble import Ensemble
+
+    ens = Ensemble(two_members, alignment="bytes")
+    full = ens.generate("ab", max_new_bytes=16)[0]
+    assert len(full.data) <= 16
+    if full.stopped == "length":
+        assert len(full.data) == 16
+    stop = full.text[3:5]
+    if stop and full.text.find(stop) >= 0:
+        cut = ens.generate("ab", max_new_bytes=16, stop=[stop])[0]
+        assert cut.text == full.text[: full.text.find(stop)] and cut.stopped == "stop"
+
+
+def test_sampling_is_seeded(two_members):
+    from tokenomy.ensemble import Ensemble
+
+    ens = Ensemble(two_members, alignment="bytes", strategy="max-confidence", core=True)
+    first = ens.generate("ab", max_new_bytes=10, temperature=1.0, seed=3)[0].data
+    again = ens.generate("ab", max_new_bytes=10, temperature=1.0, seed=3)[0].data
+    assert first == again
+
+
+@pytest.mark.parametrize("models, kwargs, message", [
+    (1, {}, "at least two models"),
+    (2, {"strategy": "vote"}, "unknown strategy"),
+    (2, {"alignment": "chars"}, "unknown alignment"),
+    (2, {"strategy": "weighted", "weights": [1.0]}, "1 weights for 2 models"),
+    (2, {"max_hypotheses": 0}, "max_hypotheses"),
+    (2, {"prune": 1.5}, "prune"),
+])
+def test_bad_ensembles_raise_one_clear_error(two_members, models, kwargs, message):
+    from tokenomy.ensemble import Ensemble
+
+    with pytest.raises(TokenomyError, match=message):
+        Ensemble(two_members[:models], **kwargs)
+
+
+@pytest.mark.parametrize("prompts, kwargs, message", [
+    ([""], {}, "non-empty"),
+    (["ab"], {"max_new_bytes": 0}, "max_new_bytes"),
+    (["ab"], {"temperature": -1.0}, "temperature"),
+    (["ab"], {"stop": [""]}, "stop strings"),
+])
+def test_bad_generation_arguments_raise_one_clear_error(two_members, prompts, kwargs, message):
+    from tokenomy.ensemble import Ensemble
+
+    with pytest.raises(TokenomyError, match=message):
+        Ensemble(two_members).generate(prompts, **kwargs)
+
+
+# --- benchmark rules ---------------------------------------------------------------------------------------
+
+
+def test_benchmark_answer_rules():
+    from tokenomy.bench.ensemble import Item, correct, first_word, first_word_done
+
+    assert first_word(' Orson,"') == "Orson" and first_word("\n dog.") == "dog" and first_word("") == ""
+    assert not first_word_done(b" Ors") and first_word_done(b" Orson,")
+    assert correct(Item("p", ["Orson"], "lambada"), " Orson, he said")
+    assert not correct(Item("p", ["Orson"], "lambada"), " Orsons")
+    assert correct(Item("p", ["The Eiffel Tower"], "squad"), " it is the eiffel tower.")
+    assert not correct(Item("p", ["1804"], "squad"), " in 1805")
+
+
+def test_benchmark_reads_custom_jsonl_and_rejects_bad_lines(tmp_path):
+    from tokenomy.bench.ensemble import read_jsonl
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "2+2=", "answers": ["4"]}\n\n{"prompt": "Sky:", "answers": ["blue"]}\n')
+    assert sorted(i.prompt for i in read_jsonl(str(good), 10, 0)) == ["2+2=", "Sky:"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(TokenomyError, match="bad.jsonl:1"):
+        read_jsonl(str(bad), 10, 0)
