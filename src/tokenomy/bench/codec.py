@@ -19,6 +19,7 @@ from typing import Callable
 
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.report import table
+from tokenomy.bench.tasks import shared_data_dir
 from tokenomy.codec.core import Codec, compress, decompress
 
 SHARED_TEXTS = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "wikitext-2/wiki.test.raw")
@@ -26,11 +27,8 @@ SHARED_TEXTS = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "wi
 
 def default_files() -> list[Path]:
     """The public-domain/CC texts under ../shared/data/text when present, else the packaged Alice."""
-    for root in (Path.cwd() / "../shared/data/text", Path(__file__).resolve().parents[4] / "../shared/data/text"):
-        found = [root / name for name in SHARED_TEXTS if (root / name).is_file()]
-        if found:
-            return [p.resolve() for p in found]
-    return []
+    root = shared_data_dir()
+    return [root / "text" / name for name in SHARED_TEXTS if (root / "text" / name).is_file()] if root else []
 
 
 def classic() -> dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from tokenomy._validation import TokenomyError
+from tokenomy.bench.tasks import read_records, shared_data_dir
 
 TASKS = ("lambada", "squad")
 
@@ -37,22 +38,16 @@ class Item:
     task: str
 
 
-def shared_data() -> Path | None:
-    for root in (Path.cwd() / "../shared/data", Path(__file__).resolve().parents[4] / "../shared/data"):
-        if root.is_dir():
-            return root.resolve()
-    return None
-
-
-def _need(path: Path | None, relative: str) -> Path:
-    if path is None or not (path / relative).is_file():
+def _need(relative: str) -> Path:
+    root = shared_data_dir()
+    if root is None or not (root / relative).is_file():
         raise TokenomyError(f"task data {relative} not found under ../shared/data; give --data FILE.jsonl "
                             "(one JSON object per line with prompt and answers)")
-    return path / relative
+    return root / relative
 
 
 def lambada(limit: int, seed: int) -> list[Item]:
-    rows = [json.loads(line) for line in _need(shared_data(), "lambada/lambada_test.jsonl").open()]
+    rows = [json.loads(line) for line in _need("lambada/lambada_test.jsonl").open()]
     random.Random(seed).shuffle(rows)
     items = []
     for row in rows[:limit]:
@@ -62,7 +57,7 @@ def lambada(limit: int, seed: int) -> list[Item]:
 
 
 def squad(limit: int, seed: int, max_context: int = 1200) -> list[Item]:
-    data = json.loads(_need(shared_data(), "squad/dev-v2.0.json").read_text())
+    data = json.loads(_need("squad/dev-v2.0.json").read_text())
     items = []
     for article in data["data"]:
         for paragraph in article["paragraphs"]:
@@ -78,22 +73,7 @@ def squad(limit: int, seed: int, max_context: int = 1200) -> list[Item]:
 
 
 def read_jsonl(path: str, limit: int, seed: int) -> list[Item]:
-    items = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise TokenomyError(f"cannot read --data {path}: {err.strerror or err}") from err
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt, answers = row["prompt"], row["answers"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise TokenomyError(f"{path}:{number}: expected a JSON object with prompt and answers ({err})") from err
-        if not isinstance(prompt, str) or not prompt or not isinstance(answers, list) or not answers:
-            raise TokenomyError(f"{path}:{number}: prompt must be a non-empty string, answers a non-empty list")
-        items.append(Item(prompt, [str(a) for a in answers], "data"))
+    items = [Item(row["prompt"], row["answers"], "data") for _, row in read_records(path, ("prompt", "answers"))]
     random.Random(seed).shuffle(items)
     return items[:limit]
 

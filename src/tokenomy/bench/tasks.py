@@ -188,9 +188,18 @@ TASKS: dict[str, Callable[..., list[Sample]]] = {
 }
 
 
-def read_jsonl(path: str | Path) -> list[Sample]:
-    """Samples from JSONL: one object per line with ``context``, ``question``, ``answers`` (a list of
-    accepted strings) and optionally ``answer_prefix``. Errors name the file and line."""
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` (next to the working directory or to this checkout) when it exists."""
+    for root in (Path.cwd() / "../shared/data", Path(__file__).resolve().parents[4] / "../shared/data"):
+        if root.is_dir():
+            return root.resolve()
+    return None
+
+
+def read_records(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank JSONL line, checked to hold ``required`` fields, string
+    values for the other text fields and a non-empty list of strings for ``answers``; errors name the file
+    and line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -198,7 +207,7 @@ def read_jsonl(path: str | Path) -> list[Sample]:
         raise TokenomyError(f"cannot read --data file {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise TokenomyError(f"{path} is not UTF-8 text: {err}") from err
-    samples = []
+    records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -209,24 +218,26 @@ def read_jsonl(path: str | Path) -> list[Sample]:
             raise TokenomyError(f"{where}: not valid JSON ({err.msg})") from err
         if not isinstance(item, dict):
             raise TokenomyError(f"{where}: expected a JSON object, got {type(item).__name__}")
-        missing = [k for k in ("context", "question", "answers") if k not in item]
+        missing = [k for k in required if k not in item]
         if missing:
             raise TokenomyError(f"{where}: missing field(s) {', '.join(missing)}")
         answers = item["answers"]
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
             raise TokenomyError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
-        for key in ("context", "question", "answer_prefix"):
+        for key in ("context", "question", "answer_prefix", "prompt"):
             if key in item and not isinstance(item[key], str):
                 raise TokenomyError(f"{where}: {key!r} must be a string")
-        samples.append(
-            Sample(
-                context=item["context"],
-                question=item["question"],
-                answers=answers,
-                answer_prefix=item.get("answer_prefix", ""),
-                meta={"line": number},
-            )
-        )
-    if not samples:
+        records.append((number, item))
+    if not records:
         raise TokenomyError(f"{path} holds no samples")
-    return samples
+    return records
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    """Samples from JSONL: one object per line with ``context``, ``question``, ``answers`` (a list of
+    accepted strings) and optionally ``answer_prefix``."""
+    return [
+        Sample(context=item["context"], question=item["question"], answers=item["answers"],
+               answer_prefix=item.get("answer_prefix", ""), meta={"line": number})
+        for number, item in read_records(path, ("context", "question", "answers"))
+    ]

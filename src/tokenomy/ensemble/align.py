@@ -24,15 +24,6 @@ from tokenomy.ensemble.vocab import END, Vocabulary
 ALIGNMENTS = ("bytes", "union")
 
 
-def _prompt_ids(tokenizer, vocabulary: Vocabulary, prompt: bytes) -> list[int]:
-    ids = list(tokenizer("", add_special_tokens=True)["input_ids"]) + vocabulary.encode(prompt)
-    if not ids:
-        raise TokenomyError("empty prompt: this model has no start-of-text token to condition on")
-    if any(i >= vocabulary.size for i in ids):
-        raise TokenomyError("the prompt has bytes this model's vocabulary cannot spell")
-    return ids
-
-
 class ByteAlignment:
     end = END
 
@@ -71,7 +62,7 @@ class _TokenModel:
         self.forwarded = 0
 
     def start(self, prompt: bytes) -> None:
-        ids = _prompt_ids(self.tokenizer, self.vocabulary, prompt)
+        ids = self.vocabulary.prompt_ids(self.tokenizer, prompt)
         self.branch = Branch.prefill(self.model, ids)
         self.forwarded += len(ids)
 

@@ -76,12 +76,10 @@ class ByteLevelLM:
     def start(self, prompt: str | bytes) -> None:
         """Condition on ``prompt`` (text or bytes)."""
         data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
-        prefix = self.tokenizer("", add_special_tokens=True)["input_ids"]
-        ids = self.vocabulary.encode(data)
-        if any(i >= self.vocabulary.size for i in ids):
-            raise TokenomyError("the prompt has bytes this model's vocabulary cannot spell")
-        keep = max(0, len(ids) - self.backoff)
-        committed = list(prefix) + ids[:keep]
+        ids = self.vocabulary.prompt_ids(self.tokenizer, data)
+        starts = len(self.vocabulary.start_ids(self.tokenizer))  # BOS and the like are never re-read
+        keep = max(starts, len(ids) - self.backoff)
+        committed = ids[:keep]
         if not committed:
             raise TokenomyError("empty prompt: this model has no start-of-text token to condition on")
         self.stats = ByteStats()

@@ -13,6 +13,7 @@ import bisect
 import numpy as np
 import torch
 
+from tokenomy._validation import TokenomyError
 from tokenomy.codec.tokens import ByteTokenizer
 
 END = 256  # the symbol after the 256 byte values: the model emitted a non-text token
@@ -57,6 +58,20 @@ class Vocabulary:
         lo = bisect.bisect_left(self.sorted_bytes, prefix, lo=self.text_start)
         hi = bisect.bisect_left(self.sorted_bytes, _successor(prefix), lo=lo) if _successor(prefix) else self.size
         return lo, hi
+
+    @staticmethod
+    def start_ids(tokenizer) -> list[int]:
+        """The tokens the tokenizer puts before any text (e.g. BOS)."""
+        return list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+    def prompt_ids(self, tokenizer, data: bytes) -> list[int]:
+        """The model's start tokens then the tokens spelling ``data``."""
+        ids = self.start_ids(tokenizer) + self.encode(data)
+        if not ids:
+            raise TokenomyError("empty prompt: this model has no start-of-text token to condition on")
+        if any(i >= self.size for i in ids):
+            raise TokenomyError("the prompt has bytes this model's vocabulary cannot spell")
+        return ids
 
     def encode(self, data: bytes) -> list[int]:
         """Token ids spelling exactly ``data`` (the tokenizer's own split; byte pieces where it has no other)."""
