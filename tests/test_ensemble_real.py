@@ -30,3 +30,22 @@ def test_cli_ensemble_needs_two_models(capsys):
 
     assert main(["ensemble", "hello", "--models", "smollm2-135m"]) == 2
     assert "at least two models" in capsys.readouterr().err
+
+
+def test_byte_probabilities_are_exact_on_the_real_tokenizer(smollm2):
+    """Product of next-byte probabilities = P(text starts with the string), enumerating every SmolLM2
+    tokenization of it (49k-token vocabulary)."""
+    from test_ensemble import brute_force_prefix_probability
+
+    from tokenomy.ensemble.bytelevel import ByteLevelLM
+
+    model, tok = smollm2
+    lm = ByteLevelLM(model, tok, max_hypotheses=None, prune=0.0, backoff=0)
+    prompt, target = "The capital of France is", b" Par"
+    lm.start(prompt)
+    product = 1.0
+    for byte in target:
+        product *= float(lm.distribution()[byte])
+        lm.advance(byte)
+    context = lm.vocabulary.prompt_ids(tok, prompt.encode())
+    assert product == pytest.approx(brute_force_prefix_probability(model, lm.vocabulary, context, target), rel=1e-4)
