@@ -297,3 +297,44 @@ def test_benchmark_reads_custom_jsonl_and_rejects_bad_lines(tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(TokenomyError, match="bad.jsonl:1"):
         read_jsonl(str(bad), 10, 0)
+
+
+class _Script:
+    """A fake alignment emitting fixed multi-byte pieces, one per step, then END."""
+
+    def __init__(self, pieces):
+        self.pieces, self.end, self.forwarded = list(pieces), len(pieces), 0
+
+    def start(self, prompt):
+        self.step = 0
+
+    def distributions(self):
+        probs = torch.zeros(1, self.end + 1, dtype=torch.float64)
+        probs[0, min(self.step, self.end)] = 1.0
+        return probs
+
+    def advance(self, symbol):
+        self.step += 1
+
+    def spell(self, symbol):
+        return self.pieces[symbol]
+
+
+@pytest.mark.parametrize("stop, expected, why", [
+    ([b"bc"], b"a", "stop"),  # spans two pieces
+    ([b"zz"], b"abcdef", "end"),
+    ([b"f", b"cd"], b"ab", "stop"),  # the earliest stop string wins
+])
+def test_decode_cuts_at_the_first_stop_string_across_pieces(stop, expected, why):
+    from tokenomy.ensemble import Combiner, Strategy, decode
+
+    out = decode(_Script([b"ab", b"cd", b"ef"]), Combiner(Strategy()), b"p", max_new_bytes=64, stop=stop)
+    assert (out.data, out.stopped) == (expected, why)
+
+
+def test_decode_cuts_an_overshooting_piece_at_the_byte_budget():
+    from tokenomy.ensemble import Combiner, Strategy, decode
+
+    seen = []
+    out = decode(_Script([b"abc", b"def"]), Combiner(Strategy()), b"p", max_new_bytes=4, progress=seen.append)
+    assert (out.data, out.stopped, seen) == (b"abcd", "length", [3, 3])

@@ -180,7 +180,7 @@ def cmd_ensemble(args) -> int:
     ensemble = Ensemble([(m, t) for m, t, _ in _members(args.models)], alignment=args.alignment,
                         strategy=args.strategy, weights=args.weights, core=args.core, core_sigma=args.core_sigma,
                         max_hypotheses=args.max_hypotheses or None, prune=args.prune, backoff=args.backoff)
-    with tqdm(total=len(prompts), desc="ensemble", unit="prompt", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=len(prompts) * args.max_new_bytes, desc="ensemble", unit="B", file=sys.stderr, leave=False) as bar:
         outputs = ensemble.generate(prompts, max_new_bytes=args.max_new_bytes, stop=args.stop or [],
                                     temperature=args.temperature, seed=args.seed, progress=bar.update)
     for prompt, out in zip(prompts, outputs):

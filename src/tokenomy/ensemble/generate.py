@@ -33,9 +33,9 @@ class Output:
 
 def decode(alignment, combiner: Combiner, prompt: bytes, *, max_new_bytes: int, stop: Sequence[bytes] = (),
            temperature: float = 0.0, generator: torch.Generator | None = None,
-           until: Callable[[bytes], bool] | None = None) -> Output:
+           until: Callable[[bytes], bool] | None = None, progress: Callable[[int], None] | None = None) -> Output:
     """Greedy (temperature 0) or sampled decoding until END, a stop string, ``until(output)`` or
-    ``max_new_bytes``."""
+    ``max_new_bytes``; ``progress(n)`` hears of every ``n`` bytes added."""
     began, forwarded = time.perf_counter(), alignment.forwarded
     alignment.start(prompt)
     prompted, prompt_tokens = time.perf_counter(), alignment.forwarded - forwarded
@@ -52,8 +52,12 @@ def decode(alignment, combiner: Combiner, prompt: bytes, *, max_new_bytes: int, 
         if symbol == alignment.end:
             stopped = "end"
             break
-        out += alignment.spell(symbol)
-        hit = [out.find(s) for s in stop if s in out]
+        piece = alignment.spell(symbol)
+        out += piece
+        if progress is not None:
+            progress(len(piece))
+        fresh = len(out) - len(piece)  # earlier bytes held no stop string: search only what overlaps the piece
+        hit = [i for s in stop if (i := out.find(s, max(0, fresh - len(s) + 1))) >= 0]
         if hit:
             out, stopped = out[: min(hit)], "stop"
             break
@@ -68,7 +72,8 @@ def decode(alignment, combiner: Combiner, prompt: bytes, *, max_new_bytes: int, 
     stats = getattr(alignment, "stats", None) or []
     return Output(
         text=out.decode("utf-8", errors="replace"), data=out, steps=steps, core_changed=changed,
-        seconds=time.perf_counter() - prompted, prompt_seconds=prompted - began, forwarded_tokens=alignment.forwarded - forwarded - prompt_tokens, prompt_tokens=prompt_tokens, stopped=stopped,
+        seconds=time.perf_counter() - prompted, prompt_seconds=prompted - began,
+        forwarded_tokens=alignment.forwarded - forwarded - prompt_tokens, prompt_tokens=prompt_tokens, stopped=stopped,
         pruned_mass=max((s.pruned_mass for s in stats), default=0.0),
         capped_steps=sum(s.capped_steps for s in stats),
     )
@@ -100,7 +105,8 @@ class Ensemble:
 
     def generate(self, prompts: str | Sequence[str], *, max_new_bytes: int = 64, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0, progress=None) -> list[Output]:
-        """Continue each prompt (one after another); ``stop`` strings end a continuation (excluded)."""
+        """Continue each prompt (one after another); ``stop`` strings end a continuation (excluded);
+        ``progress(n)`` hears of every ``n`` bytes generated."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         check_int("max_new_bytes", max_new_bytes, minimum=1)
         if not (isinstance(temperature, (int, float)) and temperature >= 0):
@@ -115,9 +121,7 @@ class Ensemble:
                 raise TokenomyError(f"prompts must be non-empty strings, got {prompt!r}")
             outputs.append(decode(self.alignment, self.combiner, prompt.encode("utf-8"),
                                   max_new_bytes=max_new_bytes, stop=stops, temperature=temperature,
-                                  generator=generator))
-            if progress is not None:
-                progress(1)
+                                  generator=generator, progress=progress))
         return outputs
 
 
