@@ -303,7 +303,9 @@ class _Script:
     """A fake alignment emitting fixed multi-byte pieces, one per step, then END."""
 
     def __init__(self, pieces):
-        self.pieces, self.end, self.forwarded = list(pieces), len(pieces), 0
+        from tokenomy.ensemble.align import Parallel
+
+        self.pieces, self.end, self.forwarded, self.parallel = list(pieces), len(pieces), 0, Parallel(1)
 
     def start(self, prompt):
         self.step = 0
@@ -338,3 +340,21 @@ def test_decode_cuts_an_overshooting_piece_at_the_byte_budget():
     seen = []
     out = decode(_Script([b"abc", b"def"]), Combiner(Strategy()), b"p", max_new_bytes=4, progress=seen.append)
     assert (out.data, out.stopped, seen) == (b"abcd", "length", [3, 3])
+
+
+def test_models_stepping_side_by_side_decode_exactly_as_one_after_another(two_members):
+    from tokenomy.ensemble import Ensemble
+    from tokenomy.ensemble.align import Parallel
+
+    before = torch.get_num_threads()
+    for alignment in ("bytes", "union"):
+        ens = Ensemble(two_members, alignment=alignment, core=True)
+        side = [o.data for o in ens.generate(["ab c", "c"], max_new_bytes=12)]
+        assert torch.get_num_threads() == before  # restored after decoding
+        ens.alignment.parallel = Parallel(1)
+        torch.set_num_threads(1)  # the same arithmetic as inside the side-by-side threads
+        try:
+            one_by_one = [o.data for o in ens.generate(["ab c", "c"], max_new_bytes=12)]
+        finally:
+            torch.set_num_threads(before)
+        assert side == one_by_one

@@ -9,10 +9,15 @@
   another in two gets two unrelated entries: the misalignment CoRE's token-level filter targets.
 - `TokenAlignment`: one model on its own vocabulary — plain greedy/sampled decoding, the single-model
   reference.
-All share `start(prompt)`, `distributions()` -> [models, symbols], `advance(symbol)`, `spell(symbol)`.
+All share `start(prompt)`, `distributions()` -> [models, symbols], `advance(symbol)`, `spell(symbol)`,
+and `parallel`, which steps their models side by side.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -24,23 +29,48 @@ from tokenomy.ensemble.vocab import END, Vocabulary
 ALIGNMENTS = ("bytes", "union")
 
 
+class Parallel:
+    """Runs one call per model side by side: a thread per model, one intra-op thread each (inside
+    ``threads()``). A one-token step is bound by per-operator overhead rather than arithmetic — a SmolLM2
+    step takes 38 ms on one thread and 39 ms on two here — so two models stepping side by side finish in
+    about 0.7x the time of one after the other."""
+
+    def __init__(self, models: int):
+        self.pool = ThreadPoolExecutor(models, thread_name_prefix="tokenomy-ensemble") if models > 1 else None
+
+    def map(self, call: Callable, items: Sequence) -> list:
+        return list(self.pool.map(call, items)) if self.pool else [call(item) for item in items]
+
+    @contextmanager
+    def threads(self) -> Iterator[None]:
+        """One intra-op thread per model while decoding (restored after) when models run side by side."""
+        if self.pool is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
 class ByteAlignment:
     end = END
 
     def __init__(self, members, *, max_hypotheses=4, prune=1e-3, backoff=1):
         self.models = [ByteLevelLM(model, tok, max_hypotheses=max_hypotheses, prune=prune, backoff=backoff,
                                    vocabulary=vocab) for model, tok, vocab in members]
+        self.parallel = Parallel(len(self.models))
 
     def start(self, prompt: bytes) -> None:
-        for m in self.models:
-            m.start(prompt)
+        self.parallel.map(lambda m: m.start(prompt), self.models)
 
     def distributions(self) -> torch.Tensor:
-        return torch.stack([m.distribution() for m in self.models])
+        return torch.stack(self.parallel.map(ByteLevelLM.distribution, self.models))
 
     def advance(self, symbol: int) -> None:
-        for m in self.models:
-            m.advance(symbol)
+        self.parallel.map(lambda m: m.advance(symbol), self.models)
 
     def spell(self, symbol: int) -> bytes:
         return bytes([symbol])
@@ -81,6 +111,7 @@ class TokenAlignment:
     def __init__(self, member):
         model, tok, vocab = member
         self.member = _TokenModel(model, tok, vocab)
+        self.parallel = Parallel(1)
         self.end = vocab.size  # one past the vocabulary
         self._text = torch.tensor([bool(b) for b in vocab.spelled])
 
@@ -117,10 +148,10 @@ class UnionAlignment:
         self.index = [torch.tensor([self.end if i < 0 else i for i in ids]) for ids in self.index]
         self.strings = list(strings)
         self.size = self.end + 1
+        self.parallel = Parallel(len(self.members))
 
     def start(self, prompt: bytes) -> None:
-        for m in self.members:
-            m.start(prompt)
+        self.parallel.map(lambda m: m.start(prompt), self.members)
 
     def distributions(self) -> torch.Tensor:
         out = torch.zeros(len(self.members), self.size, dtype=torch.float64)
@@ -130,12 +161,15 @@ class UnionAlignment:
 
     def advance(self, symbol: int) -> None:
         spelled = self.strings[symbol]
-        for m in self.members:
+
+        def append(m: _TokenModel) -> None:
             own = m.vocabulary.exact.get(spelled)
             tokens = [min(own)] if own else m.vocabulary.encode(spelled)
             if any(t >= m.vocabulary.size for t in tokens):
                 raise TokenomyError(f"a model's vocabulary cannot spell {spelled!r}")
             m.append(tokens)
+
+        self.parallel.map(append, self.members)
 
     def spell(self, symbol: int) -> bytes:
         return self.strings[symbol]

@@ -36,6 +36,11 @@ def decode(alignment, combiner: Combiner, prompt: bytes, *, max_new_bytes: int, 
            until: Callable[[bytes], bool] | None = None, progress: Callable[[int], None] | None = None) -> Output:
     """Greedy (temperature 0) or sampled decoding until END, a stop string, ``until(output)`` or
     ``max_new_bytes``; ``progress(n)`` hears of every ``n`` bytes added."""
+    with alignment.parallel.threads():
+        return _decode(alignment, combiner, prompt, max_new_bytes, stop, temperature, generator, until, progress)
+
+
+def _decode(alignment, combiner, prompt, max_new_bytes, stop, temperature, generator, until, progress) -> Output:
     began, forwarded = time.perf_counter(), alignment.forwarded
     alignment.start(prompt)
     prompted, prompt_tokens = time.perf_counter(), alignment.forwarded - forwarded
