@@ -9,14 +9,15 @@ import torch
 from tokenomy._validation import TokenomyError
 
 
-def toy_tokenizer(merges=(("a", "b"), ("b", "c"), ("ab", "c"), (" ", "a"), ("c", "a"))):
-    """A BPE tokenizer over 'a', 'b', 'c', ' ' whose merges give every short string several spellings."""
+def toy_tokenizer(merges=(("a", "b"), ("b", "c"), ("ab", "c"), (" ", "a"), ("c", "a")), extra=()):
+    """A BPE tokenizer over 'a', 'b', 'c', ' ' whose merges give every short string several spellings
+    (``extra``: more pieces, e.g. a byte piece "<0x61>" that spells "a" a second time)."""
     from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "c": 4, " ": 5}
-    for left, right in merges:
-        vocab[left + right] = len(vocab)
+    for piece in [left + right for left, right in merges] + list(extra):
+        vocab[piece] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
@@ -358,3 +359,19 @@ def test_models_stepping_side_by_side_decode_exactly_as_one_after_another(two_me
         finally:
             torch.set_num_threads(before)
         assert side == one_by_one
+
+
+def test_tokens_spelling_the_same_bytes_are_separate_tokenizations():
+    """Two ids spell "d" (a letter and a byte piece) and no longer token starts with "d": each id is its own
+    path, both counted, and neither may extend the other's cache."""
+    tok = toy_tokenizer(extra=("d", "<0x64>"))
+    model = toy_model(len(tok), seed=4)
+    lm = exact_byte_lm(model, tok, backoff=0)
+    assert len(lm.vocabulary.exact[b"d"]) == 2
+    lm.start("c")
+    product = 1.0
+    for byte in b"dad":
+        product *= float(lm.distribution()[byte])
+        lm.advance(byte)
+    context = lm.vocabulary.prompt_ids(tok, b"c")
+    assert product == pytest.approx(brute_force_prefix_probability(model, lm.vocabulary, context, b"dad"), rel=1e-5)

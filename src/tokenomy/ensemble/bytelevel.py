@@ -21,6 +21,7 @@ so a prompt ending mid-token (the FIM case) is handled by the same rule instead 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -112,7 +113,7 @@ class ByteLevelLM:
         """Append ``byte`` to the stream and update the hypotheses."""
         self.stream += bytes([byte])
         here = len(self.stream)
-        shares, parents, children = [], [], []
+        parents, children = [], []
         for h in self.hypotheses:
             rest = self.stream[h.end :]
             lo, hi = self.vocabulary.prefix_range(rest)
@@ -141,10 +142,11 @@ class ByteLevelLM:
         self.stats.pruned_mass = max(self.stats.pruned_mass, dropped)
         survivors = [h for _, kind, h, _ in kept if kind == "parent"]
         alive = {id(h) for h in survivors}
+        uses = Counter(id(h) for _, kind, h, _ in kept if kind == "child")
         for _, kind, h, token in kept:
-            if kind == "child":  # a parent with no other use hands its cache over instead of copying it
-                fork = id(h) in alive
-                alive.add(id(h))
+            if kind == "child":  # a parent's last use hands its cache over instead of copying it
+                uses[id(h)] -= 1
+                fork = id(h) in alive or uses[id(h)] > 0
                 log_weight = h.log_weight + math.log(float(h.probs[self._rank[token]]))
                 survivors.append(self._hypothesis(h.branch.extend([token], fork=fork), here, log_weight))
                 self.forwarded[0] += 1
