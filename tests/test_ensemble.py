@@ -185,6 +185,7 @@ def test_core_changes_the_decision_when_one_model_is_confidently_isolated():
     ({"name": "median"}, "unknown strategy"),
     ({"name": "weighted"}, "needs weights"),
     ({"name": "weighted", "weights": (1.0, -1.0)}, "positive"),
+    ({"name": "average", "weights": (1.0, 2.0)}, "'weighted' only"),
 ])
 def test_bad_strategies_raise_one_clear_error(kwargs, message):
     from tokenomy.ensemble import Strategy

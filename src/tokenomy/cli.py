@@ -177,8 +177,11 @@ def cmd_ensemble(args) -> int:
         raise TokenomyError("give a prompt (or --prompts-file FILE, one prompt per line)")
     if len(args.models) < 2:
         raise TokenomyError("an ensemble needs at least two models: --models a,b[,c...]")
+    if args.core_sigma is not None and not args.core:
+        raise TokenomyError("--core-sigma sets CoRE's filter: give --core too")
+    sigma = {} if args.core_sigma is None else {"core_sigma": args.core_sigma}
     ensemble = Ensemble([(m, t) for m, t, _ in _members(args.models)], alignment=args.alignment,
-                        strategy=args.strategy, weights=args.weights, core=args.core, core_sigma=args.core_sigma,
+                        strategy=args.strategy, weights=args.weights, core=args.core, **sigma,
                         max_hypotheses=args.max_hypotheses or None, prune=args.prune, backoff=args.backoff)
     with tqdm(total=len(prompts) * args.max_new_bytes, desc="ensemble", unit="B", file=sys.stderr, leave=False) as bar:
         outputs = ensemble.generate(prompts, max_new_bytes=args.max_new_bytes, stop=args.stop or [],
@@ -406,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="average", help="average, weighted, max-confidence")
     p.add_argument("--weights", type=_csv(float), help="per-model weights (strategy weighted)")
     p.add_argument("--core", action="store_true", help="wrap the strategy with CoRE consistency weighting")
-    p.add_argument("--core-sigma", type=float, default=0.2, help="width of CoRE's token-level low-pass filter")
+    p.add_argument("--core-sigma", type=float, help="width of CoRE's token-level low-pass filter (default 0.2)")
     p.add_argument("--max-new-bytes", type=int, default=128)
     p.add_argument("--stop", action="append", help="stop string (repeatable); not included in the output")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")

@@ -42,8 +42,6 @@ class _Hypothesis:
 
 @dataclass
 class ByteStats:
-    steps: int = 0
-    forwarded_tokens: int = 0
     max_hypotheses: int = 0
     pruned_mass: float = 0.0  # largest share of probability dropped at one byte
     capped_steps: int = 0  # bytes at which the hypothesis cap dropped something
@@ -70,7 +68,7 @@ class ByteLevelLM:
             raise TokenomyError(f"prune must be in [0, 1), got {self.prune!r}")
         if self.vocabulary is None:
             self.vocabulary = Vocabulary(self.tokenizer, self.model.config.vocab_size)
-        self.forwarded = [0]  # tokens run through the model since construction
+        self.forwarded = 0  # tokens run through the model since construction
         self._rank = torch.empty_like(self.vocabulary.order)
         self._rank[self.vocabulary.order] = torch.arange(len(self.vocabulary.order))
 
@@ -86,11 +84,10 @@ class ByteLevelLM:
         self.stats = ByteStats()
         self.stream = b""
         start = Branch.prefill(self.model, committed)
-        self.forwarded[0] += len(committed)
+        self.forwarded += len(committed)
         self.hypotheses = [self._hypothesis(start, 0, 0.0)]
         for byte in self.vocabulary.bytes_tokenizer.decode(ids[keep:]):
             self.advance(byte)
-        self.stats.steps = 0
 
     def _hypothesis(self, branch: Branch, end: int, log_weight: float) -> _Hypothesis:
         return _Hypothesis(branch, end, log_weight, branch.probs[self.vocabulary.order])
@@ -149,11 +146,9 @@ class ByteLevelLM:
                 fork = id(h) in alive or uses[id(h)] > 0
                 log_weight = h.log_weight + math.log(float(h.probs[self._rank[token]]))
                 survivors.append(self._hypothesis(h.branch.extend([token], fork=fork), here, log_weight))
-                self.forwarded[0] += 1
-                self.stats.forwarded_tokens += 1
+                self.forwarded += 1
         top = max(h.log_weight for h in survivors)
         for h in survivors:
             h.log_weight -= top
         self.hypotheses = survivors
-        self.stats.steps += 1
         self.stats.max_hypotheses = max(self.stats.max_hypotheses, len(survivors))

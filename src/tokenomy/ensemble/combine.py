@@ -40,11 +40,13 @@ class Strategy:
         check_choice("strategy", self.name, STRATEGIES)
         if self.name == "weighted" and self.weights is None:
             raise TokenomyError("strategy 'weighted' needs weights, one positive number per model")
+        if self.weights is not None and self.name != "weighted":
+            raise TokenomyError(f"weights apply to strategy 'weighted' only, not {self.name!r}")
         if self.weights is not None and (not self.weights or any(not w > 0 for w in self.weights)):
             raise TokenomyError(f"weights must be positive numbers, got {self.weights!r}")
 
     def model_weights(self, models: int) -> torch.Tensor:
-        if self.weights is None or self.name != "weighted":
+        if self.weights is None:
             return torch.full((models,), 1.0 / models, dtype=torch.float64)
         if len(self.weights) != models:
             raise TokenomyError(f"got {len(self.weights)} weights for {models} models")
