@@ -111,3 +111,45 @@ class HeadAdaptive:
             chosen = p.flatten().topk(h * k).indices // n
             counts[row] = torch.bincount(chosen, minlength=h)
         return counts
+
+
+def split_budget(total: int, weights: Tensor, capacity: Tensor) -> Tensor:
+    """Split ``total`` items among groups in proportion to ``weights``, none above its ``capacity``.
+
+    Hamilton's largest-remainder apportionment with caps: groups whose proportional share reaches their
+    capacity get exactly that, and the rest is shared again among the others in proportion to their
+    weights, until no share exceeds a capacity; then every group gets the floor of its share and the
+    leftover items go to the largest fractional remainders (ties: lower index). ``weights`` ``(c,)`` are
+    >= 0 (where the groups still open all weigh 0, they count as equal), ``capacity`` ``(c,)`` integers
+    >= 0. Returns counts ``(c,)`` summing to ``total`` exactly; equal weights give an even split with the
+    remainder on the first groups.
+    """
+    if weights.ndim != 1 or tuple(capacity.shape) != tuple(weights.shape):
+        raise TokenomyError(f"weights and capacity must both have shape (c,), got {tuple(weights.shape)} and "
+                            f"{tuple(capacity.shape)}")
+    if not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+        raise TokenomyError(f"weights must be finite and >= 0, got {weights.tolist()}")
+    if capacity.is_floating_point() or capacity.is_complex() or bool((capacity < 0).any()):
+        raise TokenomyError(f"capacity must be integers >= 0, got {capacity.tolist()}")
+    check_int("total", total)
+    cap = capacity.long()
+    if total > int(cap.sum()):
+        raise TokenomyError(f"total must be in [0, {int(cap.sum())}] (the summed capacity), got {total}")
+    w = weights.double()
+    quota = cap.double()
+    open_ = cap > 0
+    while bool(open_.any()):
+        share = torch.where(open_, w, 0.0)
+        if float(share.sum()) == 0.0:
+            share = open_.double()
+        rest = total - int(cap[~open_].sum())
+        quota = torch.where(open_, rest * share / share.sum(), cap.double())
+        full = open_ & (quota >= cap)
+        if not bool(full.any()):
+            break
+        open_ &= ~full
+    counts = torch.minimum(quota.floor().long(), cap)  # groups found full get exactly their capacity
+    remainder = torch.where(open_, quota - counts, -1.0)
+    leftover = total - int(counts.sum())
+    counts[remainder.argsort(descending=True, stable=True)[:leftover]] += 1
+    return counts
