@@ -1,0 +1,188 @@
+"""A deterministic, seeded generator of visual question answering that needs the image.
+
+Two kinds of image, both 96x96 RGB:
+
+* scenes: 1-4 objects (circle, square, triangle; red, green, blue, yellow — one colour per object; small
+  or large) on a lightly tinted, noisy background. Half the scenes cluster their objects in one region, so
+  some crops are nearly empty while others are busy.
+* documents: a white page of small grey filler text (sparse or dense) with one large word to read.
+
+Questions (one per image, answer a single word): the colour of the only object of a shape, the shape of
+the object of a colour, how many objects there are, whether one object is left/right of (or above/below)
+another, and which large word is written on a page. Answers are balanced within each question type, so
+a model that does not look at the image is near chance.
+
+Every sample is a pure function of ``(split, index)``: the train, val and test splits draw from disjoint
+seeds, and the generator also returns per-patch labels (used only to pre-train the vision encoder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SIZE = 96
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (215, 45, 45), "green": (45, 165, 65), "blue": (45, 85, 215), "yellow": (225, 195, 35)}
+WORDS = ("cat", "dog", "sun", "tree", "fish", "bird", "car", "book")
+SPLITS = ("train", "val", "test")
+QUESTION_TYPES = ("colour", "shape", "count", "relation", "word")
+# Per-pixel label channels (also the per-patch targets of encoder pre-training).
+KIND_BACKGROUND, KIND_TEXT, KIND_WORD = 0, 4, 5  # 1..3 are the shapes, in SHAPES order
+
+
+@dataclass
+class Sample:
+    """One image with its question and answer; ``labels`` is ``(3, 96, 96)``: kind, colour, word."""
+
+    image: Image.Image
+    question: str
+    answer: str
+    qtype: str
+    labels: np.ndarray
+    count: int
+
+
+def _rng(split: str, index: int) -> random.Random:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    digest = hashlib.sha256(f"tokenomy-vqa:{split}:{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _background(rng: random.Random, page: bool) -> np.ndarray:
+    if page:
+        base = np.full((SIZE, SIZE, 3), rng.randint(240, 255), dtype=np.float32)
+    else:
+        base = np.array([rng.randint(185, 250) for _ in range(3)], dtype=np.float32) * np.ones((SIZE, SIZE, 3))
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 4, (SIZE, SIZE, 3))
+    return np.clip(base + noise, 0, 255)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape == "square":
+        s = r * 0.85
+        draw.rectangle([x - s, y - s, x + s, y + s], fill=fill)
+    else:
+        draw.polygon([(x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)], fill=fill)
+
+
+def _scene(rng: random.Random, qtype: str):
+    n = rng.randint(1, 4) if qtype == "count" else rng.randint(2, 4)
+    colours = rng.sample(list(COLOURS), n)
+    region = (0, 0, SIZE, SIZE)
+    if rng.random() < 0.5:  # cluster the objects: some crops stay nearly empty
+        w = rng.randint(56, 72)
+        x0, y0 = rng.randint(0, SIZE - w), rng.randint(0, SIZE - w)
+        region = (x0, y0, x0 + w, y0 + w)
+    objects = []
+    for attempt in range(500):
+        if len(objects) == n:
+            break
+        r = rng.uniform(5, 7) if rng.random() < 0.5 else rng.uniform(9, 13)
+        x = rng.uniform(region[0] + r + 1, region[2] - r - 1)
+        y = rng.uniform(region[1] + r + 1, region[3] - r - 1)
+        if all((x - ox) ** 2 + (y - oy) ** 2 > (r + orad + 3) ** 2 for _, _, ox, oy, orad in objects):
+            objects.append((rng.choice(SHAPES), colours[len(objects)], x, y, r))
+    return objects
+
+
+def _render_scene(rng: random.Random, objects) -> tuple[Image.Image, np.ndarray]:
+    image = Image.fromarray(_background(rng, page=False).astype(np.uint8))
+    kind = Image.new("L", (SIZE, SIZE), KIND_BACKGROUND)
+    colour = Image.new("L", (SIZE, SIZE), 0)
+    draw, draw_kind, draw_colour = ImageDraw.Draw(image), ImageDraw.Draw(kind), ImageDraw.Draw(colour)
+    names = list(COLOURS)
+    for shape, name, x, y, r in objects:
+        rgb = tuple(int(np.clip(c + rng.randint(-15, 15), 0, 255)) for c in COLOURS[name])
+        _draw_shape(draw, shape, x, y, r, rgb)
+        _draw_shape(draw_kind, shape, x, y, r, 1 + SHAPES.index(shape))
+        _draw_shape(draw_colour, shape, x, y, r, 1 + names.index(name))
+    labels = np.stack([np.asarray(kind), np.asarray(colour), np.zeros((SIZE, SIZE), np.uint8)])
+    return image, labels
+
+
+def _render_document(rng: random.Random, word: str) -> tuple[Image.Image, np.ndarray]:
+    image = Image.fromarray(_background(rng, page=True).astype(np.uint8))
+    kind = Image.new("L", (SIZE, SIZE), KIND_BACKGROUND)
+    word_map = Image.new("L", (SIZE, SIZE), 0)
+    draw, draw_kind, draw_word = ImageDraw.Draw(image), ImageDraw.Draw(kind), ImageDraw.Draw(word_map)
+    big = _font(20)
+    text = word.upper()
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=big)
+    wx = rng.randint(2, SIZE - (right - left) - 2) - left
+    wy = rng.randint(2, SIZE - (bottom - top) - 2) - top
+    box = (wx + left - 2, wy + top - 2, wx + right + 2, wy + bottom + 2)
+    small = _font(7)
+    density = rng.choice((0.15, 0.5, 0.9))
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for y in range(3, SIZE - 6, 9):
+        x = 3
+        while x < SIZE - 12:
+            token = "".join(rng.choice(letters) for _ in range(rng.randint(2, 5)))
+            tw = draw.textlength(token, font=small)
+            near_word = not (x + tw < box[0] - 2 or x > box[2] + 2 or y + 7 < box[1] - 2 or y > box[3] + 2)
+            if rng.random() < density and not near_word and x + tw < SIZE - 2:
+                grey = rng.randint(90, 150)
+                draw.text((x, y), token, fill=(grey, grey, grey), font=small)
+                draw_kind.rectangle([x, y + 1, x + tw, y + 7], fill=KIND_TEXT)
+            x += int(tw) + 4
+    draw.text((wx, wy), text, fill=(10, 10, 10), font=big)
+    draw_kind.rectangle(box, fill=KIND_WORD)
+    draw_word.rectangle(box, fill=1 + WORDS.index(word))
+    labels = np.stack([np.asarray(kind), np.zeros((SIZE, SIZE), np.uint8), np.asarray(word_map)])
+    return image, labels
+
+
+def _relation(rng: random.Random, objects):
+    pairs = [(a, b) for a in objects for b in objects if a is not b]
+    rng.shuffle(pairs)
+    for a, b in pairs:
+        dx, dy = a[2] - b[2], a[3] - b[3]
+        if abs(dx) >= 12 and abs(dx) > abs(dy):
+            return f"Is the {a[1]} object left or right of the {b[1]} object?", "left" if dx < 0 else "right"
+        if abs(dy) >= 12 and abs(dy) > abs(dx):
+            return f"Is the {a[1]} object above or below the {b[1]} object?", "above" if dy < 0 else "below"
+    return None
+
+
+def _question(rng: random.Random, qtype: str, objects):
+    if qtype == "count":
+        return "How many objects are there?", str(len(objects))
+    if qtype == "shape":
+        obj = rng.choice(objects)
+        return f"What shape is the {obj[1]} object?", obj[0]
+    if qtype == "colour":
+        unique = [o for o in objects if sum(p[0] == o[0] for p in objects) == 1]
+        if not unique:
+            return None
+        obj = rng.choice(unique)
+        return f"What colour is the {obj[0]}?", obj[1]
+    return _relation(rng, objects)
+
+
+def sample(split: str, index: int) -> Sample:
+    """The ``index``-th sample of ``split`` (``train``, ``val`` or ``test``); the same every time."""
+    rng = _rng(split, index)
+    qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    if qtype == "word":
+        word = WORDS[rng.randrange(len(WORDS))]
+        image, labels = _render_document(rng, word)
+        return Sample(image, "What word is written in large letters?", word, qtype, labels, 0)
+    while True:
+        objects = _scene(rng, qtype)
+        qa = _question(rng, qtype, objects)
+        if qa is not None:
+            break
+    image, labels = _render_scene(rng, objects)
+    return Sample(image, qa[0], qa[1], qtype, labels, len(objects))
