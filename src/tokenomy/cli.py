@@ -56,6 +56,10 @@ def cmd_bench_kv(args) -> int:
         method_names = [m.name for m in registry.methods(SITE)]
     else:
         method_names = args.methods
+    kv_methods = [m.name for m in registry.methods(SITE)]
+    for name in method_names:
+        if registry.get(name).site != SITE:
+            raise TokenomyError(f"{name!r} is not a KV-cache method; choose from: {', '.join(kv_methods)}")
     config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
     check_int("--limit", args.limit, minimum=1)
     for n in args.length:
@@ -101,14 +105,15 @@ def cmd_bench_kv(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from tokenomy.bench import codec, ensemble, kv
+    from tokenomy.bench import codec, ensemble, kv, vision
 
     try:
         payload = json.loads(open(args.json).read())
     except (OSError, ValueError) as err:
         raise TokenomyError(f"cannot read benchmark JSON {args.json}: {err}") from err
     suite = payload.get("suite") or ("kv" if "aggregate" in payload else "codec")
-    render = {"kv": kv.render, "codec": codec.render, "ensemble": ensemble.render}[suite]
+    render = {"kv": kv.render, "codec": codec.render, "ensemble": ensemble.render,
+              "vision": vision.render}[suite]
     print(render(payload, markdown=args.markdown))
     print(f"\n`{payload['command']}`")
     return 0
@@ -238,6 +243,52 @@ def cmd_bench_ensemble(args) -> int:
         payload = {"suite": "ensemble", "command": command_line(), "config": vars(args) | {"func": None},
                    "environment": environment(), "results": results, "samples": rows}
         print(f"wrote {write_json(args.json, payload)}")
+    return 0
+
+
+def cmd_bench_vision(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    import tokenomy
+    from tokenomy.bench import vision as bench
+    from tokenomy.bench.report import command_line, environment, table, write_json
+    from tokenomy._validation import check_fraction, check_int
+
+    check_int("--limit", args.limit, minimum=1)
+    check_int("--repeats", args.repeats, minimum=1)
+    check_int("--timing", args.timing, minimum=0)
+    keeps = [check_fraction("keep", k) for k in args.keep]
+    visual_sites = ("pre-llm", "vision-encoder")
+    available = [m.name for m in tokenomy.methods() if m.site in visual_sites]
+    methods = available if args.methods == ["all"] else args.methods
+    for name in methods:
+        if tokenomy.get(name).site not in visual_sites:
+            raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
+    vlm, processor = tokenomy.load("reference-vlm")
+    configs = 2 + len(methods) * len(keeps)
+    timing = min(args.timing, args.limit)
+    with tqdm(total=args.limit * configs + args.repeats * timing * (configs - 1), desc="bench vision",
+              unit="run", file=sys.stderr) as bar:
+        rows, timings = bench.run(vlm, processor, methods, keeps, args.limit, args.seed, args.repeats, timing,
+                                  progress=bar.update)
+    results = bench.summarize(vlm, processor, rows, timings)
+    print(table(results, bench.COLUMNS))
+    if args.json:
+        payload = {"suite": "vision", "command": command_line(), "config": vars(args) | {"func": None},
+                   "environment": environment(), "results": results, "samples": rows, "timings": timings}
+        path = write_json(args.json, payload)
+        print(f"wrote {path} and {bench.plot(results, Path(path).with_suffix('.png'))}")
+    return 0
+
+
+def cmd_train_vlm(args) -> int:
+    from tokenomy.models.reference_vlm.train import train
+
+    out = train(args.output, encoder_steps=args.encoder_steps, align_steps=args.align_steps, batch=args.batch,
+                seed=args.seed)
+    print(f"wrote {out}")
     return 0
 
 
@@ -400,6 +451,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt tokens; the tasks' prompts end at word boundaries)")
     p.add_argument("--json", help="write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_ensemble)
+
+    p = bench.add_parser("vision", help="visual-token methods on the reference VLM (accuracy, tokens, prefill)")
+    p.add_argument("--methods", type=_csv(str), default=["all"], help="comma list of visual methods, or all")
+    p.add_argument("--keep", type=_csv(float), default=[0.11, 0.33],
+                   help="comma list of fractions of visual tokens reaching the LLM")
+    p.add_argument("--limit", type=int, default=60, help="test-split samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timing", type=int, default=8, help="samples whose prefill is timed (0: no timing)")
+    p.add_argument("--repeats", type=int, default=3, help="timing rounds (medians reported)")
+    p.add_argument("--json", help="write per-sample rows and aggregates here; the plot goes next to it (.png)")
+    p.set_defaults(func=cmd_bench_vision)
+
+    p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2) on the CPU")
+    p.add_argument("-o", "--output", default=None, help="checkpoint path (default: the one shipped in the package)")
+    p.add_argument("--encoder-steps", type=int, default=800)
+    p.add_argument("--align-steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_vlm)
 
     p = sub.add_parser("ensemble", help="generate with two or more models that have different tokenizers")
     p.add_argument("prompt", nargs="*", help="prompt(s); each is continued separately")
