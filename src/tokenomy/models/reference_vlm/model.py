@@ -91,8 +91,9 @@ def load_reference_vlm(weights: str | Path | None = None, dtype=torch.float32):
     if missing:
         raise TokenomyError(f"{path} is not a reference VLM checkpoint (missing {sorted(missing)[:3]} ...)")
     with torch.no_grad():
-        for key in [k for k in state if k.startswith(LORA_PREFIX)]:
+        for key in [k[: -len(".A")] for k in state if k.startswith(LORA_PREFIX) and k.endswith(".A")]:
             layer, name = key[len(LORA_PREFIX):].split(".")
-            getattr(language_model.model.layers[int(layer)].self_attn, name).weight += state.pop(key)
+            delta = state.pop(f"{key}.B") @ state.pop(f"{key}.A")
+            getattr(language_model.model.layers[int(layer)].self_attn, name).weight += delta
     vlm.load_state_dict(state, strict=False)
     return vlm.to(dtype).eval(), processor

@@ -6,8 +6,10 @@ Two stages, both seeded and with a fixed number of steps:
    predicts the kind (background, shape, filler text, large word), colour and word under it, thumbnail
    patches also the number of objects; the [CLS] token predicts which (shape, colour) pairs and which
    word its crop contains — so [CLS] attention means something, as it does in CLIP.
-2. Alignment: the projector (and, slowly, the ViT) learns to speak to SmolLM2, with the cross-entropy
-   of the answer tokens. SmolLM2's weights stay frozen (bfloat16); a rank-8 LoRA on its query and value
+2. Alignment: the projector starts out *semantic* — its first layer holds stage 1's probes and its
+   second maps each probe class to the embedding of the word that names it ("red", "circle", "cat",
+   "3"), so a visual token first reads to SmolLM2 like the words for what it shows — and then the
+   projector (and, slowly, the ViT) learns from the cross-entropy of the answer tokens. SmolLM2's weights stay frozen (bfloat16); a rank-8 LoRA on its query and value
    projections (LoRA: Hu et al., 2021, arXiv:2106.09685) lets it learn to read visual tokens. The LoRA
    deltas ship with the checkpoint and are merged into the weights at load time, so the served model is
    a plain LLaVA again.
@@ -57,21 +59,31 @@ def crop_presence(targets: np.ndarray) -> np.ndarray:
     return out
 
 
+# The word each probe class stands for (None: no word). Patch probes: kind, colour, word, object count
+# (thumbnail patches only; other crops' patches learn class 0, "no count here").
+PROBE_WORDS = (
+    (None, "circle", "square", "triangle", "text", None),
+    (None, "red", "green", "blue", "yellow"),
+    (None, *scenes.WORDS),
+    (None, "1", "2", "3", "4"),
+)
+
+
 class EncoderHeads(nn.Module):
-    """Linear probes used only by stage 1."""
+    """Linear probes of stage 1: per patch (`probes`, in PROBE_WORDS order) and per [CLS] (`presence`)."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.kind, self.colour, self.word, self.count = (nn.Linear(width, n) for n in (6, 5, 9, 5))
+        self.probes = nn.ModuleList(nn.Linear(width, len(words)) for words in PROBE_WORDS)
         self.presence = nn.Linear(width, 21)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, presence: torch.Tensor, counts: torch.Tensor):
         cls, patches = hidden[:, 0], hidden[:, 1:]
-        ce = nn.functional.cross_entropy
-        loss = sum(ce(head(patches).flatten(0, 1), targets[:, i].flatten())
-                   for i, head in enumerate((self.kind, self.colour, self.word)))
-        thumb = patches.view(-1, LAYOUT.num_crops, *patches.shape[1:])[:, 0]
-        loss = loss + ce(self.count(thumb).flatten(0, 1), counts.repeat_interleave(thumb.shape[1]))
+        count = torch.zeros_like(targets[:, 0]).view(-1, LAYOUT.num_crops, patches.shape[1])
+        count[:, 0] = counts.unsqueeze(1)  # the thumbnail sees every object
+        labels = [targets[:, 0], targets[:, 1], targets[:, 2], count.flatten(0, 1)]
+        loss = sum(nn.functional.cross_entropy(head(patches).flatten(0, 1), label.flatten())
+                   for head, label in zip(self.probes, labels))
         return loss + nn.functional.binary_cross_entropy_with_logits(self.presence(cls), presence)
 
 
@@ -81,7 +93,7 @@ def _batch(processor, split: str, start: int, size: int):
                               [s.answer for s in samples])
 
 
-def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3) -> None:
+def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3) -> EncoderHeads:
     tower = vlm.model.vision_tower
     heads = EncoderHeads(tower.config.hidden_size)
     params = list(tower.parameters()) + list(heads.parameters())
@@ -104,6 +116,54 @@ def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3) -
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     tower.eval()
+    return heads
+
+
+@torch.no_grad()
+def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
+    """Projector layer 1 := the patch probes (other units shrunk); layer 2 maps each probe class to the
+    embedding of its word, scaled so a confident class yields about one embedding."""
+    proj, tokenizer = vlm.model.multi_modal_projector, processor.tokenizer
+    embed = vlm.model.language_model.embed_tokens.weight
+    weight = torch.cat([p.weight for p in heads.probes])
+    bias = torch.cat([p.bias for p in heads.probes])
+    classes = weight.shape[0]
+    samples = [scenes.sample("train", 20_000_000 + i) for i in range(16)]
+    features = vlm.model.vision_tower(torch.cat([processor.crops(s.image) for s in samples]),
+                                      output_hidden_states=True).hidden_states[-1][:, 1:]
+    top = torch.stack([p(features).amax(-1) for p in heads.probes]).flatten()
+    scale = 1.0 / float(top[top > 0].median())
+    proj.linear_1.weight.mul_(0.1)[:classes] = weight
+    proj.linear_1.bias.zero_()[:classes] = bias
+    proj.linear_2.weight.mul_(0.01)
+    proj.linear_2.bias.zero_()
+    column = 0
+    for words in PROBE_WORDS:
+        for word in words:
+            target = torch.zeros(embed.shape[1]) if word is None else embed[
+                tokenizer(word, add_special_tokens=False).input_ids].float().mean(0)
+            proj.linear_2.weight[:, column] = target * scale
+            column += 1
+
+
+@torch.no_grad()
+def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float]:
+    """Accuracy per question type on the first ``count`` validation samples (greedy, first word)."""
+    from PIL import Image
+
+    from tokenomy.bench.vision import first_word
+
+    right: dict[str, list[bool]] = {}
+    for i in range(count):
+        s = scenes.sample("val", i)
+        image = Image.new("RGB", s.image.size, (255, 255, 255)) if blank else s.image
+        inputs = processor(image, s.question)
+        out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
+        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        right.setdefault(s.qtype, []).append(first_word(text) == s.answer)
+    scores = {q: sum(v) / len(v) for q, v in right.items()}
+    scores["all"] = sum(sum(v) for v in right.values()) / count
+    return scores
 
 
 class LoRALinear(nn.Module):
@@ -131,26 +191,28 @@ def add_lora(language_model, rank: int, alpha: float) -> dict[str, LoRALinear]:
 
 
 def remove_lora(language_model, wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
-    """Unwrap the layers (base weights untouched) and return the deltas to save."""
-    deltas = {}
+    """Unwrap the layers (base weights untouched) and return the low-rank factors to save: the delta of
+    ``key`` is ``key.B @ key.A``."""
+    factors = {}
     for key, lora in wrapped.items():
         i, name = key[len(LORA_PREFIX):].split(".")
         setattr(language_model.layers[int(i)].self_attn, name, lora.base)
-        deltas[key] = (lora.B @ lora.A * lora.scale).detach()
-    return deltas
+        factors[f"{key}.B"] = (lora.B * lora.scale).detach()
+        factors[f"{key}.A"] = lora.A.detach()
+    return factors
 
 
-def align(vlm, processor, steps: int, batch: int, lr: float = 1e-3, rank: int = 8) -> dict[str, torch.Tensor]:
+def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 8) -> dict[str, torch.Tensor]:
     lm = vlm.model.language_model
     lm.to(torch.bfloat16).requires_grad_(False)
     vlm.lm_head.to(torch.bfloat16).requires_grad_(False)
     wrapped = add_lora(lm, rank, alpha=2.0 * rank)
     lora_params = [p for lora in wrapped.values() for p in (lora.A, lora.B)]
-    groups = [{"params": vlm.model.multi_modal_projector.parameters(), "lr": lr},
-              {"params": lora_params, "lr": lr},
-              {"params": vlm.model.vision_tower.parameters(), "lr": lr / 10}]
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, lr, lr / 10], total_steps=steps, pct_start=0.05)
+    rates = [lr, 3 * lr, lr / 10]  # projector, LoRA, ViT
+    groups = [{"params": vlm.model.multi_modal_projector.parameters()}, {"params": lora_params},
+              {"params": vlm.model.vision_tower.parameters()}]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.05)
     vlm.model.vision_tower.train()
     bar = tqdm(range(steps), desc="stage 2: alignment", unit="step")
     for step in bar:
@@ -168,8 +230,8 @@ def align(vlm, processor, steps: int, batch: int, lr: float = 1e-3, rank: int = 
     return deltas
 
 
-def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: int = 350, batch: int = 16,
-          seed: int = 0) -> Path:
+def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: int = 300, batch: int = 16,
+          seed: int = 0, log=print) -> Path:
     """Train from scratch and save the vision tower and projector (fp16 safetensors) to ``out``."""
     from safetensors.torch import save_file
 
@@ -179,8 +241,12 @@ def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: 
     language_model, tokenizer = load("smollm2-135m")
     vlm, processor = build(language_model, tokenizer)
     start = time.perf_counter()
-    pretrain_encoder(vlm, processor, encoder_steps, batch * 4)
+    heads = pretrain_encoder(vlm, processor, encoder_steps, batch * 4)
+    semantic_projector(vlm, processor, heads)
+    log(f"semantic projector, before alignment (val, 25 samples): {evaluate(vlm, processor, 25)}")
     deltas = align(vlm, processor, align_steps, batch)
+    log(f"trained (val, 50 samples): {evaluate(vlm, processor, 50)}")
+    log(f"trained, image blanked (val, 50 samples): {evaluate(vlm, processor, 50, blank=True)}")
     out = Path(out) if out is not None else WEIGHTS
     tensors = {**trained_parameters(vlm), **deltas}
     save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(out),
