@@ -1,0 +1,75 @@
+"""Visual-token methods on the trained reference VLM (real SmolLM2 inside)."""
+
+import json
+
+import pytest
+import torch
+
+import tokenomy
+from tokenomy.bench.vision import blank_like, first_word
+from tokenomy.models.reference_vlm import scenes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return tokenomy.load("reference-vlm")
+
+
+def answers(vlm, processor, samples, method=None, keep=1.0):
+    correct = []
+    for s in samples:
+        inputs = processor(s.image, s.question)
+        with torch.no_grad():
+            if method is None:
+                out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
+            else:
+                with tokenomy.apply(vlm, method, keep=keep):
+                    out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
+        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct.append(first_word(text) == s.answer)
+    return correct
+
+
+def test_the_reference_vlm_reads_the_image(reference):
+    vlm, processor = reference
+    samples = [scenes.sample("val", i) for i in range(25)]  # every question type five times
+    full = answers(vlm, processor, samples)
+    for s in samples:
+        s.image = blank_like(s.image)
+    blank = answers(vlm, processor, samples)
+    assert sum(full) >= sum(blank) + 3
+    counting = [f for f, s in zip(full, samples) if s.qtype == "count"]
+    assert sum(counting) >= 4  # it counts objects it sees (blank: at most chance)
+
+
+def test_budget_reaches_the_language_model_exactly(reference):
+    vlm, processor = reference
+    s = scenes.sample("val", 3)
+    inputs = processor(s.image, s.question)
+    seen = []
+    hook = vlm.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        with torch.no_grad(), tokenomy.apply(vlm, "tcc", keep=0.11) as session:
+            vlm(**inputs)
+    finally:
+        hook.remove()
+    assert seen == [inputs["input_ids"].shape[1] - 180 + 20]
+    assert sum(session.stats.crop_counts[0]) == 20
+
+
+def test_cli_bench_vision_writes_json_and_plot(tmp_path, capsys):
+    from tokenomy.cli import main
+
+    out = tmp_path / "vision.json"
+    assert main(["bench", "vision", "--limit", "2", "--methods", "todre,tome", "--keep", "0.11",
+                 "--timing", "1", "--repeats", "1", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    rows = {(r["method"], r["keep"]): r for r in payload["results"]}
+    assert set(rows) == {("full", 1.0), ("blank image", 1.0), ("todre", 0.11), ("tome", 0.11)}
+    assert rows[("todre", 0.11)]["visual_tokens"] == 20 and rows[("full", 1.0)]["visual_tokens"] == 180
+    assert rows[("todre", 0.11)]["gflops"] < rows[("full", 1.0)]["gflops"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "todre" in capsys.readouterr().out
