@@ -166,6 +166,9 @@ def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float
     return scores
 
 
+LORA_TARGETS = ("q_proj", "v_proj")
+
+
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update ``scale * B @ A`` (kept in float32)."""
 
@@ -180,25 +183,26 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(language_model, rank: int, alpha: float) -> dict[str, LoRALinear]:
-    """Wrap every attention layer's q_proj and v_proj; returns the wrappers by checkpoint prefix."""
+    """Wrap every attention projection (LORA_TARGETS); returns the wrappers by checkpoint prefix."""
     wrapped = {}
     for i, layer in enumerate(language_model.layers):
-        for name in ("q_proj", "v_proj"):
+        for name in LORA_TARGETS:
             lora = LoRALinear(getattr(layer.self_attn, name), rank, alpha)
             setattr(layer.self_attn, name, lora)
             wrapped[f"{LORA_PREFIX}{i}.{name}"] = lora
     return wrapped
 
 
-def remove_lora(language_model, wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
-    """Unwrap the layers (base weights untouched) and return the low-rank factors to save: the delta of
-    ``key`` is ``key.B @ key.A``."""
+@torch.no_grad()
+def merge_lora(language_model, wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
+    """Unwrap the layers, add each delta ``key.B @ key.A`` to its base weight (as loading does), and
+    return the low-rank factors to save."""
     factors = {}
     for key, lora in wrapped.items():
         i, name = key[len(LORA_PREFIX):].split(".")
         setattr(language_model.layers[int(i)].self_attn, name, lora.base)
-        factors[f"{key}.B"] = (lora.B * lora.scale).detach()
-        factors[f"{key}.A"] = lora.A.detach()
+        factors[f"{key}.B"], factors[f"{key}.A"] = (lora.B * lora.scale).half(), lora.A.half()
+        lora.base.weight += (factors[f"{key}.B"].float() @ factors[f"{key}.A"].float()).to(lora.base.weight.dtype)
     return factors
 
 
@@ -224,10 +228,9 @@ def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     vlm.model.vision_tower.eval()
-    deltas = remove_lora(lm, wrapped)
     lm.to(torch.float32)
     vlm.lm_head.to(torch.float32)
-    return deltas
+    return merge_lora(lm, wrapped)
 
 
 def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: int = 300, batch: int = 16,
