@@ -24,6 +24,7 @@ from PIL import Image
 
 import tokenomy
 from tokenomy.models.reference_vlm import scenes
+from tokenomy.models.vision_adapters import dense_weights, vision_parts
 
 COLUMNS = [
     ("method", "method", ""),
@@ -45,20 +46,17 @@ def first_word(text: str) -> str:
 
 def prefill_flops(vlm, text_tokens: int, visual_tokens: int, patches: int) -> float:
     """Multiply-adds x 2 of one prefill: ViT over every crop, projector and LLM over the kept tokens."""
-    def dense(module) -> int:
-        return sum(p.numel() for n, p in module.named_parameters() if n.endswith("weight") and p.ndim == 2)
-
-    inner = vlm.model
-    text = vlm.config.text_config
+    parts = vision_parts(vlm)
+    language_model = vlm.model.language_model
+    text, vision = vlm.config.text_config, vlm.config.vision_config
     n = text_tokens + visual_tokens
-    llm = 2 * n * (dense(inner.language_model) - inner.language_model.embed_tokens.weight.numel())
+    llm = 2 * n * (dense_weights(language_model) - language_model.embed_tokens.weight.numel())
     llm += 2 * n * n * text.hidden_size * text.num_hidden_layers  # causal QK^T and AV
-    vision = vlm.config.vision_config
-    crops = patches // (vision.image_size // vision.patch_size) ** 2
-    tokens = crops * ((vision.image_size // vision.patch_size) ** 2 + 1)
-    vit = 2 * tokens * dense(inner.vision_tower.vision_model.encoder)
-    vit += 4 * crops * (tokens // crops) ** 2 * vision.hidden_size * vision.num_hidden_layers
-    return float(llm + vit + 2 * visual_tokens * dense(inner.multi_modal_projector))
+    per_crop = (vision.image_size // vision.patch_size) ** 2
+    crops, tokens = patches // per_crop, per_crop + 1  # + [CLS]
+    vit = 2 * crops * tokens * dense_weights(parts.layers)
+    vit += 4 * crops * tokens**2 * vision.hidden_size * len(parts.layers)
+    return float(llm + vit + 2 * visual_tokens * dense_weights(parts.projector))
 
 
 def blank_like(image: Image.Image) -> Image.Image:

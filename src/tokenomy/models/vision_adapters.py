@@ -9,6 +9,7 @@ VLM. Towers without [CLS] (SigLIP) are refused by the methods that need it, with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -105,3 +106,32 @@ def cls_attention(parts: VisionParts, hidden: Tensor, layer: int) -> Tensor:
     k = attn.k_proj(x).view(c, length, heads, head_dim).transpose(1, 2)
     weights = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)  # (c, h, 1, 1 + n)
     return weights[:, :, 0, 1:].mean(dim=1)
+
+
+def merging_forward(layer: nn.Module, state: dict, merge: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]):
+    """A forward for one CLIP encoder layer that merges tokens between attention and MLP (ToMe's place).
+
+    ``merge(hidden, keys, size) -> (hidden, size)`` gets the residual stream after attention, the layer's
+    keys averaged over heads (the matching metric) and the token sizes ``(b, n, 1)`` kept in
+    ``state["size"]`` (None: all ones). Attention adds ``log(size)`` to its logits (proportional attention).
+    """
+    attn = layer.self_attn
+
+    def forward(hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+        b, n, _ = hidden_states.shape
+        size = state["size"] if state["size"] is not None else hidden_states.new_ones(b, n, 1)
+        x = layer.layer_norm1(hidden_states)
+        if bool((size != 1).any()):  # a token of size s counts s times
+            bias = size.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (b, 1, 1, n)
+            attention_mask = bias if attention_mask is None else attention_mask + bias
+        out, _ = attn(hidden_states=x, attention_mask=attention_mask, **kwargs)
+        keys = attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).mean(dim=2)
+        hidden, state["size"] = merge(hidden_states + out, keys, size)
+        return hidden + layer.mlp(layer.layer_norm2(hidden))
+
+    return forward
+
+
+def dense_weights(module: nn.Module) -> int:
+    """Parameters of the 2-D weight matrices in ``module`` (one multiply-add each per token)."""
+    return sum(p.numel() for n, p in module.named_parameters() if n.endswith("weight") and p.ndim == 2)

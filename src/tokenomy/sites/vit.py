@@ -2,7 +2,8 @@
 
 From "Token Merging: Your ViT But Faster" (Bolya et al., ICLR 2023, arXiv:2210.09461). In every layer up
 to the one whose output the VLM reads, after attention and before the MLP, bipartite soft matching
-(`tokenomy.select.bipartite_soft_matching`, keys averaged over heads as the metric, [CLS] protected)
+(`tokenomy.select.bipartite_soft_matching`, keys averaged over heads as the metric, [CLS] protected;
+the layer surgery itself is `models.vision_adapters.merging_forward`)
 merges ``r`` tokens into their most similar partners; merged tokens are size-weighted means and attention
 adds ``log(size)`` to its logits (proportional attention), so a merged token counts as the patches it
 holds. Merges are spread evenly over those layers (earlier layers take more when later ones could not
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from tokenomy._validation import check_fraction
 from tokenomy.budget import kept_count, split_budget
-from tokenomy.models.vision_adapters import CropLayout, VisionParts, has_cls
+from tokenomy.models.vision_adapters import CropLayout, VisionParts, has_cls, merging_forward
 from tokenomy.select import bipartite_soft_matching
 from tokenomy.sites.visual import Encoded, VisualSession, VisualStats
 
@@ -46,31 +47,20 @@ def merging_layers(parts: VisionParts, schedule: list[int], protected: int):
     the token sizes after the last patched layer and the seconds spent matching and merging."""
     state = {"size": None, "seconds": 0.0}
 
-    def patched(layer, r):
-        attn = layer.self_attn
+    def merger(r: int):
+        def merge(hidden: Tensor, keys: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+            if r == 0:
+                return hidden, size
+            tic = time.perf_counter()
+            hidden, size, _ = bipartite_soft_matching(keys, r, protected)(hidden, size)
+            state["seconds"] += time.perf_counter() - tic
+            return hidden, size
 
-        def forward(hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
-            b, n, _ = hidden_states.shape
-            size = state["size"] if state["size"] is not None else hidden_states.new_ones(b, n, 1)
-            x = layer.layer_norm1(hidden_states)
-            if bool((size != 1).any()):  # proportional attention: a token of size s counts s times
-                bias = size.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (b, 1, 1, n)
-                attention_mask = bias if attention_mask is None else attention_mask + bias
-            out, _ = attn(hidden_states=x, attention_mask=attention_mask, **kwargs)
-            hidden = hidden_states + out
-            if r > 0:
-                tic = time.perf_counter()
-                keys = attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).mean(dim=2)
-                hidden, size, _ = bipartite_soft_matching(keys, r, protected)(hidden, size)
-                state["seconds"] += time.perf_counter() - tic
-            state["size"] = size
-            return hidden + layer.mlp(layer.layer_norm2(hidden))
-
-        return forward
+        return merge
 
     layers = parts.layers[: len(schedule)]
     for layer, r in zip(layers, schedule):
-        layer.forward = patched(layer, r)
+        layer.forward = merging_forward(layer, state, merger(r))
     try:
         yield state
     finally:
