@@ -199,3 +199,17 @@ def test_scenes_are_deterministic_balanced_and_split():
     assert len({s.answer for s in counts}) == 4
     with pytest.raises(ValueError, match="split"):
         scenes.sample("dev", 0)
+
+
+def test_training_batches_do_not_depend_on_the_workers_rendering_them():
+    from tokenomy.models.reference_vlm.model import CROP
+    from tokenomy.models.reference_vlm.model import LAYOUT as REFERENCE
+    from tokenomy.models.reference_vlm.train import _Batches
+
+    batches = _Batches(ReferenceProcessor(None, REFERENCE, CROP, IMAGE), "encoder", steps=3, batch=2)
+    parallel = list(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=2))
+    assert len(parallel) == 3
+    for step in (0, 2):
+        for mine, theirs in zip(batches[step], parallel[step]):
+            assert torch.equal(mine, theirs)
+    assert not torch.equal(parallel[0][0], parallel[1][0])

@@ -287,7 +287,7 @@ def cmd_train_vlm(args) -> int:
     from tokenomy.models.reference_vlm.train import train
 
     out = train(args.output, encoder_steps=args.encoder_steps, align_steps=args.align_steps, batch=args.batch,
-                seed=args.seed)
+                seed=args.seed, device=args.device, workers=args.workers)
     print(f"wrote {out}")
     return 0
 
@@ -463,12 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write per-sample rows and aggregates here; the plot goes next to it (.png)")
     p.set_defaults(func=cmd_bench_vision)
 
-    p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2) on the CPU")
+    p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2)")
     p.add_argument("-o", "--output", default=None, help="checkpoint path (default: the one shipped in the package)")
     p.add_argument("--encoder-steps", type=int, default=800)
     p.add_argument("--align-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU when there is one)")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering batches in parallel")
     p.set_defaults(func=cmd_train_vlm)
 
     p = sub.add_parser("ensemble", help="generate with two or more models that have different tokenizers")

@@ -1,4 +1,4 @@
-"""Train the reference VLM in one reproducible command (``tokenomy train-vlm``), on the CPU.
+"""Train the reference VLM in one reproducible command (``tokenomy train-vlm``), on the CPU or a GPU.
 
 Two stages, both seeded and with a fixed number of steps:
 
@@ -13,6 +13,9 @@ Two stages, both seeded and with a fixed number of steps:
    projections (LoRA: Hu et al., 2021, arXiv:2106.09685) lets it learn to read visual tokens. The LoRA
    deltas ship with the checkpoint and are merged into the weights at load time, so the served model is
    a plain LLaVA again.
+
+Batches depend only on (stage, step), so worker processes that render them in parallel and the device
+the steps run on change speed, not the data a step sees.
 """
 
 from __future__ import annotations
@@ -87,29 +90,54 @@ class EncoderHeads(nn.Module):
         return loss + nn.functional.binary_cross_entropy_with_logits(self.presence(cls), presence)
 
 
-def _batch(processor, split: str, start: int, size: int):
-    samples = [scenes.sample(split, i) for i in range(start, start + size)]
-    return samples, processor([s.image for s in samples], [s.question for s in samples],
+class _Batches(torch.utils.data.Dataset):
+    """Step ``i`` of a stage -> its whole batch, rendered in a DataLoader worker."""
+
+    def __init__(self, processor, stage: str, steps: int, batch: int):
+        self.processor, self.stage, self.steps, self.batch = processor, stage, steps, batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int):
+        if self.stage == "encoder":
+            samples = [scenes.sample("train", 10_000_000 + step * self.batch + i) for i in range(self.batch)]
+            targets = np.stack([patch_targets(s.labels) for s in samples])  # (b, crops, 3, n)
+            presence = np.stack([crop_presence(t) for t in targets])
+            return (torch.cat([self.processor.crops(s.image) for s in samples]),
+                    torch.from_numpy(targets).flatten(0, 1).long(), torch.from_numpy(presence).flatten(0, 1),
+                    torch.tensor([s.count for s in samples]))
+        samples = [scenes.sample("train", step * self.batch + i) for i in range(self.batch)]
+        return self.processor([s.image for s in samples], [s.question for s in samples],
                               [s.answer for s in samples])
 
 
-def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3) -> EncoderHeads:
+def _batches(processor, stage: str, steps: int, batch: int, workers: int):
+    loader = torch.utils.data.DataLoader(_Batches(processor, stage, steps, batch), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4 if workers else None)
+    return tqdm(loader, desc=f"{'stage 1: encoder' if stage == 'encoder' else 'stage 2: alignment'}",
+                unit="step")
+
+
+def _device(device) -> torch.device:
+    """``"auto"`` -> the GPU when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3, workers: int = 0) -> EncoderHeads:
     tower = vlm.model.vision_tower
-    heads = EncoderHeads(tower.config.hidden_size)
+    device = tower.device
+    heads = EncoderHeads(tower.config.hidden_size).to(device)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     tower.train()
-    bar = tqdm(range(steps), desc="stage 1: encoder", unit="step")
-    for step in bar:
-        samples = [scenes.sample("train", 10_000_000 + step * batch + i) for i in range(batch)]
-        pixels = torch.cat([processor.crops(s.image) for s in samples])
-        targets = np.stack([patch_targets(s.labels) for s in samples])  # (b, crops, 3, n)
-        presence = np.stack([crop_presence(t) for t in targets])
-        hidden = tower(pixels, output_hidden_states=True).hidden_states[-1]
-        loss = heads.loss(hidden, torch.from_numpy(targets).flatten(0, 1).long(),
-                          torch.from_numpy(presence).flatten(0, 1),
-                          torch.tensor([s.count for s in samples]))
+    bar = _batches(processor, "encoder", steps, batch, workers)
+    for pixels, targets, presence, counts in bar:
+        hidden = tower(pixels.to(device), output_hidden_states=True).hidden_states[-1]
+        loss = heads.loss(hidden, targets.to(device), presence.to(device), counts.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -129,8 +157,8 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
     bias = torch.cat([p.bias for p in heads.probes])
     classes = weight.shape[0]
     samples = [scenes.sample("train", 20_000_000 + i) for i in range(16)]
-    features = vlm.model.vision_tower(torch.cat([processor.crops(s.image) for s in samples]),
-                                      output_hidden_states=True).hidden_states[-1][:, 1:]
+    pixels = torch.cat([processor.crops(s.image) for s in samples]).to(embed.device)
+    features = vlm.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
     top = torch.stack([p(features).amax(-1) for p in heads.probes]).flatten()
     scale = 1.0 / float(top[top > 0].median())
     proj.linear_1.weight.mul_(0.1)[:classes] = weight
@@ -140,7 +168,7 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
     column = 0
     for words in PROBE_WORDS:
         for word in words:
-            target = torch.zeros(embed.shape[1]) if word is None else embed[
+            target = torch.zeros(embed.shape[1], device=embed.device) if word is None else embed[
                 tokenizer(word, add_special_tokens=False).input_ids].float().mean(0)
             proj.linear_2.weight[:, column] = target * scale
             column += 1
@@ -157,7 +185,7 @@ def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float
     for i in range(count):
         s = scenes.sample("val", i)
         image = Image.new("RGB", s.image.size, (255, 255, 255)) if blank else s.image
-        inputs = processor(image, s.question)
+        inputs = {k: v.to(vlm.device) for k, v in processor(image, s.question).items()}
         out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
         text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         right.setdefault(s.qtype, []).append(first_word(text) == s.answer)
@@ -175,8 +203,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
         self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        device = base.weight.device
+        self.A = nn.Parameter(torch.randn(rank, base.in_features, device=device) / base.in_features**0.5)
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.A.T.to(x.dtype)) @ (self.B.T * self.scale).to(x.dtype)
@@ -206,7 +235,8 @@ def merge_lora(language_model, wrapped: dict[str, LoRALinear]) -> dict[str, torc
     return factors
 
 
-def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 8) -> dict[str, torch.Tensor]:
+def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 8,
+          workers: int = 0) -> dict[str, torch.Tensor]:
     lm = vlm.model.language_model
     lm.to(torch.bfloat16).requires_grad_(False)
     vlm.lm_head.to(torch.bfloat16).requires_grad_(False)
@@ -218,10 +248,9 @@ def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.05)
     vlm.model.vision_tower.train()
-    bar = tqdm(range(steps), desc="stage 2: alignment", unit="step")
-    for step in bar:
-        _, inputs = _batch(processor, "train", step * batch, batch)
-        loss = vlm(**inputs).loss
+    bar = _batches(processor, "alignment", steps, batch, workers)
+    for inputs in bar:
+        loss = vlm(**{k: v.to(vlm.device) for k, v in inputs.items()}).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -234,8 +263,9 @@ def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 
 
 
 def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: int = 300, batch: int = 16,
-          seed: int = 0, log=print) -> Path:
-    """Train from scratch and save the vision tower and projector (fp16 safetensors) to ``out``."""
+          seed: int = 0, device: str = "auto", workers: int = 0, log=print) -> Path:
+    """Train from scratch and save the vision tower, projector and LoRA factors (fp16 safetensors) to
+    ``out``. ``workers`` processes render batches in parallel; ``device`` ``"auto"`` takes a GPU if any."""
     from safetensors.torch import save_file
 
     from tokenomy.models.loader import load
@@ -243,17 +273,18 @@ def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: 
     torch.manual_seed(seed)
     language_model, tokenizer = load("smollm2-135m")
     vlm, processor = build(language_model, tokenizer)
+    vlm.to(_device(device))
     start = time.perf_counter()
-    heads = pretrain_encoder(vlm, processor, encoder_steps, batch * 4)
+    heads = pretrain_encoder(vlm, processor, encoder_steps, batch * 4, workers=workers)
     semantic_projector(vlm, processor, heads)
     log(f"semantic projector, before alignment (val, 25 samples): {evaluate(vlm, processor, 25)}")
-    deltas = align(vlm, processor, align_steps, batch)
+    deltas = align(vlm, processor, align_steps, batch, workers=workers)
     log(f"trained (val, 50 samples): {evaluate(vlm, processor, 50)}")
     log(f"trained, image blanked (val, 50 samples): {evaluate(vlm, processor, 50, blank=True)}")
     out = Path(out) if out is not None else WEIGHTS
     tensors = {**trained_parameters(vlm), **deltas}
-    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(out),
+    save_file({k: v.half().cpu().contiguous() for k, v in tensors.items()}, str(out),
               metadata={"encoder_steps": str(encoder_steps), "align_steps": str(align_steps),
-                        "batch": str(batch), "seed": str(seed),
+                        "batch": str(batch), "seed": str(seed), "device": str(_device(device)),
                         "minutes": f"{(time.perf_counter() - start) / 60:.1f}"})
     return out
