@@ -36,12 +36,12 @@ def test_the_reference_vlm_reads_the_image(reference):
     vlm, processor = reference
     samples = [scenes.sample("val", i) for i in range(25)]  # every question type five times
     full = answers(vlm, processor, samples)
+    diverse = answers(vlm, processor, samples, "divprune", keep=0.33)
     for s in samples:
         s.image = blank_like(s.image)
     blank = answers(vlm, processor, samples)
-    assert sum(full) >= sum(blank) + 3
-    counting = [f for f, s in zip(full, samples) if s.qtype == "count"]
-    assert sum(counting) >= 4  # it counts objects it sees (blank: at most chance)
+    assert sum(full) >= 22 and sum(blank) <= 12  # the bar: >= 85% with the image, <= 40% without
+    assert sum(diverse) >= sum(full) - 4  # a third of the visual tokens keeps most of what it reads
 
 
 def test_budget_reaches_the_language_model_exactly(reference):
