@@ -14,6 +14,7 @@ from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.reference_vlm.processor import ReferenceProcessor, to_rgb_square
 from tokenomy.models.vision_adapters import CropLayout
 from tokenomy.score.vision import CropView, ThumbnailAttention, patch_density
+from tokenomy.sites.visual import Diverse, PreLLM, first_isolated
 from tokenomy.sites.vit import merge_schedule
 
 IMAGE = 5
@@ -78,7 +79,7 @@ def test_budget_is_exact(method, keep):
     assert seen == [inputs["input_ids"].shape[1] - PATCHES + total]
     assert session.stats.tokens_kept == 2 * total
     assert all(sum(counts) == total and max(counts) <= LAYOUT.tokens_per_crop for counts in session.stats.crop_counts)
-    if method not in ("tcc", "hired"):  # the others share a sample's budget evenly among crops
+    if method not in ("tcc", "hired", "divprune", "todre"):  # the others share a budget evenly among crops
         assert all(max(c) - min(c) <= 1 for c in session.stats.crop_counts)
 
 
@@ -118,10 +119,35 @@ def test_left_padded_batch_matches_single_prompts():
 
 def test_budget_smaller_than_the_number_of_crops():
     vlm, inputs = tiny_vlm(), prompt()
-    with torch.no_grad(), tokenomy.apply(vlm, "divprune", keep=0.02) as session:  # 2 tokens for 5 crops
+    with torch.no_grad(), tokenomy.apply(vlm, "vtc-cls", keep=0.02) as session:  # 2 tokens for 5 crops
         out = vlm.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert session.stats.crop_counts[0] == [1, 1, 0, 0, 0]
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_joint_diverse_selection_takes_one_token_of_a_blank_crop():
+    features = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(0))
+    features[0] = features[0, :1]  # a blank crop: every patch the same
+    view = CropView(features, None, CropLayout(rows=1, cols=3, side=4), 1, lambda layer: None)
+    chosen = Diverse(first_isolated).indices(view, None, 12)
+    counts = torch.bincount(chosen // 16, minlength=3)
+    assert counts.sum() == 12 and counts[0] <= 1 and bool((chosen.diff() > 0).all())
+    even = [len(Diverse(first_isolated).indices(view, crop, 4)) for crop in range(3)]
+    assert even == [4, 4, 4]
+
+
+@pytest.mark.parametrize("per_crop, counts", [(True, [4, 4, 4, 4, 4]), (False, None)])
+def test_divprune_per_crop_option(per_crop, counts):
+    vlm, inputs = tiny_vlm(), prompt()
+    with torch.no_grad(), tokenomy.apply(vlm, "divprune", keep=20 / PATCHES, per_crop=per_crop) as session:
+        vlm(**inputs)
+    assert sum(session.stats.crop_counts[0]) == 20
+    assert counts is None or session.stats.crop_counts[0] == counts
+
+
+def test_joint_selection_refuses_crop_weights():
+    with pytest.raises(tokenomy.TokenomyError, match="joint"):
+        PreLLM(0.5, Diverse(first_isolated), crop_weights=lambda view: torch.ones(5), joint=True)
 
 
 def test_density_gives_repetitive_crops_fewer_tokens():

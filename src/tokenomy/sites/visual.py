@@ -178,13 +178,17 @@ class TopScored:
 
 @dataclass
 class Diverse:
-    """Greedy k-center over the crop's patch features, from a starting patch (``start``: view, crop -> i)."""
+    """Greedy k-center over patch features, from a starting patch (``start``: view, crop -> i); ``crop``
+    None selects over every crop's patches at once (indices into the flattened crops)."""
 
-    start: Callable[[CropView, int], int]
+    start: Callable[[CropView, int | None], int]
 
     def __call__(self, view: CropView, crop: int, k: int) -> Tensor:
-        features = view.features[crop]
-        return features[k_center(features, k, self.start(view, crop))]
+        return view.features[crop][self.indices(view, crop, k)]
+
+    def indices(self, view: CropView, crop: int | None, k: int) -> Tensor:
+        features = view.features.flatten(0, 1) if crop is None else view.features[crop]
+        return k_center(features, k, self.start(view, crop))
 
 
 @dataclass
@@ -202,28 +206,33 @@ def pooled(view: CropView, crop: int, k: int) -> Tensor:
     return average_pool(view.features[crop], k, side, side)
 
 
-def first_isolated(view: CropView, crop: int) -> int:
-    """DivPrune's start: the patch whose nearest neighbour is farthest."""
-    return most_isolated(view.features[crop])
+def first_isolated(view: CropView, crop: int | None) -> int:
+    """DivPrune's start: the patch whose nearest neighbour is farthest (of the crop, or of every crop)."""
+    return most_isolated(view.features.flatten(0, 1) if crop is None else view.features[crop])
 
 
-def first_attended(view: CropView, crop: int) -> int:
-    """ToDRE's start: the patch [CLS] attends to most in the last layer."""
-    return int(view.attention(-1)[crop].argmax())
+def first_attended(view: CropView, crop: int | None) -> int:
+    """ToDRE's start: the patch [CLS] attends to most in the last layer (of the crop, or of every crop)."""
+    attention = view.attention(-1)
+    return int((attention.flatten() if crop is None else attention[crop]).argmax())
 
 
 @dataclass
 class PreLLM:
     """A pre-LLM method: ``keep`` of a sample's visual tokens, shared among crops by ``crop_weights``
-    (even when None), chosen per crop by ``choose``."""
+    (even when None), chosen per crop by ``choose``. ``joint``: one selection over every crop's patches at
+    once (``choose.indices(view, None, k)``), so crops get what the selection gives them."""
 
     keep: float
     choose: TokenChoice
     crop_weights: CropWeights | None = None
     needs_cls: bool = False
+    joint: bool = False
 
     def __post_init__(self):
         self.keep = check_fraction("keep", self.keep)
+        if self.joint and (self.crop_weights is not None or not hasattr(self.choose, "indices")):
+            raise TokenomyError("a joint selection takes no crop weights and needs a choice that returns indices")
 
     def apply(self, vlm) -> VisualSession:
         session = VisualSession(vlm, self.encode)
@@ -252,9 +261,14 @@ class PreLLM:
                 lambda layer, crops=crops: cls_attention(parts, hidden[layer][crops], layer),
             )
             total = int(kept_count(self.keep, c * n))
-            weights = torch.ones(c) if self.crop_weights is None else self.crop_weights(view).float()
-            counts = split_budget(total, weights, torch.full((c,), n))
-            kept = torch.cat([self.choose(view, i, int(k)) for i, k in enumerate(counts) if k > 0])
+            if self.joint:
+                chosen = self.choose.indices(view, None, total)
+                counts = torch.bincount(chosen // n, minlength=c)
+                kept = view.features.flatten(0, 1)[chosen]
+            else:
+                weights = torch.ones(c) if self.crop_weights is None else self.crop_weights(view).float()
+                counts = split_budget(total, weights, torch.full((c,), n))
+                kept = torch.cat([self.choose(view, i, int(k)) for i, k in enumerate(counts) if k > 0])
             stats.selection_seconds += time.perf_counter() - tic
             stats.tokens_seen += c * n
             stats.tokens_kept += kept.shape[0]

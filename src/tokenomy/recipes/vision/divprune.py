@@ -7,7 +7,9 @@ from tokenomy.sites.visual import SITE, Diverse, PreLLM, first_isolated
     site=SITE,
     paper="DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models (Alvar et al., CVPR 2025, "
     "arXiv:2503.02175)",
-    summary="max-min diversity: greedy farthest-point selection from the most isolated patch",
+    summary="max-min diversity over all crops: farthest-point selection from the most isolated patch",
 )
-def divprune(keep: float = 0.11) -> PreLLM:
-    return PreLLM(keep, Diverse(first_isolated))
+def divprune(keep: float = 0.11, per_crop: bool = False) -> PreLLM:
+    """One selection over every crop's patches, as the paper selects over all of an image's visual tokens;
+    ``per_crop`` splits the budget evenly among crops first."""
+    return PreLLM(keep, Diverse(first_isolated), joint=not per_crop)
