@@ -239,3 +239,14 @@ def test_training_batches_do_not_depend_on_the_workers_rendering_them():
         for mine, theirs in zip(batches[step], parallel[step]):
             assert torch.equal(mine, theirs)
     assert not torch.equal(parallel[0][0], parallel[1][0])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workers": -1}, "workers"), ({"batch": 0}, "batch"), ({"device": "tpu9"}, "device"),
+    pytest.param({"device": "cuda"}, "no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+])
+def test_training_refuses_bad_settings_before_loading_anything(options, message):
+    from tokenomy.models.reference_vlm.train import train
+
+    with pytest.raises(tokenomy.TokenomyError, match=message):
+        train("/nonexistent/weights.safetensors", **options)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tokenomy._validation import TokenomyError, check_int
 from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.reference_vlm.model import LAYOUT, LORA_PREFIX, WEIGHTS, build, trained_parameters
 
@@ -115,15 +116,20 @@ class _Batches(torch.utils.data.Dataset):
 def _batches(processor, stage: str, steps: int, batch: int, workers: int):
     loader = torch.utils.data.DataLoader(_Batches(processor, stage, steps, batch), batch_size=None,
                                          num_workers=workers, prefetch_factor=4 if workers else None)
-    return tqdm(loader, desc=f"{'stage 1: encoder' if stage == 'encoder' else 'stage 2: alignment'}",
-                unit="step")
+    return tqdm(loader, desc="stage 1: encoder" if stage == "encoder" else "stage 2: alignment", unit="step")
 
 
 def _device(device) -> torch.device:
-    """``"auto"`` -> the GPU when there is one, else the CPU."""
+    """``"auto"`` -> the GPU when there is one, else the CPU; a GPU asked for must exist."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise TokenomyError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise TokenomyError(f"device {device!r} asked for, but torch sees no GPU here (use --device cpu)")
+    return chosen
 
 
 def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3, workers: int = 0) -> EncoderHeads:
@@ -270,10 +276,14 @@ def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: 
 
     from tokenomy.models.loader import load
 
+    for name, value in (("encoder_steps", encoder_steps), ("align_steps", align_steps), ("batch", batch)):
+        check_int(name, value, minimum=1)
+    check_int("workers", workers)
+    device = _device(device)
     torch.manual_seed(seed)
     language_model, tokenizer = load("smollm2-135m")
     vlm, processor = build(language_model, tokenizer)
-    vlm.to(_device(device))
+    vlm.to(device)
     start = time.perf_counter()
     heads = pretrain_encoder(vlm, processor, encoder_steps, batch * 4, workers=workers)
     semantic_projector(vlm, processor, heads)
@@ -285,6 +295,6 @@ def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: 
     tensors = {**trained_parameters(vlm), **deltas}
     save_file({k: v.half().cpu().contiguous() for k, v in tensors.items()}, str(out),
               metadata={"encoder_steps": str(encoder_steps), "align_steps": str(align_steps),
-                        "batch": str(batch), "seed": str(seed), "device": str(_device(device)),
+                        "batch": str(batch), "seed": str(seed), "device": str(device),
                         "minutes": f"{(time.perf_counter() - start) / 60:.1f}"})
     return out
