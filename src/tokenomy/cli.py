@@ -465,9 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2)")
     p.add_argument("-o", "--output", default=None, help="checkpoint path (default: the one shipped in the package)")
-    p.add_argument("--encoder-steps", type=int, default=800)
-    p.add_argument("--align-steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--encoder-steps", type=int, default=800,
+                   help="stage-1 steps of 4 x batch images (the shipped checkpoint: 1000)")
+    p.add_argument("--align-steps", type=int, default=300,
+                   help="alignment steps of batch questions (the shipped checkpoint: 2000)")
+    p.add_argument("--batch", type=int, default=16, help="questions per alignment step (the shipped checkpoint: 64; "
+                   "the defaults fit 40 min on 2 CPU cores, too little to learn more than counting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU when there is one)")
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches in parallel")
