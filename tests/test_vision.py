@@ -250,3 +250,23 @@ def test_training_refuses_bad_settings_before_loading_anything(options, message)
 
     with pytest.raises(tokenomy.TokenomyError, match=message):
         train("/nonexistent/weights.safetensors", **options)
+
+
+def test_bench_method_specs_carry_options():
+    from tokenomy.bench.vision import method_spec
+
+    assert method_spec("divprune") == ("divprune", {})
+    assert method_spec("divprune:per_crop=True") == ("divprune", {"per_crop": True})
+    assert method_spec("vtc-cls:layers=all") == ("vtc-cls", {"layers": "all"})
+    assert method_spec("hired:budget_layer=2") == ("hired", {"budget_layer": 2})
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("divprune:bogus=1", "no option 'bogus'"), ("divprune:per_crop", "name:option=value"),
+    ("divprune:keep=0.5", "--keep"), ("snapkv", "not a visual-token method"),
+])
+def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
+    from tokenomy.cli import main
+
+    assert main(["bench", "vision", "--methods", spec]) == 2
+    assert message in capsys.readouterr().err

@@ -263,23 +263,25 @@ def cmd_bench_vision(args) -> int:
     visual_sites = ("pre-llm", "vision-encoder")
     available = [m.name for m in tokenomy.methods() if m.site in visual_sites]
     methods = available if args.methods == ["all"] else args.methods
-    for name in methods:
+    for method in methods:
+        name, options = bench.method_spec(method)
         if tokenomy.get(name).site not in visual_sites:
             raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
+        tokenomy.get(name).create(keep=keeps[0], **options)  # bad options fail now, not after loading
     vlm, processor = tokenomy.load("reference-vlm")
     configs = 2 + len(methods) * len(keeps)
     timing = min(args.timing, args.limit)
     with tqdm(total=args.limit * configs + args.repeats * timing * (configs - 1), desc="bench vision",
               unit="run", file=sys.stderr) as bar:
         rows, timings = bench.run(vlm, processor, methods, keeps, args.limit, args.seed, args.repeats, timing,
-                                  progress=bar.update)
+                                  progress=bar.update, split=args.split)
     results = bench.summarize(vlm, processor, rows, timings)
     print(table(results, bench.COLUMNS))
     if args.json:
         payload = {"suite": "vision", "command": command_line(), "config": vars(args) | {"func": None},
                    "environment": environment(), "results": results, "samples": rows, "timings": timings}
         path = write_json(args.json, payload)
-        print(f"wrote {path} and {bench.plot(results, Path(path).with_suffix('.png'))}")
+        print(f"wrote {path} and {bench.plot(results, Path(path).with_suffix('.png'), args.split)}")
     return 0
 
 
@@ -453,10 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_ensemble)
 
     p = bench.add_parser("vision", help="visual-token methods on the reference VLM (accuracy, tokens, prefill)")
-    p.add_argument("--methods", type=_csv(str), default=["all"], help="comma list of visual methods, or all")
+    p.add_argument("--methods", type=_csv(str), default=["all"],
+                   help="comma list of visual methods, each optionally with options (divprune:per_crop=True), or all")
     p.add_argument("--keep", type=_csv(float), default=[0.11, 0.33],
                    help="comma list of fractions of visual tokens reaching the LLM")
-    p.add_argument("--limit", type=int, default=60, help="test-split samples")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test (reporting) or val (developing methods: the test split is never tuned on)")
+    p.add_argument("--limit", type=int, default=60, help="samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing", type=int, default=8, help="samples whose prefill is timed (0: no timing)")
     p.add_argument("--repeats", type=int, default=3, help="timing rounds (medians reported)")

@@ -1,7 +1,8 @@
 """`tokenomy bench vision`: visual-token methods on the reference VLM, side by side on the same samples.
 
-Samples: the synthetic VQA test split (`tokenomy.models.reference_vlm.scenes`), indices
-``seed * 1_000_000 + i``, question types in rotation. Every sample is answered by the full model, by the
+Samples: the synthetic VQA test split (`tokenomy.models.reference_vlm.scenes`; the validation split for
+method development), indices ``seed * 1_000_000 + i``, question types in rotation. A method may carry
+options (``"divprune:per_crop=True"``), so variants run side by side as rows of their own. Every sample is answered by the full model, by the
 same model with the image blanked (white), and by every method at every kept fraction, with greedy
 decoding of up to 4 tokens. Correct when the first word of the answer (lower case, punctuation stripped)
 equals the expected word. Rows report accuracy, accuracy relative to full tokens on the same samples,
@@ -12,6 +13,7 @@ turn, on the same ``timing`` samples) and the selection overhead as a share of t
 
 from __future__ import annotations
 
+import ast
 import statistics
 import string
 import time
@@ -63,18 +65,43 @@ def blank_like(image: Image.Image) -> Image.Image:
     return Image.new("RGB", image.size, (255, 255, 255))
 
 
+def method_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:option=value:..."`` -> (name, options); values are Python literals where they
+    parse as one (``True``, ``0.5``), else strings (``layers=all``)."""
+    name, *pairs = text.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise tokenomy.TokenomyError(f"method options are written name:option=value, got {text!r}")
+        if key == "keep":
+            raise tokenomy.TokenomyError(f"{text!r}: set the kept fractions with --keep, not as a method option")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return name, options
+
+
+def _session(method: str, keep: float, vlm):
+    if method in ("full", "blank image"):
+        return nullcontext()
+    name, options = method_spec(method)
+    return tokenomy.apply(vlm, name, keep=keep, **options)
+
+
 def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed: int, repeats: int,
-        timing: int, progress: Callable[[int], Any] = lambda n: None) -> tuple[list[dict], list[dict]]:
+        timing: int, progress: Callable[[int], Any] = lambda n: None,
+        split: str = "test") -> tuple[list[dict], list[dict]]:
     """Answer every sample with every row; then time the prefills. Returns (per-sample rows, timings)."""
-    samples = [scenes.sample("test", seed * 1_000_000 + i) for i in range(limit)]
+    samples = [scenes.sample(split, seed * 1_000_000 + i) for i in range(limit)]
     configs = [("full", 1.0), ("blank image", 1.0)] + [(m, k) for m in methods for k in keeps]
     rows = []
     for index, s in enumerate(samples):
         for method, keep in configs:
             image = blank_like(s.image) if method == "blank image" else s.image
             inputs = processor(image, s.question)
-            context = nullcontext() if method in ("full", "blank image") else tokenomy.apply(vlm, method, keep=keep)
-            with context as session, torch.no_grad():
+            with _session(method, keep, vlm) as session, torch.no_grad():
                 out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
             text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             visual = session.stats.tokens_kept if session is not None else processor.layout.num_crops * processor.layout.tokens_per_crop
@@ -88,8 +115,7 @@ def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed
         for method, keep in [c for c in configs if c[0] != "blank image"]:
             for s in samples[:timing]:
                 inputs = processor(s.image, s.question)
-                context = nullcontext() if method == "full" else tokenomy.apply(vlm, method, keep=keep)
-                with context as session, torch.no_grad():
+                with _session(method, keep, vlm) as session, torch.no_grad():
                     tic = time.perf_counter()
                     vlm(**inputs)
                     seconds = time.perf_counter() - tic
@@ -130,7 +156,7 @@ def summarize(vlm, processor, rows: list[dict], timings: list[dict]) -> list[dic
     return out
 
 
-def plot(results: list[dict], path: Path) -> Path:
+def plot(results: list[dict], path: Path, split: str = "test") -> Path:
     """Accuracy against kept fraction, one line per method; full and blank-image accuracy as guides."""
     import matplotlib
 
@@ -147,7 +173,7 @@ def plot(results: list[dict], path: Path) -> Path:
             ax.axhline(guides[name], color="black", linestyle=style, linewidth=1, label=f"{name} ({guides[name]:.2f})")
     ax.set_xlabel("fraction of visual tokens reaching the LLM")
     ax.set_ylabel("accuracy")
-    ax.set_title("reference VLM, synthetic VQA test split")
+    ax.set_title(f"reference VLM, synthetic VQA {split} split")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
