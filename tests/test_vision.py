@@ -83,6 +83,19 @@ def test_budget_is_exact(method, keep):
         assert all(max(c) - min(c) <= 1 for c in session.stats.crop_counts)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("method", VISUAL)
+def test_methods_run_where_the_model_is(method):
+    vlm, inputs = tiny_vlm().to("cuda"), {k: v.cuda() for k, v in prompt(samples=2).items()}
+    total = int(kept_count(0.25, PATCHES))
+    seen, handle = llm_lengths(vlm)
+    with torch.no_grad(), tokenomy.apply(vlm, method, keep=0.25) as session:
+        out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
+    handle.remove()
+    assert out.device.type == "cuda" and out.shape[1] == inputs["input_ids"].shape[1] + 4
+    assert seen[0] == inputs["input_ids"].shape[1] - PATCHES + total and session.stats.tokens_kept == 2 * total
+
+
 @pytest.mark.parametrize("method", VISUAL)
 def test_generation_after_reduction_is_coherent(method):
     """generate() with its cache equals recomputing the whole reduced prompt at every step."""

@@ -100,7 +100,7 @@ class VisualSession:
                 )
             within = torch.arange(expected) % n
             crop = torch.arange(expected) // n
-            keep[row, columns] = within < counts[crop]
+            keep[row, columns] = (within < counts[crop]).to(keep.device)
         return keep, [features for features, _ in encoded]
 
     @staticmethod
@@ -263,10 +263,10 @@ class PreLLM:
             total = int(kept_count(self.keep, c * n))
             if self.joint:
                 chosen = self.choose.indices(view, None, total)
-                counts = torch.bincount(chosen // n, minlength=c)
+                counts = torch.bincount(chosen.cpu() // n, minlength=c)
                 kept = view.features.flatten(0, 1)[chosen]
             else:
-                weights = torch.ones(c) if self.crop_weights is None else self.crop_weights(view).float()
+                weights = torch.ones(c) if self.crop_weights is None else self.crop_weights(view).float().cpu()
                 counts = split_budget(total, weights, torch.full((c,), n))
                 kept = torch.cat([self.choose(view, i, int(k)) for i, k in enumerate(counts) if k > 0])
             stats.selection_seconds += time.perf_counter() - tic
