@@ -2,9 +2,9 @@
 
 Samples: the synthetic VQA test split (`tokenomy.models.reference_vlm.scenes`; the validation split for
 method development), indices ``seed * 1_000_000 + i``, question types in rotation. A method may carry
-options (``"divprune:per_crop=True"``), so variants run side by side as rows of their own. Every sample is answered by the full model, by the
-same model with the image blanked (white), and by every method at every kept fraction, with greedy
-decoding of up to 4 tokens. Correct when the first word of the answer (lower case, punctuation stripped)
+options (``"divprune:per_crop=True"``), so variants run side by side as rows of their own. Every sample
+is answered by the full model, by the same model with the image blanked (white), and by every method at
+every kept fraction, with greedy decoding of up to 4 tokens. Correct when the first word of the answer (lower case, punctuation stripped)
 equals the expected word. Rows report accuracy, accuracy relative to full tokens on the same samples,
 visual tokens reaching the LLM, analytical prefill FLOPs, measured prefill time (vision tower +
 selection + projector + LLM prefill; median over ``repeats`` rounds in which every row runs once, in
