@@ -1,12 +1,13 @@
 """Visual-token methods on the trained reference VLM (real SmolLM2 inside)."""
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 import tokenomy
-from tokenomy.bench.vision import blank_like, first_word
+from tokenomy.bench.vision import answer, blank_like, first_word
 from tokenomy.models.reference_vlm import scenes
 
 pytestmark = pytest.mark.integration
@@ -20,14 +21,8 @@ def reference():
 def answers(vlm, processor, samples, method=None, keep=1.0):
     correct = []
     for s in samples:
-        inputs = processor(s.image, s.question)
-        with torch.no_grad():
-            if method is None:
-                out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-            else:
-                with tokenomy.apply(vlm, method, keep=keep):
-                    out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        with nullcontext() if method is None else tokenomy.apply(vlm, method, keep=keep):
+            text = answer(vlm, processor, processor(s.image, s.question))
         correct.append(first_word(text) == s.answer)
     return correct
 

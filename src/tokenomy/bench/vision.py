@@ -46,6 +46,14 @@ def first_word(text: str) -> str:
     return words[0].strip(string.punctuation) if words else ""
 
 
+@torch.no_grad()
+def answer(vlm, processor, inputs: dict[str, torch.Tensor]) -> str:
+    """The model's greedy reply (at most 4 new tokens) to a processed image + question, on its device."""
+    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+    out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 def prefill_flops(vlm, text_tokens: int, visual_tokens: int, patches: int) -> float:
     """Multiply-adds x 2 of one prefill: ViT over every crop, projector and LLM over the kept tokens."""
     parts = vision_parts(vlm)
@@ -101,9 +109,8 @@ def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed
         for method, keep in configs:
             image = blank_like(s.image) if method == "blank image" else s.image
             inputs = processor(image, s.question)
-            with _session(method, keep, vlm) as session, torch.no_grad():
-                out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-            text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            with _session(method, keep, vlm) as session:
+                text = answer(vlm, processor, inputs)
             visual = session.stats.tokens_kept if session is not None else processor.layout.num_crops * processor.layout.tokens_per_crop
             rows.append({"sample": index, "qtype": s.qtype, "method": method, "keep": keep, "answer": s.answer,
                          "output": text, "correct": first_word(text) == s.answer, "visual_tokens": visual,

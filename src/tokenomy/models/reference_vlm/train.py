@@ -183,17 +183,12 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
 @torch.no_grad()
 def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float]:
     """Accuracy per question type on the first ``count`` validation samples (greedy, first word)."""
-    from PIL import Image
-
-    from tokenomy.bench.vision import first_word
+    from tokenomy.bench.vision import answer, blank_like, first_word
 
     right: dict[str, list[bool]] = {}
     for i in range(count):
         s = scenes.sample("val", i)
-        image = Image.new("RGB", s.image.size, (255, 255, 255)) if blank else s.image
-        inputs = {k: v.to(vlm.device) for k, v in processor(image, s.question).items()}
-        out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = answer(vlm, processor, processor(blank_like(s.image) if blank else s.image, s.question))
         right.setdefault(s.qtype, []).append(first_word(text) == s.answer)
     scores = {q: sum(v) / len(v) for q, v in right.items()}
     scores["all"] = sum(sum(v) for v in right.values()) / count
