@@ -118,23 +118,46 @@ def test_special_cases_round_trip(tokenizer, data):
 
 def test_engine_logits_do_not_depend_on_batch_companions():
     model = tiny_lm(300)
-    sequence = [5, 9, 33, 7, 100, 3, 44, 250]
+    sequence = [5, 9, 33, 7, 100, 3, 44, 250] * 9  # 72 tokens: past one padded key block
 
-    def run(companions):
+    def run(companions, opened_before=0):
         with exact(model) as engine:
-            row, others = engine.open(), [engine.open() for _ in companions]
+            early = [engine.open() for _ in range(opened_before)]  # the row lands in another slot block
+            row, others = engine.open(), early + [engine.open() for _ in companions]
+            companions = [[7]] * opened_before + companions
             out = []
             for t, token in enumerate(sequence):
                 feeds = {row: token} | {o: c[t % len(c)] for o, c in zip(others, companions)}
                 out.append(engine.step(feeds)[row])
                 if companions and t == 3:
                     engine.reset(others[0])  # another row restarting its context must not matter either
+                if opened_before and t == 5:
+                    engine.close(others.pop(1))  # nor one leaving the batch
+                    companions.pop(1)
         return torch.stack(out)
 
-    alone, crowded, few = run([]), run([[1, 2, 3]] * 9), run([[4]] * 2)
-    assert torch.equal(alone, crowded) and torch.equal(alone, few)
+    alone = run([])
+    assert torch.equal(alone, run([[1, 2, 3]] * 9)) and torch.equal(alone, run([[4]] * 2))
+    assert torch.equal(alone, run([[4, 5]] * 3, opened_before=21))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(alone, run([[8]] * 5, opened_before=3))
+    finally:
+        torch.set_num_threads(threads)
     reference = model(torch.tensor([sequence])).logits[0]
     assert torch.allclose(alone, reference, atol=1e-5)
+
+
+def test_engine_puts_the_models_own_layers_back():
+    model = tiny_lm(300)
+    before = [type(m) for m in model.modules()]
+    tokens = torch.tensor([[5, 9, 33]])
+    reference = model(tokens).logits
+    with exact(model) as engine:
+        engine.step({engine.open(): 5})
+    assert [type(m) for m in model.modules()] == before
+    assert torch.equal(model(tokens).logits, reference)
 
 
 # -- the codec end to end ------------------------------------------------------------------------------------

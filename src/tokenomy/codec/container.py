@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from tokenomy._validation import TokenomyError
 
 MAGIC = b"TKZ"
-VERSION = 1
+VERSION = 2  # 2: the engine computes attention in padded blocks on oneDNN linears (other float results)
 
 
 @dataclass

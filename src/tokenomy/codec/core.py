@@ -124,9 +124,10 @@ class _SegmentEncoder:
         """The last symbol coded in the current window (None at its start)."""
         return self.current[-1] if self.current else None
 
-    def code(self, cum: torch.Tensor, log2p: torch.Tensor) -> bool:
+    def code(self, cum: torch.Tensor, logits: torch.Tensor, log_normalizer: float) -> bool:
         """Code the next token under ``cum``; False if it did not fit and a new window began.
-        ``log2p``: the model's unquantised log2-probabilities (for the cross-entropy report)."""
+        ``logits`` and their logsumexp give the model's unquantised probability (for the cross-entropy
+        report)."""
         token = self.tokens[self.position]
         state = self.coder.snapshot()
         self.coder.encode(int(cum[token]), int(cum[token + 1]), TOTAL)
@@ -139,7 +140,10 @@ class _SegmentEncoder:
             return False
         self.current.append(token)
         self.position += 1
-        self.model_bits -= float(log2p[token]) if token < log2p.shape[0] else math.log2((cum[token + 1] - cum[token]) / TOTAL)
+        if token < logits.shape[0]:
+            self.model_bits += (log_normalizer - float(logits[token])) / math.log(2)
+        else:  # a byte escape: the model gives it no probability of its own
+            self.model_bits -= math.log2((cum[token + 1] - cum[token]) / TOTAL)
         if self.done:
             self._close_unit()
         return True
@@ -162,9 +166,9 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
             feeds = {row: codec.start if seg.last() is None else codec.feed(seg.last()) for row, seg in active.items()}
             logits = torch.stack(list(engine.step(feeds).values()))
             cums = codec.frequencies(logits)
-            log2p = torch.log_softmax(logits.double(), dim=-1) / math.log(2)
-            for (row, seg), cum, row_log2p in zip(list(active.items()), cums, log2p):
-                if seg.code(cum, row_log2p):
+            normalizers = torch.logsumexp(logits.double(), dim=-1).tolist()
+            for (row, seg), cum, row_logits, normalizer in zip(list(active.items()), cums, logits.double(), normalizers):
+                if seg.code(cum, row_logits, normalizer):
                     if progress:
                         progress(1)
                 else:
