@@ -149,6 +149,19 @@ def test_engine_logits_do_not_depend_on_batch_companions():
     assert torch.allclose(alone, reference, atol=1e-5)
 
 
+def test_row_cache_grows_only_the_dimension_that_is_short():
+    from tokenomy.codec.engine import _Layer
+
+    layer, kv = _Layer(), torch.ones(1, 2, 8)
+    layer.write(torch.tensor([0]), torch.tensor([0]), kv, kv)
+    assert layer.keys.shape == (16, 2, 64, 8)
+    layer.write(torch.tensor([20]), torch.tensor([3]), 2 * kv, 2 * kv)  # a new row: more slots, same length
+    assert layer.keys.shape == (32, 2, 64, 8)
+    layer.write(torch.tensor([0]), torch.tensor([100]), 3 * kv, 3 * kv)  # a longer context: more length
+    assert layer.keys.shape == (32, 2, 128, 8)
+    assert layer.keys[0, :, 0].eq(1).all() and layer.keys[20, :, 3].eq(2).all() and layer.values[0, :, 100].eq(3).all()
+
+
 def test_engine_puts_the_models_own_layers_back():
     model = tiny_lm(300)
     before = [type(m) for m in model.modules()]

@@ -57,8 +57,9 @@ class _Layer:
 
     @staticmethod
     def _grown(old: Tensor | None, new: Tensor, slots: int, length: int) -> Tensor:
-        if old is not None:
-            slots, length = max(slots, old.shape[0]), max(length, 2 * old.shape[2])
+        if old is not None:  # grow what is short, by doubling (amortised); keep what is long enough
+            slots = old.shape[0] if slots <= old.shape[0] else max(slots, 2 * old.shape[0])
+            length = old.shape[2] if length <= old.shape[2] else max(length, 2 * old.shape[2])
         grown = new.new_zeros(slots, new.shape[1], length, new.shape[-1])
         if old is not None:
             grown[: old.shape[0], :, : old.shape[2]] = old
