@@ -117,10 +117,10 @@ def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):
                     + json.dumps({"context": "The cat is named Tom. " * 20, "question": "Name of the cat?",
                                   "answers": ["Tom"]}) + "\n")
     assert main(["bench", "kv", "--data", str(data), "--methods", "streamingllm", "--keep", "0.5"]) == 0
-    assert main(["bench", "kv", "--task", "ppl", "--limit", "1", "--length", "200", "--methods", "knorm",
-                 "--keep", "0.5"]) == 0
+    assert main(["bench", "kv", "--task", "ppl", "--limit", "1", "--length", "200", "--methods",
+                 "knorm,keydiff-pool:recent=16", "--keep", "0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "ppl" in printed and "KL" in printed
+    assert "ppl" in printed and "KL" in printed and "keydiff-pool:recent=16" in printed
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,7 @@ def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):
     [
         (["bench", "kv", "--methods", "snapkv,nope"], "unknown method 'nope'; choose one of:"),
         (["bench", "kv", "--keep", "0"], "keep must be in (0, 1]"),
+        (["bench", "kv", "--methods", "keydiff-pool:window=3"], "method 'keydiff-pool' has no option 'window'"),
         (["bench", "kv", "--task", "qa"], "unknown task 'qa'; choose one of: niah, multikey, vartrack, ppl"),
         (["bench", "kv", "--setting", "both"], "unknown setting 'both'"),
         (["bench", "kv", "--compare", "llmlingua"], "unknown peer 'llmlingua'"),

@@ -266,7 +266,7 @@ def test_training_refuses_bad_settings_before_loading_anything(options, message)
 
 
 def test_bench_method_specs_carry_options():
-    from tokenomy.bench.vision import method_spec
+    from tokenomy.registry import method_spec
 
     assert method_spec("divprune") == ("divprune", {})
     assert method_spec("divprune:per_crop=True") == ("divprune", {"per_crop": True})

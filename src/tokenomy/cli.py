@@ -57,7 +57,8 @@ def cmd_bench_kv(args) -> int:
     else:
         method_names = args.methods
     kv_methods = [m.name for m in registry.methods(SITE)]
-    for name in method_names:
+    for spec in method_names:
+        name = registry.method_spec(spec)[0]
         if registry.get(name).site != SITE:
             raise TokenomyError(f"{name!r} is not a KV-cache method; choose from: {', '.join(kv_methods)}")
     config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
@@ -253,6 +254,7 @@ def cmd_bench_vision(args) -> int:
 
     import tokenomy
     from tokenomy.bench import vision as bench
+    from tokenomy.registry import method_spec
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy._validation import check_fraction, check_int
 
@@ -264,7 +266,7 @@ def cmd_bench_vision(args) -> int:
     available = [m.name for m in tokenomy.methods() if m.site in visual_sites]
     methods = available if args.methods == ["all"] else args.methods
     for method in methods:
-        name, options = bench.method_spec(method)
+        name, options = method_spec(method)
         if tokenomy.get(name).site not in visual_sites:
             raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
         tokenomy.get(name).create(keep=keeps[0], **options)  # bad options fail now, not after loading
@@ -408,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="suite", required=True)
     p = bench.add_parser("kv", help="KV-cache compression on long-context tasks")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
-    p.add_argument("--methods", type=_csv(str), default=["all"], help="comma list of KV methods, or all")
+    p.add_argument("--methods", type=_csv(str), default=["all"],
+                   help="comma list of KV methods, or all; options as name:option=value (keydiff-pool:recent=32)")
     p.add_argument("--keep", type=_csv(float), default=[0.5, 0.25], help="comma list of kept fractions")
     p.add_argument("--task", default="niah", help="niah, multikey, vartrack or ppl (ignored with --data)")
     p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -74,3 +75,21 @@ def methods(site: str | None = None) -> list[MethodInfo]:
     if site is not None and not found:
         check_choice("site", site, sorted({m.site for m in _REGISTRY.values()}))
     return sorted(found, key=lambda m: (m.site, m.name))
+
+
+def method_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:option=value:..."`` -> (name, options); values are Python literals where they
+    parse as one (``True``, ``0.5``), else strings (``layers=all``)."""
+    name, *pairs = text.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TokenomyError(f"method options are written name:option=value, got {text!r}")
+        if key == "keep":
+            raise TokenomyError(f"{text!r}: set the kept fractions with --keep, not as a method option")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return name, options

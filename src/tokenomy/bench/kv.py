@@ -68,9 +68,11 @@ class KVBenchConfig:
 
     def __post_init__(self):
         known = [m.name for m in registry.methods(SITE)]
-        for m in self.methods:
-            check_choice("method", m, known)
         self.keeps = [check_fraction("keep", k) for k in self.keeps]
+        for spec in self.methods:  # "name" or "name:option=value"; bad options fail here, before any work
+            name, options = registry.method_spec(spec)
+            check_choice("method", name, known)
+            registry.get(name).create(keep=self.keeps[0], **options)
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for c in self.compare:
@@ -162,7 +164,8 @@ class KVBench:
         return rows
 
     def _run_ours(self, name, keep, base, cache, logits, observations, prefill_s, prompt, sample) -> Row:
-        method = registry.get(name).create(keep=keep)
+        method_name, options = registry.method_spec(name)
+        method = registry.get(method_name).create(keep=keep, **options)
         mine = copy_cache(cache)
         with method.apply(self.model) as session:
             session.compress(mine, observations)

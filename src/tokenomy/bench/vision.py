@@ -13,7 +13,6 @@ turn, on the same ``timing`` samples) and the selection overhead as a share of t
 
 from __future__ import annotations
 
-import ast
 import statistics
 import string
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 
 import tokenomy
 from tokenomy.models.reference_vlm import scenes
+from tokenomy.registry import method_spec
 from tokenomy.models.vision_adapters import dense_weights, vision_parts
 
 COLUMNS = [
@@ -71,24 +71,6 @@ def prefill_flops(vlm, text_tokens: int, visual_tokens: int, patches: int) -> fl
 
 def blank_like(image: Image.Image) -> Image.Image:
     return Image.new("RGB", image.size, (255, 255, 255))
-
-
-def method_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """``"name"`` or ``"name:option=value:..."`` -> (name, options); values are Python literals where they
-    parse as one (``True``, ``0.5``), else strings (``layers=all``)."""
-    name, *pairs = text.split(":")
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise tokenomy.TokenomyError(f"method options are written name:option=value, got {text!r}")
-        if key == "keep":
-            raise tokenomy.TokenomyError(f"{text!r}: set the kept fractions with --keep, not as a method option")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return name, options
 
 
 def _session(method: str, keep: float, vlm):
