@@ -167,7 +167,7 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
             logits = torch.stack(list(engine.step(feeds).values()))
             cums = codec.frequencies(logits)
             normalizers = torch.logsumexp(logits.double(), dim=-1).tolist()
-            for (row, seg), cum, row_logits, normalizer in zip(list(active.items()), cums, logits.double(), normalizers):
+            for (row, seg), cum, row_logits, normalizer in zip(list(active.items()), cums, logits, normalizers):
                 if seg.code(cum, row_logits, normalizer):
                     if progress:
                         progress(1)
