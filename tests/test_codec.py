@@ -153,11 +153,11 @@ def test_row_cache_grows_only_the_dimension_that_is_short():
     from tokenomy.codec.engine import _Layer
 
     layer, kv = _Layer(), torch.ones(1, 2, 8)
-    layer.write(torch.tensor([0]), torch.tensor([0]), kv, kv)
+    layer.write(torch.tensor([0]), torch.tensor([0]), kv, kv, 16, 64)
     assert layer.keys.shape == (16, 2, 64, 8)
-    layer.write(torch.tensor([20]), torch.tensor([3]), 2 * kv, 2 * kv)  # a new row: more slots, same length
+    layer.write(torch.tensor([20]), torch.tensor([3]), 2 * kv, 2 * kv, 32, 64)  # a new row: more slots, same length
     assert layer.keys.shape == (32, 2, 64, 8)
-    layer.write(torch.tensor([0]), torch.tensor([100]), 3 * kv, 3 * kv)  # a longer context: more length
+    layer.write(torch.tensor([0]), torch.tensor([100]), 3 * kv, 3 * kv, 16, 128)  # a longer context: more length
     assert layer.keys.shape == (32, 2, 128, 8)
     assert layer.keys[0, :, 0].eq(1).all() and layer.keys[20, :, 3].eq(2).all() and layer.values[0, :, 100].eq(3).all()
 

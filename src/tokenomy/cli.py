@@ -254,7 +254,7 @@ def cmd_bench_vision(args) -> int:
 
     import tokenomy
     from tokenomy.bench import vision as bench
-    from tokenomy.registry import method_spec
+    from tokenomy.registry import create_spec, method_spec
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy._validation import check_fraction, check_int
 
@@ -266,10 +266,10 @@ def cmd_bench_vision(args) -> int:
     available = [m.name for m in tokenomy.methods() if m.site in visual_sites]
     methods = available if args.methods == ["all"] else args.methods
     for method in methods:
-        name, options = method_spec(method)
+        name = method_spec(method)[0]
         if tokenomy.get(name).site not in visual_sites:
             raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
-        tokenomy.get(name).create(keep=keeps[0], **options)  # bad options fail now, not after loading
+        create_spec(method, keep=keeps[0])  # bad options fail now, not after loading
     vlm, processor = tokenomy.load("reference-vlm")
     configs = 2 + len(methods) * len(keeps)
     timing = min(args.timing, args.limit)

@@ -93,3 +93,9 @@ def method_spec(text: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, SyntaxError):
             options[key] = value
     return name, options
+
+
+def create_spec(spec: str, **fixed: Any) -> Any:
+    """Build the method a ``"name:option=value"`` spec names, with ``fixed`` options (e.g. ``keep``)."""
+    name, options = method_spec(spec)
+    return get(name).create(**fixed, **options)

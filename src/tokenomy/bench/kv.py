@@ -70,9 +70,8 @@ class KVBenchConfig:
         known = [m.name for m in registry.methods(SITE)]
         self.keeps = [check_fraction("keep", k) for k in self.keeps]
         for spec in self.methods:  # "name" or "name:option=value"; bad options fail here, before any work
-            name, options = registry.method_spec(spec)
-            check_choice("method", name, known)
-            registry.get(name).create(keep=self.keeps[0], **options)
+            check_choice("method", registry.method_spec(spec)[0], known)
+            registry.create_spec(spec, keep=self.keeps[0])
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for c in self.compare:
@@ -164,8 +163,7 @@ class KVBench:
         return rows
 
     def _run_ours(self, name, keep, base, cache, logits, observations, prefill_s, prompt, sample) -> Row:
-        method_name, options = registry.method_spec(name)
-        method = registry.get(method_name).create(keep=keep, **options)
+        method = registry.create_spec(name, keep=keep)
         mine = copy_cache(cache)
         with method.apply(self.model) as session:
             session.compress(mine, observations)

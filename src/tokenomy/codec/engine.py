@@ -22,6 +22,7 @@ attention calls ``past_key_values.update`` and the attention interface works (Ll
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -46,9 +47,8 @@ class _Layer:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
 
-    def write(self, slots: Tensor, positions: Tensor, keys: Tensor, values: Tensor) -> None:
-        need_slots = -(-(int(slots.max()) + 1) // SLOT_CHUNK) * SLOT_CHUNK
-        need_length = _padded_length(int(positions.max()) + 1)
+    def write(self, slots: Tensor, positions: Tensor, keys: Tensor, values: Tensor, need_slots: int,
+              need_length: int) -> None:
         if self.keys is None or self.keys.shape[0] < need_slots or self.keys.shape[2] < need_length:
             self.keys, self.values = self._grown(self.keys, keys, need_slots, need_length), \
                 self._grown(self.values, values, need_slots, need_length)
@@ -66,19 +66,47 @@ class _Layer:
         return grown
 
 
+@dataclass
+class _Block:
+    """Batch rows whose caches lie in one `SLOT_CHUNK` block and share one padded key length."""
+
+    first: int  # first cache slot of the block
+    length: int  # keys computed over, a multiple of KEY_BLOCK
+    members: Tensor  # batch indices of the rows
+    local: Tensor  # their slots within the block
+    ends: Tensor  # (SLOT_CHUNK,) each slot's context length (0: no row this step)
+    past_end: Tensor  # (SLOT_CHUNK, length) keys beyond a slot's context
+
+
 class RowCache(Cache):
     """An HF cache holding one independent context per row; only `Engine` drives it."""
 
     def __init__(self, num_layers: int):
         super().__init__(layers=[])
         self.row_layers = [_Layer() for _ in range(num_layers)]
-        self.slots: Tensor = torch.empty(0, dtype=torch.long)  # cache slot of each real batch row
-        self.positions: Tensor = torch.empty(0, dtype=torch.long)  # where each real row's new token goes
+
+    def plan(self, slots: list[int], positions: list[int]) -> None:
+        """Fix this step's rows (their cache slots and write positions) and their attention blocks, once
+        for all layers."""
+        self.slots, self.positions = torch.tensor(slots), torch.tensor(positions)
+        self.need_slots = -(-(max(slots) + 1) // SLOT_CHUNK) * SLOT_CHUNK
+        self.need_length = _padded_length(max(positions) + 1)
+        ends = self.positions + 1
+        lengths, chunk_of = _padded_length(ends), self.slots // SLOT_CHUNK
+        self.blocks = []
+        for chunk, length in torch.unique(torch.stack([chunk_of, lengths], dim=1), dim=0).tolist():
+            members = torch.nonzero((chunk_of == chunk) & (lengths == length)).squeeze(1)
+            local = self.slots[members] - chunk * SLOT_CHUNK
+            block_ends = ends.new_zeros(SLOT_CHUNK)
+            block_ends[local] = ends[members]
+            past_end = torch.arange(length) >= block_ends[:, None]
+            self.blocks.append(_Block(chunk * SLOT_CHUNK, length, members, local, block_ends, past_end))
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, cache_kwargs=None):
         layer = self.row_layers[layer_idx]
         n = len(self.slots)
-        layer.write(self.slots, self.positions, key_states[:n, :, 0], value_states[:n, :, 0])
+        layer.write(self.slots, self.positions, key_states[:n, :, 0], value_states[:n, :, 0], self.need_slots,
+                    self.need_length)
         return layer, self  # read by _row_attention, which knows both
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -94,30 +122,21 @@ def _row_attention(module, query: Tensor, layer: _Layer, cache: RowCache, attent
     groups = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     n = len(cache.slots)
-    ends = cache.positions + 1
-    lengths = _padded_length(ends)
     out = query.new_zeros(b, 1, heads, dim)
     q_rows = query[:n, :, 0].reshape(n, kv_heads, groups, dim)
-    chunk_of = cache.slots // SLOT_CHUNK
-    for chunk, length in torch.unique(torch.stack([chunk_of, lengths], dim=1), dim=0).tolist():
-        members = torch.nonzero((chunk_of == chunk) & (lengths == length)).squeeze(1)
-        local = cache.slots[members] - chunk * SLOT_CHUNK
-        first = chunk * SLOT_CHUNK
-        keys = layer.keys[first : first + SLOT_CHUNK, :, :length]  # (chunk, h_kv, L, d), a view
-        values = layer.values[first : first + SLOT_CHUNK, :, :length]
+    for block in cache.blocks:
+        keys = layer.keys[block.first : block.first + SLOT_CHUNK, :, : block.length]  # (chunk, h_kv, L, d), a view
+        values = layer.values[block.first : block.first + SLOT_CHUNK, :, : block.length]
         q = query.new_zeros(SLOT_CHUNK, kv_heads, groups, dim)
-        q[local] = q_rows[members]
+        q[block.local] = q_rows[block.members]
         scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # (chunk, h_kv, g, L)
-        position = torch.arange(length, device=query.device)
-        row_end = ends.new_zeros(SLOT_CHUNK)
-        row_end[local] = ends[members]
-        masked = position >= row_end[:, None]
+        masked = block.past_end
         if sliding_window:
-            masked |= position < (row_end[:, None] - sliding_window)
+            masked = masked | (torch.arange(block.length) < (block.ends[:, None] - sliding_window))
         scores = scores.masked_fill(masked[:, None, None, :], -torch.inf)
         probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0).to(values.dtype)  # empty slots: all masked
         result = torch.matmul(probs, values)  # (chunk, h_kv, g, d)
-        out[members, 0] = result[local].reshape(len(members), heads, dim)
+        out[block.members, 0] = result[block.local].reshape(len(block.members), heads, dim)
     return out, None
 
 
@@ -157,8 +176,7 @@ class Engine:
         padded = -(-len(rows) // ROW_MULTIPLE) * ROW_MULTIPLE  # dummy rows: see the module docstring
         tokens = [feeds[r] for r in rows] + [feeds[rows[0]]] * (padded - len(rows))
         positions = [self.lengths[r] for r in rows]
-        self.cache.slots = torch.tensor([self.slot[r] for r in rows])
-        self.cache.positions = torch.tensor(positions)
+        self.cache.plan([self.slot[r] for r in rows], positions)
         out = self.model(
             input_ids=torch.tensor(tokens).unsqueeze(1),
             position_ids=torch.tensor(positions + [0] * (padded - len(rows))).unsqueeze(1),
