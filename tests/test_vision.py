@@ -158,6 +158,33 @@ def test_divprune_per_crop_option(per_crop, counts):
     assert counts is None or session.stats.crop_counts[0] == counts
 
 
+def test_diverse_merge_folds_pruned_patches_into_kept_ones():
+    features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    kept = torch.tensor([0, 2])
+    torch.testing.assert_close(Diverse(first_isolated, merge=True).take(features, kept),
+                               torch.stack([features[:2].mean(0), features[2:].mean(0)]))
+    assert torch.equal(Diverse(first_isolated).take(features, kept), features[kept])
+
+
+@pytest.mark.parametrize("method", ["divprune", "todre"])
+def test_merge_option_keeps_the_budget_and_changes_only_reduced_runs(method):
+    vlm, inputs = tiny_vlm(), prompt()
+    seen, handle = llm_lengths(vlm)
+    with torch.no_grad():
+        reference = vlm(**inputs).logits
+        with tokenomy.apply(vlm, method, keep=1.0, merge=True):
+            whole = vlm(**inputs).logits
+        outputs = {}
+        for merge in (False, True):
+            with tokenomy.apply(vlm, method, keep=0.25, merge=merge):
+                outputs[merge] = vlm(**inputs).logits
+    handle.remove()
+    torch.testing.assert_close(whole, reference, rtol=1e-4, atol=1e-5)
+    total = int(kept_count(0.25, PATCHES))
+    assert seen[-2:] == [inputs["input_ids"].shape[1] - PATCHES + total] * 2
+    assert not torch.allclose(outputs[True], outputs[False])
+
+
 def test_joint_selection_refuses_crop_weights():
     with pytest.raises(tokenomy.TokenomyError, match="joint"):
         PreLLM(0.5, Diverse(first_isolated), crop_weights=lambda view: torch.ones(5), joint=True)

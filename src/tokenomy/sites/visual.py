@@ -179,16 +179,22 @@ class TopScored:
 @dataclass
 class Diverse:
     """Greedy k-center over patch features, from a starting patch (``start``: view, crop -> i); ``crop``
-    None selects over every crop's patches at once (indices into the flattened crops)."""
+    None selects over every crop's patches at once (indices into the flattened crops). ``merge``: every
+    pruned patch is folded into its most similar kept one (PruMerge's step) instead of being dropped."""
 
     start: Callable[[CropView, int | None], int]
+    merge: bool = False
 
     def __call__(self, view: CropView, crop: int, k: int) -> Tensor:
-        return view.features[crop][self.indices(view, crop, k)]
+        return self.take(view.features[crop], self.indices(view, crop, k))
 
     def indices(self, view: CropView, crop: int | None, k: int) -> Tensor:
         features = view.features.flatten(0, 1) if crop is None else view.features[crop]
         return k_center(features, k, self.start(view, crop))
+
+    def take(self, features: Tensor, kept: Tensor) -> Tensor:
+        """The kept rows of ``features`` ``(n, d)``, each absorbing its pruned neighbours when merging."""
+        return merge_into_nearest(features, kept, features) if self.merge else features[kept]
 
 
 @dataclass
@@ -231,8 +237,9 @@ class PreLLM:
 
     def __post_init__(self):
         self.keep = check_fraction("keep", self.keep)
-        if self.joint and (self.crop_weights is not None or not hasattr(self.choose, "indices")):
-            raise TokenomyError("a joint selection takes no crop weights and needs a choice that returns indices")
+        if self.joint and (self.crop_weights is not None or not hasattr(self.choose, "take")):
+            raise TokenomyError("a joint selection takes no crop weights and needs a choice with `indices` and "
+                                "`take` (e.g. Diverse)")
 
     def apply(self, vlm) -> VisualSession:
         session = VisualSession(vlm, self.encode)
@@ -264,7 +271,7 @@ class PreLLM:
             if self.joint:
                 chosen = self.choose.indices(view, None, total)
                 counts = torch.bincount(chosen.cpu() // n, minlength=c)
-                kept = view.features.flatten(0, 1)[chosen]
+                kept = self.choose.take(view.features.flatten(0, 1), chosen)
             else:
                 weights = torch.ones(c) if self.crop_weights is None else self.crop_weights(view).float().cpu()
                 counts = split_budget(total, weights, torch.full((c,), n))

@@ -9,7 +9,7 @@ from tokenomy.sites.visual import SITE, Diverse, PreLLM, first_isolated
     "arXiv:2503.02175)",
     summary="max-min diversity over all crops: farthest-point selection from the most isolated patch",
 )
-def divprune(keep: float = 0.11, per_crop: bool = False) -> PreLLM:
+def divprune(keep: float = 0.11, per_crop: bool = False, merge: bool = False) -> PreLLM:
     """One selection over every crop's patches, as the paper selects over all of an image's visual tokens;
     ``per_crop`` splits the budget evenly among crops first."""
-    return PreLLM(keep, Diverse(first_isolated), joint=not per_crop)
+    return PreLLM(keep, Diverse(first_isolated, merge=merge), joint=not per_crop)
