@@ -28,7 +28,8 @@ def generate(model, x, **kwargs):
 def test_keep_one_changes_nothing(model, name):
     x = ids()
     reference = generate(model, x)
-    with tokenomy.apply(model, name, keep=1.0) as session:
+    options = {} if name in ("tokenselect", "adakv") else {"evict_every": 2}
+    with tokenomy.apply(model, name, keep=1.0, **options) as session:
         out = generate(model, x)
     assert torch.equal(out.sequences, reference.sequences)
     for a, b in zip(out.scores, reference.scores):
@@ -162,6 +163,66 @@ def test_left_padded_batch_matches_each_row_alone(model, name):
             assert torch.allclose(together.scores[step][row], alone[row].scores[step][0], atol=1e-4)
 
 
+@pytest.mark.parametrize("name", [m for m in EVICTING if m != "adakv"])
+def test_eviction_while_decoding_holds_the_budget(model, name):
+    """evict_every=n: after the prefill each layer holds its budget; while decoding it grows by one entry
+    per token and is cut back to that budget once n tokens have arrived."""
+    x, steps, every = ids(50), 11, 4
+    cache = DynamicCache()
+    stored = []
+    with tokenomy.apply(model, name, keep=0.4, evict_every=every) as session:
+        logits = model(x, past_key_values=cache).logits
+        budgets = [layer.stored for layer in cache.layers]
+        for _ in range(steps):
+            logits = model(logits[:, -1:].argmax(-1), past_key_values=cache).logits
+            stored.append([layer.stored for layer in cache.layers])
+    for step, sizes in enumerate(stored, start=1):
+        assert sizes == [b + step % every for b in budgets]
+    for layer in cache.layers:
+        assert layer.seen == 50 + steps and layer.positions.shape[-1] == layer.stored
+        assert (layer.positions.diff(dim=-1) > 0).all()
+        assert layer.positions[0, :, -(steps % every):].eq(torch.arange(50 + steps - steps % every, 50 + steps)).all()
+    assert session.stats.evictions == 3 * (steps // every)
+
+
+@pytest.mark.parametrize("name", ["streamingllm", "snapkv", "tova", "knorm", "h2o"])
+def test_decoding_after_an_eviction_matches_a_plain_cache_of_the_kept_entries(model, name):
+    """Positions and masks after evictions while decoding: each step equals a plain HF cache holding the
+    entries the layer kept, fed with the step's true position."""
+    x = ids(40)
+    cache = DynamicCache()
+    with tokenomy.apply(model, name, keep=0.5, evict_every=2):
+        token = model(x, past_key_values=cache).logits[:, -1:].argmax(-1)
+        for position in range(40, 47):
+            plain = DynamicCache()
+            for i, layer in enumerate(cache.layers):
+                plain.update(layer.keys, layer.values, i)
+            reference = model(token, past_key_values=plain, position_ids=torch.tensor([[position]])).logits
+            ours = model(token, past_key_values=cache).logits
+            assert torch.allclose(ours, reference, atol=1e-5)
+            token = ours[:, -1:].argmax(-1)
+    assert all(layer.stored == 20 + 1 for layer in cache.layers)  # 7 steps: 3 evictions back to 20, then one more
+
+
+def test_eviction_while_decoding_with_generate_and_padding(model):
+    long, short = ids(60, seed=3), ids(45, seed=4)
+    batch = torch.zeros(2, 60, dtype=torch.long)
+    batch[0], batch[1, 15:] = long[0], short[0]
+    mask = torch.ones(2, 60, dtype=torch.long)
+    mask[1, :15] = 0
+    kwargs = dict(max_new_tokens=9, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    with tokenomy.apply(model, "snapkv", keep=0.5, evict_every=3) as session:
+        together = model.generate(batch, attention_mask=mask, **kwargs)
+        alone = [model.generate(row, attention_mask=torch.ones_like(row), **kwargs) for row in (long, short)]
+        beams = model.generate(long, attention_mask=torch.ones_like(long), max_new_tokens=7, num_beams=3,
+                               do_sample=False, pad_token_id=0)
+    assert session.stats.evictions > 0 and beams.shape == (1, 67)
+    for row in range(2):
+        assert torch.equal(together.sequences[row, 60:], alone[row].sequences[0, -9:])
+        for step in range(len(alone[row].scores)):
+            assert torch.allclose(together.scores[step][row], alone[row].scores[step][0], atol=1e-4)
+
+
 def test_short_context_below_sinks_plus_window_still_honours_the_budget(model):
     cache = DynamicCache()
     with tokenomy.apply(model, "snapkv", keep=0.5):  # window 32 > budget 5
@@ -218,6 +279,9 @@ def test_sessions_do_not_nest_and_are_reusable(model):
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, windw=3), "has no option 'windw'; its options are: keep"),
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, scorer="tokenselect"), "adakv cannot wrap"),
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, window=0), "window must be"),
+        (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, evict_every=-2), "evict_every must be"),
+        (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8), "evict_every applies to methods"),
+        (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "not supported with head-adaptive"),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(model, call, message):

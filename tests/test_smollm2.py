@@ -117,10 +117,22 @@ def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):
                     + json.dumps({"context": "The cat is named Tom. " * 20, "question": "Name of the cat?",
                                   "answers": ["Tom"]}) + "\n")
     assert main(["bench", "kv", "--data", str(data), "--methods", "streamingllm", "--keep", "0.5"]) == 0
-    assert main(["bench", "kv", "--task", "ppl", "--limit", "1", "--length", "200", "--methods",
-                 "knorm,keydiff-pool:recent=16", "--keep", "0.5"]) == 0
+    out = tmp_path / "ppl.json"
+    assert main(["bench", "kv", "--task", "ppl", "--limit", "1", "--length", "200", "--continuation", "40",
+                 "--methods", "knorm,keydiff-pool:recent=16,tova,tova:evict_every=8", "--keep", "0.5",
+                 "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "ppl" in printed and "KL" in printed and "keydiff-pool:recent=16" in printed
+    assert "ppl" in printed and "KL" in printed and "keydiff-pool:recent=16" in printed and "peak KV" in printed
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["tova"]["decode_tokens"] == rows["full"]["decode_tokens"] == 40
+    evicting = rows["tova:evict_every=8"]
+    question = evicting["prompt_tokens"] - evicting["compressed_tokens"]  # the chat turn's end, one forward
+    assert 0 < question < 8  # so the first 8-token chunk brings the cut, and nothing later piles up
+    grown = rows["full"]["peak_kv_bytes"] - rows["full"]["kv_bytes"]
+    per_token = grown / (question + 40)  # one token's keys and values, all layers and heads
+    assert rows["tova"]["peak_kv_bytes"] == pytest.approx(rows["tova"]["kv_bytes"] + grown)
+    assert evicting["kv_bytes"] == rows["tova"]["kv_bytes"]  # the same post-prefill budget ...
+    assert evicting["peak_kv_bytes"] == pytest.approx(evicting["kv_bytes"] + (question + 8) * per_token)
 
 
 @pytest.mark.parametrize(

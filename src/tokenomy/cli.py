@@ -63,6 +63,7 @@ def cmd_bench_kv(args) -> int:
             raise TokenomyError(f"{name!r} is not a KV-cache method; choose from: {', '.join(kv_methods)}")
     config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
     check_int("--limit", args.limit, minimum=1)
+    check_int("--continuation", args.continuation, minimum=2)
     for n in args.length:
         check_int("--length", n, minimum=1)
     if args.data is None:
@@ -72,7 +73,8 @@ def cmd_bench_kv(args) -> int:
         samples = read_jsonl(args.data)[: args.limit]
         task = f"data:{args.data}"
     else:
-        samples = TASKS[args.task](tokenizer, args.length, args.limit, args.seed)
+        extra = {"continuation_tokens": args.continuation} if args.task == "ppl" else {}
+        samples = TASKS[args.task](tokenizer, args.length, args.limit, args.seed, **extra)
         task = args.task
     bench = KVBench(model, tokenizer, config)
     rows = []
@@ -421,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--setting", type=_csv(str), default=["aware", "agnostic"],
                    help="aware (question inside the compressed prompt), agnostic (question after)")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
     p.add_argument("--compare", type=_csv(str), help="peer libraries to run side by side: kvpress")
     p.add_argument("--json", help="write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,27 +22,41 @@ class MethodInfo:
     build: Callable[..., Any]
     query_aware: bool = False
 
-    def options(self) -> dict[str, Any]:
-        """Keyword options of the method with their defaults."""
+    def own_options(self) -> dict[str, Any]:
+        """Keyword options of the method's own recipe with their defaults."""
         return {
             p.name: p.default
             for p in inspect.signature(self.build).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
 
+    def options(self) -> dict[str, Any]:
+        """Every option the method takes: its recipe's, then those its site gives every method."""
+        return self.own_options() | {k: v for k, v in _SITE_OPTIONS.get(self.site, {}).items()
+                                     if k not in self.own_options()}
+
     def create(self, **options: Any) -> Any:
         """Build the method, rejecting unknown options with the list of known ones."""
-        known = self.options()
+        known, own = self.options(), self.own_options()
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise TokenomyError(
                 f"method {self.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(known) or '(none)'}"
             )
-        return self.build(**options)
+        built = self.build(**{k: v for k, v in options.items() if k in own})
+        shared = {k: v for k, v in options.items() if k not in own}
+        return dataclasses.replace(built, **shared) if shared else built
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
+_SITE_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def site_options(site: str, **defaults: Any) -> None:
+    """Declare options every method of ``site`` accepts; they are set on the built method (a dataclass),
+    which validates them (e.g. the KV site's ``evict_every``)."""
+    _SITE_OPTIONS[site] = defaults
 
 
 def register(name: str, *, site: str, paper: str, summary: str, query_aware: bool = False):

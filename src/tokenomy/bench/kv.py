@@ -48,7 +48,7 @@ class Row:
     kl: float | None = None  # perplexity task: mean KL(full || this)
     kept_fraction: float = 1.0
     kv_bytes: int = 0  # cache size right after compression
-    peak_kv_bytes: int = 0  # cache size at the end of decoding (its peak: it only grows)
+    peak_kv_bytes: int = 0  # largest cache size while decoding (below the end's with eviction while decoding)
     peak_memory_bytes: int | None = None  # accelerator peak during the row (None on CPU)
     prefill_seconds: float = 0.0
     scoring_seconds: float = 0.0
@@ -78,8 +78,14 @@ class KVBenchConfig:
             check_choice("peer", c, ["kvpress"])
 
 
-def _cache_bytes(cache) -> int:
-    return sum((layer.keys.numel() + layer.values.numel()) * layer.keys.element_size() for layer in cache.layers)
+def _cache_bytes(cache, peak: bool = False) -> int:
+    """Bytes of keys + values held now (``peak``: the most each layer held at once)."""
+    total = 0
+    for layer in cache.layers:
+        entries = layer.keys.shape[-2]
+        held = max(entries, getattr(layer, "peak_stored", 0)) if peak else entries
+        total += (layer.keys.numel() + layer.values.numel()) // max(entries, 1) * held * layer.keys.element_size()
+    return total
 
 
 class KVBench:
@@ -104,8 +110,10 @@ class KVBench:
         return cache, logits, recorder.observations, seconds
 
     @torch.no_grad()
-    def _finish(self, row: Row, cache, logits, prompt: Prompt, setting: str, sample: Sample, position=None) -> None:
-        """Append the question when it came after compression, then decode (or score a continuation)."""
+    def _finish(self, row: Row, cache, logits, prompt: Prompt, setting: str, sample: Sample, position=None,
+                chunk: int = 0) -> None:
+        """Append the question when it came after compression, then decode (or score a continuation, fed
+        ``chunk`` tokens per forward when the method evicts while decoding)."""
         start = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -115,23 +123,28 @@ class KVBench:
             if position is not None:
                 position += prompt.question.shape[1]
         if sample.continuation is not None:
-            self._score_continuation(row, cache, logits, sample, position)
+            self._score_continuation(row, cache, logits, sample, position, chunk)
         else:
             tokens = greedy(self.model, cache, logits[:, -1:], self.config.max_new_tokens, self.stops, position)
             row.answer = self.tokenizer.decode(tokens, skip_special_tokens=True)
             row.correct = any(a in row.answer for a in sample.answers)
             row.decode_tokens = len(tokens)
         row.decode_seconds = time.perf_counter() - start
-        row.peak_kv_bytes = _cache_bytes(cache)
+        row.peak_kv_bytes = _cache_bytes(cache, peak=True)
         if torch.cuda.is_available():
             row.peak_memory_bytes = torch.cuda.max_memory_allocated()
 
-    def _score_continuation(self, row: Row, cache, logits, sample: Sample, position) -> None:
+    def _score_continuation(self, row: Row, cache, logits, sample: Sample, position, chunk: int = 0) -> None:
         """Teacher-force the continuation: its mean NLL, and the KL from the full model's distributions
         (the full row runs first and leaves them in ``self._reference``)."""
         ids = self.tokenizer.encode(sample.continuation, add_special_tokens=False, return_tensors="pt")
-        kwargs = {} if position is None else {"position_ids": position + torch.arange(ids.shape[1])[None]}
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs).logits[0, :-1]
+        step = chunk or ids.shape[1]
+        parts = []
+        for start in range(0, ids.shape[1], step):
+            piece = ids[:, start : start + step]
+            kwargs = {} if position is None else {"position_ids": position + start + torch.arange(piece.shape[1])[None]}
+            parts.append(self.model(input_ids=piece, past_key_values=cache, use_cache=True, **kwargs).logits)
+        out = torch.cat(parts, dim=1)[0, :-1]
         logp = F.log_softmax(out.float(), dim=-1)
         row.nll = float(-logp.gather(-1, ids[0, 1:, None]).mean())
         if row.label == "full":
@@ -173,7 +186,7 @@ class KVBench:
             row.prefill_seconds = prefill_s + stats.scoring_seconds
             row.kept_fraction = stats.entries_kept / stats.entries_seen if stats.entries_seen else 1.0
             row.kv_bytes = stats.bytes_kept if stats.layers_compressed else _cache_bytes(mine)
-            self._finish(row, mine, logits, prompt, base["setting"], sample)
+            self._finish(row, mine, logits, prompt, base["setting"], sample, chunk=method.evict_every)
         return row
 
     def _run_kvpress(self, name, keep, base, ids, plain_prefill_s, prompt, sample) -> Row:
@@ -213,6 +226,7 @@ def aggregate(rows: list[Row]) -> list[dict]:
             "kept_fraction": statistics.fmean(r.kept_fraction for r in group),
             "kv_bytes_median": statistics.median(r.kv_bytes for r in group),
             "peak_kv_bytes_median": statistics.median(r.peak_kv_bytes for r in group),
+            "peak_kv_mib_median": statistics.median(r.peak_kv_bytes for r in group) / 2**20,
             "prefill_seconds_median": statistics.median(r.prefill_seconds for r in group),
             "scoring_seconds_median": statistics.median(r.scoring_seconds for r in group),
             "scoring_overhead_median": statistics.median(
@@ -245,8 +259,8 @@ def by_length(rows: list[Row]) -> dict[int, list[dict]]:
 
 def columns(perplexity: bool) -> list[tuple[str, str, str]]:
     """The summary table's columns (accuracy tasks or the perplexity task)."""
-    quality = [("perplexity", "ppl", ".3f"), ("kl", "KL", ".4f")] if perplexity else [
-        ("accuracy", "acc", ".3f"), ("relative_accuracy", "rel", ".3f")]
+    quality = [("perplexity", "ppl", ".3f"), ("kl", "KL", ".4f"), ("peak_kv_mib_median", "peak KV MiB", ".2f")] \
+        if perplexity else [("accuracy", "acc", ".3f"), ("relative_accuracy", "rel", ".3f")]
     return [
         ("setting", "setting", ""), ("method", "method", ""), ("keep", "keep", ".2f"), *quality,
         ("kept_fraction", "kept", ".3f"), ("prefill_seconds_median", "prefill s", ".3f"),

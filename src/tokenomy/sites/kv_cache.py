@@ -12,7 +12,10 @@ How it works, in three pieces kept apart from the methods:
 
 Compression happens on the first forward of a cache (the prefill). Later forwards (a question appended
 after the context, decoding) only read the compressed cache, so the same session serves both settings:
-the question inside the compressed prompt (query-aware) or after it (query-agnostic).
+the question inside the compressed prompt (query-aware) or after it (query-agnostic). With
+``evict_every=n`` the post-hook also cuts each layer back to its post-prefill budget once ``n`` new tokens
+have arrived, scored by the queries of the forward that brought the last of them, so a long generation
+runs in bounded memory (at most budget + n entries per head, decoding one token per forward).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from transformers.cache_utils import DynamicLayer
 from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.budget import HeadAdaptive, Keep, kept_count
 from tokenomy.models.adapters import attention_modules, rotated_queries, softmax_scale
+from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.select import prioritize, top_k
 
 SITE = "kv-cache"
+site_options(SITE, evict_every=0)  # every KV method can also evict while decoding (see KVCompression)
 
 
 class PrunedLayer(DynamicLayer):
@@ -47,6 +52,9 @@ class PrunedLayer(DynamicLayer):
         self.dtype, self.device = keys.dtype, keys.device
         self.keys, self.values, self.positions, self.valid = keys, values, positions, valid
         self.seen = seen
+        self.evicted_at = seen  # tokens seen at the last eviction
+        self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
+        self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
         self.is_initialized = True
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
@@ -76,12 +84,21 @@ class PrunedLayer(DynamicLayer):
         if self.valid is not None:
             self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
         self.seen += q
+        self.peak_stored = max(self.peak_stored, self.stored)
         selection, self.selection, self.selection_valid = self.selection, None, None
         if selection is None:
             return self.keys, self.values
         idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
         idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
         return self.keys.gather(2, idx), self.values.gather(2, idx)
+
+    def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
+        """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
+        gather = indices.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        self.keys, self.values = self.keys.gather(2, gather), self.values.gather(2, gather)
+        self.positions = self.positions.gather(-1, indices)
+        self.valid = valid  # the selection never picks padding: budgets count real entries only
+        self.evicted_at = self.seen
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -96,6 +113,8 @@ class PrunedLayer(DynamicLayer):
         self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
         if self.valid is not None:
             self.valid = fn(self.valid)
+        if self.budget is not None:
+            self.budget = fn(self.budget)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -156,6 +175,7 @@ class KVStats:
     bytes_kept: int = 0  # physical size of the compressed keys + values
     scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods)
     per_layer_kept: list[int] = field(default_factory=list)
+    evictions: int = 0  # layer evictions while decoding (``evict_every``)
 
 
 @dataclass
@@ -169,6 +189,9 @@ class KVCompression:
     recent: the last tokens always kept: an int, or a float = fraction of the layer's budget.
     phase: "prefill" evicts once after the prefill; "decode" keeps every entry and lets each later
         forward attend only to its selected ones (TokenSelect).
+    evict_every: 0 evicts only after the prefill; n > 0 also evicts while decoding: once n tokens have
+        been added since the last eviction, each layer goes back to its post-prefill budget (the way
+        StreamingLLM, H2O and TOVA run during generation), so one-token decoding stays within budget + n.
     """
 
     score: Scorer
@@ -177,6 +200,7 @@ class KVCompression:
     sinks: int = 0
     recent: int | float = 0
     phase: str = "prefill"
+    evict_every: int = 0
 
     def __post_init__(self):
         check_int("sinks", self.sinks)
@@ -190,6 +214,12 @@ class KVCompression:
             check_choice("heads", self.heads, ["uniform"])
         if self.phase == "decode" and isinstance(self.heads, HeadAdaptive):
             raise TokenomyError("head-adaptive budgets apply to eviction after prefill, not to decode-time selection")
+        check_int("evict_every", self.evict_every)
+        if self.evict_every and self.phase == "decode":
+            raise TokenomyError("evict_every applies to methods that evict; this one keeps every entry and "
+                                "selects per step")
+        if self.evict_every and isinstance(self.heads, HeadAdaptive):
+            raise TokenomyError("evict_every is not supported with head-adaptive budgets (heads keep ragged counts)")
 
     @property
     def keep(self) -> float:
@@ -201,12 +231,14 @@ class KVCompression:
 
     # -- the recipe, shared by the hooks and the benchmark ------------------------------------------------
 
-    def select(self, obs: LayerObservation) -> tuple[Tensor, Tensor | None]:
-        """Indices ``(b, h_kv, k)`` of the entries to keep (sorted) and the slots in use (or None)."""
+    def select(self, obs: LayerObservation, per_head: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Indices ``(b, h_kv, k)`` of the entries to keep (sorted) and the slots in use (or None);
+        ``per_head`` ``(b,)`` overrides the budget's count (decoding keeps the post-prefill one)."""
         n = obs.keys.shape[2]
         b = obs.keys.shape[0]
-        n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
-        per_head = self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
+        if per_head is None:
+            n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
+            per_head = self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
         if isinstance(self.recent, float):
             recent = torch.floor(self.recent * per_head.double()).long()
         else:
@@ -238,6 +270,7 @@ class KVCompression:
             seen=n,
         )
         cache.layers[layer_idx] = pruned
+        pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
         stats.scoring_seconds += time.perf_counter() - start
         stats.layers_compressed += 1
         n_real = int(obs.valid.sum()) if obs.valid is not None else b * n
@@ -245,6 +278,14 @@ class KVCompression:
         stats.entries_kept += pruned.kept_entries()
         stats.per_layer_kept.append(pruned.kept_entries())
         stats.bytes_kept += (pruned.keys.numel() + pruned.values.numel()) * pruned.keys.element_size()
+
+    def evict(self, layer: PrunedLayer, obs: LayerObservation, stats: KVStats) -> None:
+        """Decoding: cut ``layer`` back to its post-prefill budget (``evict_every``)."""
+        start = time.perf_counter()
+        indices, in_use = self.select(obs, per_head=layer.budget)
+        layer.keep_only(indices, in_use)
+        stats.scoring_seconds += time.perf_counter() - start
+        stats.evictions += 1
 
     def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation) -> None:
         """Decode phase: pick the stored entries the coming forward attends to."""
@@ -275,8 +316,10 @@ def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor]
     )
 
 
-def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], num_layers: int):
-    """The stored entries, observed by the queries of the coming forward (which see all of them)."""
+def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], num_layers: int,
+                  appended: bool = False):
+    """The stored entries, observed by the queries of the coming forward (which see all of them), or of
+    the forward that just ``appended`` its tokens (each sees the entries up to itself)."""
     valid = None if layer.valid is None else layer.valid[:, 0]
     return LayerObservation(
         keys=layer.keys,
@@ -284,7 +327,7 @@ def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor
         valid=valid,
         layer_idx=module.layer_idx,
         num_layers=num_layers,
-        query_offset=layer.stored,
+        query_offset=layer.stored - hidden.shape[1] if appended else layer.stored,
         num_queries=hidden.shape[1],
         scale=softmax_scale(module),
         query_fn=lambda w: rotated_queries(module, hidden[:, -w:], tuple(t[:, -w:] for t in rope)),
@@ -345,8 +388,11 @@ class KVSession:
 
     def _after(self, module, args, kwargs, output):
         pending = self._prefill.pop(module.layer_idx, None)
-        if pending is None or self.method.keep >= 1.0:
+        if self.method.keep >= 1.0:
             return None  # keep=1.0 leaves the cache untouched
+        if pending is None:
+            self._evict_while_decoding(module, args, kwargs)
+            return None
         cache = kwargs["past_key_values"]
         layer = cache.layers[module.layer_idx]
         if getattr(layer, "is_sliding", False) or layer.get_seq_length() == 0:
@@ -356,6 +402,16 @@ class KVSession:
         obs = _obs_from_prefill(module, layer, *pending, num_layers=self.num_layers)
         self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
         return None
+
+    def _evict_while_decoding(self, module, args, kwargs) -> None:
+        cache = kwargs.get("past_key_values")
+        every = self.method.evict_every
+        layer = cache.layers[module.layer_idx] if cache is not None and every else None
+        if not isinstance(layer, PrunedLayer) or layer.seen - layer.evicted_at < every:
+            return
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        obs = _obs_for_step(module, layer, hidden, kwargs["position_embeddings"], self.num_layers, appended=True)
+        self.method.evict(layer, obs, self.stats)
 
     def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
         """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`)."""
