@@ -146,21 +146,28 @@ def test_recorded_prefill_gives_the_same_cache_as_the_hooks(model, name):
         assert torch.equal(a.keys, b.keys)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "random"])  # random draws depend on the batch
-def test_left_padded_batch_matches_each_row_alone(model, name):
+def assert_padded_batch_matches_each_row(model, name, new_tokens, **options):
+    """A left-padded batch gives each row what it gets alone (tokens and scores); returns the session."""
     long, short = ids(60, seed=3), ids(45, seed=4)
     batch = torch.zeros(2, 60, dtype=torch.long)
     batch[0], batch[1, 15:] = long[0], short[0]
     mask = torch.ones(2, 60, dtype=torch.long)
     mask[1, :15] = 0
-    kwargs = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
-    with tokenomy.apply(model, name, keep=0.5):
+    kwargs = dict(max_new_tokens=new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    with tokenomy.apply(model, name, keep=0.5, **options) as session:
         together = model.generate(batch, attention_mask=mask, **kwargs)
         alone = [model.generate(row, attention_mask=torch.ones_like(row), **kwargs) for row in (long, short)]
     for row in range(2):
-        assert torch.equal(together.sequences[row, 60:], alone[row].sequences[0, -6:])
+        assert torch.equal(together.sequences[row, 60:], alone[row].sequences[0, -new_tokens:])
         for step in range(len(alone[row].scores)):
             assert torch.allclose(together.scores[step][row], alone[row].scores[step][0], atol=1e-4)
+    return session
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "random"])  # random draws depend on the batch
+def test_left_padded_batch_matches_each_row_alone(model, name):
+    assert_padded_batch_matches_each_row(model, name, 6)
 
 
 @pytest.mark.parametrize("name", [m for m in EVICTING if m != "adakv"])
@@ -204,23 +211,14 @@ def test_decoding_after_an_eviction_matches_a_plain_cache_of_the_kept_entries(mo
     assert all(layer.stored == 20 + 1 for layer in cache.layers)  # 7 steps: 3 evictions back to 20, then one more
 
 
-def test_eviction_while_decoding_with_generate_and_padding(model):
-    long, short = ids(60, seed=3), ids(45, seed=4)
-    batch = torch.zeros(2, 60, dtype=torch.long)
-    batch[0], batch[1, 15:] = long[0], short[0]
-    mask = torch.ones(2, 60, dtype=torch.long)
-    mask[1, :15] = 0
-    kwargs = dict(max_new_tokens=9, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+def test_eviction_while_decoding_with_generate_padding_and_beams(model):
+    session = assert_padded_batch_matches_each_row(model, "snapkv", 9, evict_every=3)
+    assert session.stats.evictions > 0
+    long = ids(60, seed=3)
     with tokenomy.apply(model, "snapkv", keep=0.5, evict_every=3) as session:
-        together = model.generate(batch, attention_mask=mask, **kwargs)
-        alone = [model.generate(row, attention_mask=torch.ones_like(row), **kwargs) for row in (long, short)]
         beams = model.generate(long, attention_mask=torch.ones_like(long), max_new_tokens=7, num_beams=3,
                                do_sample=False, pad_token_id=0)
     assert session.stats.evictions > 0 and beams.shape == (1, 67)
-    for row in range(2):
-        assert torch.equal(together.sequences[row, 60:], alone[row].sequences[0, -9:])
-        for step in range(len(alone[row].scores)):
-            assert torch.allclose(together.scores[step][row], alone[row].scores[step][0], atol=1e-4)
 
 
 def test_short_context_below_sinks_plus_window_still_honours_the_budget(model):
