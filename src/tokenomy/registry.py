@@ -44,6 +44,9 @@ class MethodInfo:
                 f"method {self.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(known) or '(none)'}"
             )
+        for key, value in options.items():  # a flag must be a flag: `merge=2` is a typo, not True
+            if isinstance(known[key], bool) and not isinstance(value, bool):
+                raise TokenomyError(f"{self.name}: {key} must be True or False, got {value!r}")
         built = self.build(**{k: v for k, v in options.items() if k in own})
         shared = {k: v for k, v in options.items() if k not in own}
         return dataclasses.replace(built, **shared) if shared else built
