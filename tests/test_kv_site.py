@@ -6,7 +6,8 @@ from transformers import DynamicCache
 
 import tokenomy
 from tokenomy.budget import kept_count
-from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer, copy_cache
+from tokenomy.models.caches import copy_cache
+from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer
 
 from conftest import tiny_llama
 

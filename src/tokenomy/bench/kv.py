@@ -27,7 +27,8 @@ from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matche
 from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
-from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder, copy_cache
+from tokenomy.models.caches import copy_cache
+from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder
 
 SETTINGS = ("aware", "agnostic")
 

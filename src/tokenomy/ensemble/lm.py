@@ -1,18 +1,19 @@
 """Next-token distributions along branching token sequences, one KV cache per live branch.
 
 Byte-level decoding keeps a few alternative tokenizations alive; each is a `Branch` holding its own
-cache. Extending a branch by a token runs one step; forking first copies the cache (a memory copy is far
-cheaper than re-running the tokens where two alternatives differ).
+cache. Extending a branch by a token runs one step; forking first copies the cache structure, sharing its
+tensors (HF's cache layers never write in place), which is far cheaper than re-running the tokens.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Sequence
 
 import torch
 from transformers import DynamicCache
+
+from tokenomy.models.caches import copy_cache
 
 
 class Branch:
@@ -43,7 +44,7 @@ class Branch:
     def extend(self, tokens: Sequence[int], fork: bool = False) -> "Branch":
         """This branch followed by ``tokens``: a new branch (``fork``, this one stays usable) or this one."""
         if fork:
-            target = Branch(self.model, self.ids, copy.deepcopy(self.cache))
+            target = Branch(self.model, self.ids, copy_cache(self.cache))
             target.probs = self.probs
         else:
             target = self

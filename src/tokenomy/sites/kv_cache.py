@@ -454,14 +454,3 @@ class PrefillRecorder:
             return
         self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, len(self.modules))
 
-
-def copy_cache(cache):
-    """A new DynamicCache sharing the (never mutated in place) tensors of ``cache``'s layers."""
-    from transformers import DynamicCache
-
-    fresh = DynamicCache()
-    for layer in cache.layers:
-        clone = type(layer).__new__(type(layer))
-        clone.__dict__.update(layer.__dict__)
-        fresh.layers.append(clone)
-    return fresh
