@@ -212,6 +212,36 @@ def test_decoding_after_an_eviction_matches_a_plain_cache_of_the_kept_entries(mo
     assert all(layer.stored == 20 + 1 for layer in cache.layers)  # 7 steps: 3 evictions back to 20, then one more
 
 
+@pytest.mark.parametrize("name", ["h2o", "vatp"])
+def test_accumulated_attention_keeps_accumulating_while_decoding(name):
+    """H2O's score while decoding is everything each entry has received: the prompt's attention plus that of
+    every decoded token (HF's own attention weights, recomputed on a plain cache of the kept entries)."""
+    model = tiny_llama()
+    model.set_attn_implementation("eager")
+    x = ids(40)
+    prompt = model(x, output_attentions=True).attentions  # uncompressed: (1, 4, 40, 40) per layer
+    cache = DynamicCache()
+    with tokenomy.apply(model, name, keep=0.5, evict_every=100):
+        token = model(x, past_key_values=cache).logits[:, -1:].argmax(-1)
+        expected = [a[0].sum(1).gather(-1, layer.positions[0].repeat_interleave(2, 0))
+                    for a, layer in zip(prompt, cache.layers)]
+        for position in range(40, 44):
+            plain = DynamicCache()
+            for i, layer in enumerate(cache.layers):
+                plain.update(layer.keys, layer.values, i)
+            step = model(token, past_key_values=plain, position_ids=torch.tensor([[position]]),
+                         output_attentions=True).attentions
+            expected = [torch.cat([e, e.new_zeros(4, 1)], -1) + a[0, :, 0] for e, a in zip(expected, step)]
+            token = model(token, past_key_values=cache).logits[:, -1:].argmax(-1)
+    for layer, e in zip(cache.layers, expected):
+        assert torch.allclose(layer.history[0], e, atol=1e-5)
+    fresh = DynamicCache()
+    with tokenomy.apply(model, "tova", keep=0.5, evict_every=2):  # not accumulating: no history kept
+        model(x, past_key_values=fresh)
+        model(token, past_key_values=fresh)
+    assert all(layer.history is None for layer in fresh.layers)
+
+
 def test_eviction_while_decoding_with_generate_padding_and_beams(model):
     session = assert_padded_batch_matches_each_row(model, "snapkv", 9, evict_every=3)
     assert session.stats.evictions > 0

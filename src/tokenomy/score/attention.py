@@ -28,6 +28,11 @@ class Attention:
     reduce: str = "mean"
     heads: str = "group"
 
+    @property
+    def accumulates(self) -> bool:
+        """H2O's score: attention summed over every query so far (while decoding, the site's history)."""
+        return self.window is None and self.reduce == "sum"
+
     def __post_init__(self):
         if self.window is not None:
             check_int("window", self.window, minimum=1)
@@ -35,11 +40,14 @@ class Attention:
         check_choice("heads", self.heads, ["group", "layer"])
 
     def __call__(self, obs: LayerObservation) -> Tensor:
-        probs = obs.attention(self.window)  # (b, h, w, n)
-        if self.reduce == "max":
-            scores = probs.amax(dim=2)
+        if self.accumulates:
+            scores = obs.received() if obs.history is None else obs.history
         else:
-            scores = probs.sum(dim=2) if self.reduce == "sum" else probs.mean(dim=2)
+            probs = obs.attention(self.window)  # (b, h, w, n)
+            if self.reduce == "max":
+                scores = probs.amax(dim=2)
+            else:
+                scores = probs.sum(dim=2) if self.reduce == "sum" else probs.mean(dim=2)
         h_kv = obs.keys.shape[1]
         if self.heads == "layer":
             return scores.mean(dim=1, keepdim=True).expand(-1, h_kv, -1)

@@ -8,7 +8,7 @@ and KV head. Higher scores mean "keep".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -26,6 +26,8 @@ class LayerObservation:
     num_queries: how many queries can be observed (the last ones of the forward pass).
     scale: the attention's softmax scale.
     segments: ``(b, n)`` span ids (e.g. sentences) for span-level scoring, or None.
+    history: ``(b, h, n)`` attention each entry has received from every query since the prompt (its own
+        included) — kept by the KV site while decoding, so accumulating scores (H2O) keep accumulating — or None.
     """
 
     keys: Tensor
@@ -38,7 +40,9 @@ class LayerObservation:
     scale: float
     query_fn: Callable[[int], Tensor] = field(repr=False)
     segments: Tensor | None = None
+    history: Tensor | None = None
     _queries: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    _received: Tensor | None = field(default=None, repr=False)
 
     @property
     def num_heads(self) -> int:
@@ -51,11 +55,22 @@ class LayerObservation:
             self._queries[w] = self.query_fn(w)
         return self._queries[w]
 
+    def received(self) -> Tensor:
+        """Attention ``(b, h, n)`` each cached entry receives, summed over every observable query
+        (computed once per observation, a chunk of queries at a time without keeping the whole matrix:
+        the scorer and the site's decoding history both read it)."""
+        if self._received is None:
+            self._received = sum(probs.sum(dim=2) for probs in self._attention_chunks(None))
+        return self._received
+
     def attention(self, last: int | None = None, chunk: int = 512) -> Tensor:
         """Softmax attention ``(b, h, w, n)`` of the last ``w`` queries over the cached keys.
 
         Causal and padding masks are applied; rows are computed ``chunk`` queries at a time.
         """
+        return torch.cat(list(self._attention_chunks(last, chunk)), dim=2)
+
+    def _attention_chunks(self, last: int | None, chunk: int = 512) -> Iterator[Tensor]:
         q = self.queries(last)
         b, h, w, _ = q.shape
         n = self.keys.shape[2]
@@ -63,7 +78,6 @@ class LayerObservation:
         keys = self.keys.repeat_interleave(groups, dim=1)
         first = self.query_offset + self.num_queries - w
         key_pos = torch.arange(n, device=q.device)
-        out = []
         for start in range(0, w, chunk):
             qc = q[:, :, start : start + chunk]
             logits = torch.matmul(qc.float(), keys.float().transpose(-1, -2)) * self.scale
@@ -73,9 +87,7 @@ class LayerObservation:
             if self.valid is not None:
                 allowed = allowed & self.valid.view(b, 1, 1, n)
             logits = logits.masked_fill(~allowed, -torch.inf)
-            out.append(torch.softmax(logits, dim=-1).nan_to_num(0.0))
-        return torch.cat(out, dim=2)
-
+            yield torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:
     """Average a per-query-head tensor ``(b, h, ...)`` over each GQA group -> ``(b, h_kv, ...)``."""

@@ -14,15 +14,16 @@ Compression happens on the first forward of a cache (the prefill). Later forward
 after the context, decoding) only read the compressed cache, so the same session serves both settings:
 the question inside the compressed prompt (query-aware) or after it (query-agnostic). With
 ``evict_every=n`` the post-hook also cuts each layer back to its post-prefill budget once ``n`` new tokens
-have arrived, scored by the queries of the forward that brought the last of them, so a long generation
-runs in bounded memory (at most budget + n entries per head, decoding one token per forward).
+have arrived, scored by the queries of the forward that brought the last of them (accumulating scores,
+H2O's, by all the attention each entry has received since the prompt, which the hook keeps up to date), so
+a long generation runs in bounded memory (at most budget + n entries per head, decoding one token per forward).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -55,6 +56,7 @@ class PrunedLayer(DynamicLayer):
         self.evicted_at = seen  # tokens seen at the last eviction
         self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
         self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
+        self.history: Tensor | None = None  # (b, heads, L) attention received so far (accumulating scorers)
         self.is_initialized = True
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
@@ -81,6 +83,8 @@ class PrunedLayer(DynamicLayer):
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.positions = torch.cat([self.positions, new_positions], dim=-1)
+        if self.history is not None:  # the site adds what the new queries give (see KVSession)
+            self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
         if self.valid is not None:
             self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
         self.seen += q
@@ -98,6 +102,9 @@ class PrunedLayer(DynamicLayer):
         self.keys, self.values = self.keys.gather(2, gather), self.values.gather(2, gather)
         self.positions = self.positions.gather(-1, indices)
         self.valid = valid  # the selection never picks padding: budgets count real entries only
+        if self.history is not None:
+            groups = self.history.shape[1] // indices.shape[1]
+            self.history = self.history.gather(-1, indices.repeat_interleave(groups, dim=1))
         self.evicted_at = self.seen
 
     def get_seq_length(self) -> int:
@@ -115,6 +122,8 @@ class PrunedLayer(DynamicLayer):
             self.valid = fn(self.valid)
         if self.budget is not None:
             self.budget = fn(self.budget)
+        if self.history is not None:
+            self.history = fn(self.history)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -225,6 +234,15 @@ class KVCompression:
     def keep(self) -> float:
         return self.budget.keep
 
+    @property
+    def accumulates(self) -> bool:
+        """Evicting while decoding with a score summed over every query so far (H2O, VATP): the site then
+        keeps each entry's received attention up to date at every forward."""
+        score = self.score
+        while score is not None and not getattr(score, "accumulates", False):
+            score = getattr(score, "inner", None)
+        return bool(self.evict_every) and score is not None
+
     def apply(self, model: nn.Module) -> "KVSession":
         """Patch ``model`` for the duration of a ``with`` block (see `tokenomy.apply`)."""
         return KVSession(model, self)
@@ -271,6 +289,9 @@ class KVCompression:
         )
         cache.layers[layer_idx] = pruned
         pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
+        if self.accumulates:
+            received = obs.received()  # (b, heads, n), already computed by the score
+            pruned.history = received.gather(-1, indices.repeat_interleave(received.shape[1] // h_kv, dim=1))
         stats.scoring_seconds += time.perf_counter() - start
         stats.layers_compressed += 1
         n_real = int(obs.valid.sum()) if obs.valid is not None else b * n
@@ -407,18 +428,30 @@ class KVSession:
         cache = kwargs.get("past_key_values")
         every = self.method.evict_every
         layer = cache.layers[module.layer_idx] if cache is not None and every else None
-        if not isinstance(layer, PrunedLayer) or layer.seen - layer.evicted_at < every:
+        if not isinstance(layer, PrunedLayer):
+            return
+        due = layer.seen - layer.evicted_at >= every
+        if layer.history is None and not due:
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         obs = _obs_for_step(module, layer, hidden, kwargs["position_embeddings"], self.num_layers, appended=True)
-        self.method.evict(layer, obs, self.stats)
+        if layer.history is not None:  # accumulate what this forward's queries gave every stored entry
+            start = time.perf_counter()
+            layer.history = layer.history + obs.received()
+            obs.history = layer.history
+            self.stats.scoring_seconds += time.perf_counter() - start
+        if due:
+            self.method.evict(layer, obs, self.stats)
 
     def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
-        """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`)."""
+        """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`). Each
+        call starts from the raw observations (nothing another method computed is reused), so every method
+        pays, and reports, its own scoring time."""
         if self.method.keep >= 1.0:
             return
         for idx, obs in observations.items():
-            self.method.compress_layer(cache, idx, obs, self.stats)
+            fresh = replace(obs, _queries={}, _received=None)
+            self.method.compress_layer(cache, idx, fresh, self.stats)
 
 
 class PrefillRecorder:
