@@ -86,6 +86,17 @@ def test_too_long_prompts_are_refused_not_truncated(smollm2):
         check_fits(model, prompt, 16, "sample 3")
 
 
+
+def test_a_continuation_past_the_window_is_refused_not_truncated(smollm2):
+    from tokenomy.bench.kv import KVBench, KVBenchConfig
+
+    model, tokenizer = smollm2
+    sample = TASKS["ppl"](tokenizer, [300], 1, seed=0, continuation_tokens=8000)[0]
+    bench = KVBench(model, tokenizer, KVBenchConfig(["streamingllm"], [0.5], ["agnostic"]))
+    with pytest.raises(TokenomyError, match="sample 0 needs .* allows 8192"):
+        bench.run_sample(0, sample)
+
+
 def write_lines(tmp_path, lines):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")

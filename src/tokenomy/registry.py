@@ -32,8 +32,8 @@ class MethodInfo:
 
     def options(self) -> dict[str, Any]:
         """Every option the method takes: its recipe's, then those its site gives every method."""
-        return self.own_options() | {k: v for k, v in _SITE_OPTIONS.get(self.site, {}).items()
-                                     if k not in self.own_options()}
+        own = self.own_options()
+        return own | {k: v for k, v in _SITE_OPTIONS.get(self.site, {}).items() if k not in own}
 
     def create(self, **options: Any) -> Any:
         """Build the method, rejecting unknown options with the list of known ones."""

@@ -155,7 +155,9 @@ class KVBench:
 
     def run_sample(self, index: int, sample: Sample) -> list[Row]:
         prompt = build_prompt(self.tokenizer, sample)
-        check_fits(self.model, prompt, self.config.max_new_tokens, f"sample {index}")
+        extra = self.config.max_new_tokens if sample.continuation is None else len(
+            self.tokenizer.encode(sample.continuation, add_special_tokens=False))
+        check_fits(self.model, prompt, extra, f"sample {index}")
         settings = ["agnostic"] if sample.continuation is not None else self.config.settings
         rows = []
         for setting in settings:

@@ -25,8 +25,8 @@ from PIL import Image
 
 import tokenomy
 from tokenomy.models.reference_vlm import scenes
-from tokenomy.registry import method_spec
 from tokenomy.models.vision_adapters import dense_weights, vision_parts
+from tokenomy.registry import method_spec
 
 COLUMNS = [
     ("method", "method", ""),

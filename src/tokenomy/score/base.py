@@ -89,6 +89,7 @@ class LayerObservation:
             logits = logits.masked_fill(~allowed, -torch.inf)
             yield torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
+
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:
     """Average a per-query-head tensor ``(b, h, ...)`` over each GQA group -> ``(b, h_kv, ...)``."""
     b, h = x.shape[:2]
