@@ -61,6 +61,16 @@ def test_methods_run_where_the_model_is(name):
     assert name == "tokenselect" or session.stats.entries_kept < session.stats.entries_seen
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", ["h2o", "vatp", "tova", "streamingllm"])
+def test_eviction_while_decoding_runs_where_the_model_is(name):
+    gpu, x = tiny_llama().to("cuda"), ids(80).cuda()
+    with torch.no_grad(), tokenomy.apply(gpu, name, keep=0.3, evict_every=4) as session:
+        out = gpu.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert out.device.type == "cuda" and out.shape == (1, 90)
+    assert session.stats.evictions == 2 * len(gpu.model.layers)
+
+
 @pytest.mark.parametrize("name", UNIFORM)
 @pytest.mark.parametrize("keep", [0.5, 0.25, 0.013])
 def test_budget_is_honoured_exactly(model, name, keep):

@@ -69,6 +69,35 @@ def test_attention_decoding_queries_see_every_cached_key():
     assert (probs > 0).all()
 
 
+def naive_attention(keys, queries, valid, first):
+    """Softmax over the whole (queries x keys) matrix, GQA keys repeated, causal from key ``first``."""
+    b, h, w, d = queries.shape
+    n, groups = keys.shape[2], h // keys.shape[1]
+    logits = queries @ keys.repeat_interleave(groups, dim=1).transpose(-1, -2) / math.sqrt(d)
+    allowed = torch.arange(n).view(1, -1) <= (first + torch.arange(w)).view(-1, 1)
+    allowed = allowed & (valid.view(b, 1, 1, n) if valid is not None else True)
+    return torch.softmax(logits.masked_fill(~allowed, -torch.inf), dim=-1).nan_to_num(0.0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("query_offset, w", [(0, 300), (0, 40), (300, 3), (297, 3)])
+def test_attention_blocks_equal_the_whole_matrix(padded, query_offset, w):
+    """Block by block (keys beyond a block's reach skipped, one reused buffer) = the naive full softmax:
+    a prompt's own queries (several 128-query blocks), a window of them, decoding queries that see every
+    key, and the queries of a forward that just appended its tokens."""
+    torch.manual_seed(0)
+    keys, queries = torch.randn(2, 3, 300, 8), torch.randn(2, 6, w, 8)
+    valid = (torch.arange(300) >= torch.tensor([[0], [37]])) if padded else None
+    num_queries = 300 if query_offset == 0 else w
+    obs = LayerObservation(keys=keys, values=keys, valid=valid, layer_idx=0, num_layers=1,
+                           query_offset=query_offset, num_queries=num_queries, scale=1 / math.sqrt(8),
+                           query_fn=lambda last: queries[:, :, -last:])
+    expected = naive_attention(keys, queries, valid, query_offset + num_queries - w)
+    assert torch.allclose(obs.attention(w, chunk=64), expected, atol=1e-6)
+    if w == num_queries:
+        assert torch.allclose(obs.received(), expected.sum(dim=2), atol=1e-5)
+
+
 def test_attention_accumulated_sum_differs_from_mean_only_by_scale():
     keys = torch.randn(2, 2, 8, 4)
     obs = observation(keys)

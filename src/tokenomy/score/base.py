@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -48,6 +49,7 @@ class LayerObservation:
     def num_heads(self) -> int:
         return self.queries(1).shape[1]
 
+    @torch.no_grad()
     def queries(self, last: int | None = None) -> Tensor:
         """Rotated queries ``(b, h, w, d)`` of the last ``w = min(last, num_queries)`` observable tokens."""
         w = self.num_queries if last is None else min(last, self.num_queries)
@@ -57,10 +59,15 @@ class LayerObservation:
 
     def received(self) -> Tensor:
         """Attention ``(b, h, n)`` each cached entry receives, summed over every observable query
-        (computed once per observation, a chunk of queries at a time without keeping the whole matrix:
+        (computed once per observation, a block of queries at a time without keeping the whole matrix:
         the scorer and the site's decoding history both read it)."""
         if self._received is None:
-            self._received = sum(probs.sum(dim=2) for probs in self._attention_chunks(None))
+            total = None
+            for probs in self._attention_blocks(None, chunk=128):
+                if total is None:
+                    total = probs.new_zeros(*probs.shape[:2], self.keys.shape[2])
+                total[..., : probs.shape[-1]] += probs.sum(dim=2)
+            self._received = total
         return self._received
 
     def attention(self, last: int | None = None, chunk: int = 512) -> Tensor:
@@ -68,26 +75,39 @@ class LayerObservation:
 
         Causal and padding masks are applied; rows are computed ``chunk`` queries at a time.
         """
-        return torch.cat(list(self._attention_chunks(last, chunk)), dim=2)
-
-    def _attention_chunks(self, last: int | None, chunk: int = 512) -> Iterator[Tensor]:
-        q = self.queries(last)
-        b, h, w, _ = q.shape
         n = self.keys.shape[2]
-        groups = h // self.keys.shape[1]
-        keys = self.keys.repeat_interleave(groups, dim=1)
-        first = self.query_offset + self.num_queries - w
-        key_pos = torch.arange(n, device=q.device)
+        blocks = [F.pad(p, (0, n - p.shape[-1])) for p in self._attention_blocks(last, chunk)]
+        return torch.cat(blocks, dim=2)
+
+    @torch.no_grad()
+    def _attention_blocks(self, last: int | None, chunk: int) -> Iterator[Tensor]:
+        """Attention of ``chunk`` queries at a time, ``(b, h, wc, limit)`` over the keys ``[:limit]`` that the
+        block's last query can see (causality: later keys get exactly zero, so they are not computed).
+        Query heads are taken per GQA group, so keys are never repeated. Every block is written into one
+        buffer (a fresh large tensor per block costs page faults that can exceed the arithmetic), so a
+        block is valid only until the next one is drawn."""
+        q = self.queries(last)
+        b, h, w, d = q.shape
+        n, h_kv = self.keys.shape[2], self.keys.shape[1]
+        grouped = q.float().view(b, h_kv, h // h_kv, w, d)
+        keys = self.keys.float().unsqueeze(2).transpose(-1, -2)  # (b, h_kv, 1, d, n)
+        first = self.query_offset + self.num_queries - w  # the last key the first observed query sees
+        buffer = torch.empty(b * h * min(chunk, w) * n, device=q.device)
         for start in range(0, w, chunk):
-            qc = q[:, :, start : start + chunk]
-            logits = torch.matmul(qc.float(), keys.float().transpose(-1, -2)) * self.scale
-            q_pos = first + start + torch.arange(qc.shape[2], device=q.device)
-            allowed = key_pos.view(1, -1) <= q_pos.view(-1, 1)  # (wc, n)
-            allowed = allowed.view(1, 1, *allowed.shape)
+            stop = min(start + chunk, w)
+            limit = min(n, first + stop)
+            logits = buffer[: b * h * (stop - start) * limit].view(b, h_kv, h // h_kv, stop - start, limit)
+            torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits).mul_(self.scale)
+            masked_from = first + start + 1  # keys before it are seen by every query of the block
+            if masked_from < limit:
+                q_pos = torch.arange(first + start, first + stop, device=q.device)
+                key_pos = torch.arange(masked_from, limit, device=q.device)
+                logits[..., masked_from:].masked_fill_(key_pos.view(1, -1) > q_pos.view(-1, 1), -torch.inf)
             if self.valid is not None:
-                allowed = allowed & self.valid.view(b, 1, 1, n)
-            logits = logits.masked_fill(~allowed, -torch.inf)
-            yield torch.softmax(logits, dim=-1).nan_to_num(0.0)
+                logits.masked_fill_(~self.valid[:, None, None, None, :limit], -torch.inf)
+            probs = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
+            probs = probs.div_(probs.sum(dim=-1, keepdim=True)).view(b, h, stop - start, limit)
+            yield probs.nan_to_num_(0.0) if self.valid is not None else probs  # a padded query sees no key
 
 
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:
