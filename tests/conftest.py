@@ -20,6 +20,20 @@ def tiny_llama(layers: int = 3, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_gemma3(seed: int = 0):
+    """A random-weight Gemma-3 text model: sliding-window layers (window 16) between full-attention ones."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=16, max_position_embeddings=512, pad_token_id=0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        bos_token_id=1, eos_token_id=2,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 @pytest.fixture
 def model():
     return tiny_llama()

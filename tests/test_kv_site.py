@@ -9,7 +9,7 @@ from tokenomy.budget import kept_count
 from tokenomy.models.caches import copy_cache
 from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer
 
-from conftest import tiny_llama
+from conftest import tiny_gemma3, tiny_llama
 
 METHODS = [m.name for m in tokenomy.methods(SITE)]
 EVICTING = [m for m in METHODS if m != "tokenselect"]
@@ -69,6 +69,32 @@ def test_eviction_while_decoding_runs_where_the_model_is(name):
         out = gpu.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert out.device.type == "cuda" and out.shape == (1, 90)
     assert session.stats.evictions == 2 * len(gpu.model.layers)
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+@pytest.mark.parametrize("name", ["pyramidkv", "snapkv", "h2o"])
+def test_sliding_window_layers_are_left_alone_and_budgets_spread_over_the_others(name, with_config):
+    """Gemma-3's local layers bound their own cache (or, in a cache built without the config, keep it whole);
+    the budget (PyramidKV's schedule too) is honoured over the full-attention layers the site compresses."""
+    model, x = tiny_gemma3(), ids(60)
+    cache = DynamicCache(config=model.config) if with_config else DynamicCache()
+    with tokenomy.apply(model, name, keep=0.25) as session:
+        model(x, past_key_values=cache)
+    compressed = [t == "full_attention" for t in model.config.layer_types]
+    assert [isinstance(layer, PrunedLayer) for layer in cache.layers] == compressed
+    assert session.stats.entries_kept == sum(compressed) * kept_count(0.25, 60) * 2  # 2 KV heads
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_methods_decode_coherently_with_sliding_window_layers(name):
+    model, x = tiny_gemma3(), ids(40)
+    reference = generate(model, x)
+    with tokenomy.apply(model, name, keep=1.0):
+        assert torch.equal(generate(model, x).sequences, reference.sequences)
+    with tokenomy.apply(model, name, keep=0.3) as session:
+        out = generate(model, x)
+    assert out.sequences.shape == (1, 48)
+    assert name == "tokenselect" or session.stats.entries_kept < session.stats.entries_seen
 
 
 @pytest.mark.parametrize("name", UNIFORM)

@@ -46,6 +46,19 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return modules
 
 
+def full_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of the layers that attend over the whole context, in order. Sliding-window and
+    chunked layers (Gemma-3's local ones, Mistral's) keep a bounded cache of their own (HF's rule, read from
+    the config the same way), so KV methods leave them alone and spread their budgets over the others."""
+    config = model.config.get_text_config(decoder=True)
+    modules = attention_modules(model)
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        windowed = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
+        types = ["sliding_attention" if windowed is not None else "full_attention"] * len(modules)
+    return [m for m in modules if types[m.layer_idx] not in ("sliding_attention", "chunked_attention")]
+
+
 def softmax_scale(module: nn.Module) -> float:
     """The scale the attention applies to q.k (Gemma uses its own query_pre_attn_scalar)."""
     return float(getattr(module, "scaling", module.head_dim**-0.5))

@@ -21,6 +21,8 @@ class LayerObservation:
 
     keys, values: ``(b, h_kv, n, d)`` cached entries (keys already rotated by RoPE).
     valid: ``(b, n)`` False at padding, or None when there is none.
+    layer_idx, num_layers: the layer's rank among the layers being compressed, and their number (a hybrid
+        model's sliding-window layers are not), which layer budgets are spread over.
     query_offset: key index of the first observable query; query ``i`` sees keys ``<= query_offset + i``.
         After a prefill the queries are the prompt's own (``query_offset = n - w``); while decoding they
         are new tokens that see every cached key (``query_offset >= n``).

@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.budget import HeadAdaptive, Keep, kept_count
-from tokenomy.models.adapters import attention_modules, rotated_queries, softmax_scale
+from tokenomy.models.adapters import full_attention_modules, rotated_queries, softmax_scale
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.select import prioritize, top_k
@@ -316,7 +316,9 @@ class KVCompression:
         layer.selection, layer.selection_valid = self.select(obs)
 
 
-def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, num_layers: int):
+def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, rank: int, count: int):
+    """A layer's prefill cache observed by the prompt's queries; the layer is number ``rank`` of the
+    ``count`` layers the site compresses."""
     keys, values = layer.keys, layer.values
     n = keys.shape[2]
 
@@ -328,8 +330,8 @@ def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor]
         keys=keys,
         values=values,
         valid=key_padding(mask, n),
-        layer_idx=module.layer_idx,
-        num_layers=num_layers,
+        layer_idx=rank,
+        num_layers=count,
         query_offset=0,
         num_queries=hidden.shape[1],
         scale=softmax_scale(module),
@@ -337,7 +339,7 @@ def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor]
     )
 
 
-def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], num_layers: int,
+def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], rank: int, count: int,
                   appended: bool = False):
     """The stored entries, observed by the queries of the coming forward (which see all of them), or of
     the forward that just ``appended`` its tokens (each sees the entries up to itself)."""
@@ -346,8 +348,8 @@ def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor
         keys=layer.keys,
         values=layer.values,
         valid=valid,
-        layer_idx=module.layer_idx,
-        num_layers=num_layers,
+        layer_idx=rank,
+        num_layers=count,
         query_offset=layer.stored - hidden.shape[1] if appended else layer.stored,
         num_queries=hidden.shape[1],
         scale=softmax_scale(module),
@@ -361,7 +363,8 @@ class KVSession:
     def __init__(self, model: nn.Module, method: KVCompression):
         self.model = model
         self.method = method
-        self.modules = attention_modules(model)
+        self.modules = full_attention_modules(model)
+        self.rank = {module.layer_idx: i for i, module in enumerate(self.modules)}
         self.stats = KVStats()
         self._handles: list = []
         self._prefill: dict[int, tuple] = {}
@@ -382,9 +385,8 @@ class KVSession:
         self._prefill.clear()
         self.model._tokenomy_kv_session = None
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.modules)
+    def _where(self, module) -> tuple[int, int]:
+        return self.rank[module.layer_idx], len(self.modules)
 
     def _before(self, module, args, kwargs):
         cache = kwargs.get("past_key_values")
@@ -397,13 +399,13 @@ class KVSession:
         if isinstance(layer, PrunedLayer):
             if self.method.phase == "decode":
                 start = time.perf_counter()
-                self.method.choose_for_step(layer, _obs_for_step(module, layer, hidden, rope, self.num_layers))
+                self.method.choose_for_step(layer, _obs_for_step(module, layer, hidden, rope, *self._where(module)))
                 self.stats.scoring_seconds += time.perf_counter() - start
             num_heads = module.config.num_attention_heads
             kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)
             layer.armed = True
             return args, kwargs
-        if (layer is None or layer.get_seq_length() == 0) and not getattr(layer, "is_sliding", False):
+        if layer is None or layer.get_seq_length() == 0:
             self._prefill[idx] = (hidden, rope, kwargs.get("attention_mask"))
         return None
 
@@ -416,11 +418,11 @@ class KVSession:
             return None
         cache = kwargs["past_key_values"]
         layer = cache.layers[module.layer_idx]
-        if getattr(layer, "is_sliding", False) or layer.get_seq_length() == 0:
-            return None  # sliding-window layers already bound their cache
+        if layer.get_seq_length() == 0:
+            return None
         if type(layer) is not DynamicLayer:
             raise TokenomyError(f"tokenomy KV methods need HF's DynamicCache; got a {type(layer).__name__} layer")
-        obs = _obs_from_prefill(module, layer, *pending, num_layers=self.num_layers)
+        obs = _obs_from_prefill(module, layer, *pending, *self._where(module))
         self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
         return None
 
@@ -434,7 +436,7 @@ class KVSession:
         if layer.history is None and not due:
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        obs = _obs_for_step(module, layer, hidden, kwargs["position_embeddings"], self.num_layers, appended=True)
+        obs = _obs_for_step(module, layer, hidden, kwargs["position_embeddings"], *self._where(module), appended=True)
         if layer.history is not None:  # accumulate what this forward's queries gave every stored entry
             start = time.perf_counter()
             layer.history = layer.history + obs.received()
@@ -460,7 +462,7 @@ class PrefillRecorder:
     results equal those of the hooks, which a test checks)."""
 
     def __init__(self, model: nn.Module):
-        self.modules = attention_modules(model)
+        self.modules = full_attention_modules(model)
         self.observations: dict[int, LayerObservation] = {}
         self._pending: dict[int, tuple] = {}
 
@@ -483,7 +485,6 @@ class PrefillRecorder:
     def _after(self, module, args, kwargs, output):
         pending = self._pending.pop(module.layer_idx)
         layer = kwargs["past_key_values"].layers[module.layer_idx]
-        if getattr(layer, "is_sliding", False):
-            return
-        self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, len(self.modules))
+        rank = self.modules.index(module)
+        self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, rank, len(self.modules))
 
