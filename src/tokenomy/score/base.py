@@ -28,7 +28,6 @@ class LayerObservation:
         are new tokens that see every cached key (``query_offset >= n``).
     num_queries: how many queries can be observed (the last ones of the forward pass).
     scale: the attention's softmax scale.
-    segments: ``(b, n)`` span ids (e.g. sentences) for span-level scoring, or None.
     history: ``(b, h, n)`` attention each entry has received from every query since the prompt (its own
         included) — kept by the KV site while decoding, so accumulating scores (H2O) keep accumulating — or None.
     """
@@ -42,7 +41,6 @@ class LayerObservation:
     num_queries: int
     scale: float
     query_fn: Callable[[int], Tensor] = field(repr=False)
-    segments: Tensor | None = None
     history: Tensor | None = None
     _queries: dict[int, Tensor] = field(default_factory=dict, repr=False)
     _received: Tensor | None = field(default=None, repr=False)
