@@ -43,10 +43,3 @@ assert TOTAL <= MAX_TOTAL
 def symbol_at(cum: Tensor, target: int) -> int:
     """The symbol whose slice [cum[s], cum[s+1]) contains ``target`` (cum is 1-D)."""
     return int(torch.searchsorted(cum, torch.tensor([target]), right=True)) - 1
-
-
-def code_length_bits(cum: Tensor, symbols: Tensor) -> Tensor:
-    """-log2 of each symbol's quantised probability (the ideal code length under the table)."""
-    low = cum.gather(-1, symbols.unsqueeze(-1)).squeeze(-1)
-    high = cum.gather(-1, (symbols + 1).unsqueeze(-1)).squeeze(-1)
-    return torch.log2(cum[..., -1].double() / (high - low).double())
