@@ -463,6 +463,7 @@ class PrefillRecorder:
 
     def __init__(self, model: nn.Module):
         self.modules = full_attention_modules(model)
+        self.rank = {module.layer_idx: i for i, module in enumerate(self.modules)}
         self.observations: dict[int, LayerObservation] = {}
         self._pending: dict[int, tuple] = {}
 
@@ -485,6 +486,6 @@ class PrefillRecorder:
     def _after(self, module, args, kwargs, output):
         pending = self._pending.pop(module.layer_idx)
         layer = kwargs["past_key_values"].layers[module.layer_idx]
-        rank = self.modules.index(module)
+        rank = self.rank[module.layer_idx]
         self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, rank, len(self.modules))
 
