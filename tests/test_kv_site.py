@@ -251,16 +251,19 @@ def test_decoding_after_an_eviction_matches_a_plain_cache_of_the_kept_entries(mo
 @pytest.mark.parametrize("name", ["h2o", "vatp"])
 def test_accumulated_attention_keeps_accumulating_while_decoding(name):
     """H2O's score while decoding is everything each entry has received: the prompt's attention plus that of
-    every decoded token (HF's own attention weights, recomputed on a plain cache of the kept entries)."""
+    every decoded token (HF's own attention weights, recomputed on a plain cache of the kept entries). The
+    site folds the decoded tokens' share in at the eviction, for all of them at once: after it, each kept
+    entry holds exactly that sum."""
     model = tiny_llama()
     model.set_attn_implementation("eager")
     x = ids(40)
     prompt = model(x, output_attentions=True).attentions  # uncompressed: (1, 4, 40, 40) per layer
     cache = DynamicCache()
-    with tokenomy.apply(model, name, keep=0.5, evict_every=100):
+    with tokenomy.apply(model, name, keep=0.5, evict_every=4) as session:
         token = model(x, past_key_values=cache).logits[:, -1:].argmax(-1)
         expected = [a[0].sum(1).gather(-1, layer.positions[0].repeat_interleave(2, 0))
                     for a, layer in zip(prompt, cache.layers)]
+        before = [torch.cat([layer.positions[0], torch.arange(40, 44).expand(2, 4)], -1) for layer in cache.layers]
         for position in range(40, 44):
             plain = DynamicCache()
             for i, layer in enumerate(cache.layers):
@@ -269,8 +272,12 @@ def test_accumulated_attention_keeps_accumulating_while_decoding(name):
                          output_attentions=True).attentions
             expected = [torch.cat([e, e.new_zeros(4, 1)], -1) + a[0, :, 0] for e, a in zip(expected, step)]
             token = model(token, past_key_values=cache).logits[:, -1:].argmax(-1)
-    for layer, e in zip(cache.layers, expected):
-        assert torch.allclose(layer.history[0], e, atol=1e-5)
+    assert session.stats.evictions == len(cache.layers)  # the 4th decoded token brought the cut
+    for layer, e, positions in zip(cache.layers, expected, before):
+        kept = layer.positions[0]  # (2 KV heads, 20) of the 24 entries the history was summed over
+        index = (kept.unsqueeze(-1) == positions.unsqueeze(1)).int().argmax(-1).repeat_interleave(2, 0)
+        assert kept.shape == (2, 20) and not layer.unscored
+        assert torch.allclose(layer.history[0], e.gather(-1, index), atol=1e-5)
     fresh = DynamicCache()
     with tokenomy.apply(model, "tova", keep=0.5, evict_every=2):  # not accumulating: no history kept
         model(x, past_key_values=fresh)
@@ -278,14 +285,26 @@ def test_accumulated_attention_keeps_accumulating_while_decoding(name):
     assert all(layer.history is None for layer in fresh.layers)
 
 
-def test_eviction_while_decoding_with_generate_padding_and_beams(model):
-    session = assert_padded_batch_matches_each_row(model, "snapkv", 9, evict_every=3)
+@pytest.mark.parametrize("name", ["snapkv", "h2o"])  # h2o: its deferred history follows the batch too
+def test_eviction_while_decoding_with_generate_padding_and_beams(model, name):
+    session = assert_padded_batch_matches_each_row(model, name, 9, evict_every=3)
     assert session.stats.evictions > 0
     long = ids(60, seed=3)
-    with tokenomy.apply(model, "snapkv", keep=0.5, evict_every=3) as session:
+    with tokenomy.apply(model, name, keep=0.5, evict_every=3) as session:
         beams = model.generate(long, attention_mask=torch.ones_like(long), max_new_tokens=7, num_beams=3,
                                do_sample=False, pad_token_id=0)
     assert session.stats.evictions > 0 and beams.shape == (1, 67)
+
+
+def test_forwards_waiting_to_be_scored_follow_beam_reordering():
+    """The hidden states H2O's history has yet to take in are re-indexed with the cache (beam search)."""
+    layer = PrunedLayer(torch.zeros(2, 1, 3, 4), torch.zeros(2, 1, 3, 4), torch.arange(3).expand(2, 1, 3), None, 3)
+    hidden, cos = torch.tensor([[[1.0]], [[2.0]]]), torch.ones(1, 1, 4)
+    layer.unscored = [(hidden, cos, cos)]
+    layer.reorder_cache(torch.tensor([1, 0]))
+    assert layer.unscored[0][0].flatten().tolist() == [2.0, 1.0] and layer.unscored[0][1].shape[0] == 1
+    layer.batch_repeat_interleave(2)
+    assert layer.unscored[0][0].flatten().tolist() == [2.0, 2.0, 1.0, 1.0]
 
 
 def test_short_context_below_sinks_plus_window_still_honours_the_budget(model):

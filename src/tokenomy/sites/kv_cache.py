@@ -15,7 +15,8 @@ after the context, decoding) only read the compressed cache, so the same session
 the question inside the compressed prompt (query-aware) or after it (query-agnostic). With
 ``evict_every=n`` the post-hook also cuts each layer back to its post-prefill budget once ``n`` new tokens
 have arrived, scored by the queries of the forward that brought the last of them (accumulating scores,
-H2O's, by all the attention each entry has received since the prompt, which the hook keeps up to date), so
+H2O's, by all the attention each entry has received since the prompt: the hook keeps the forwards since the
+last cut and adds their share in one batched pass just before the next), so
 a long generation runs in bounded memory (at most budget + n entries per head, decoding one token per forward).
 """
 
@@ -57,6 +58,8 @@ class PrunedLayer(DynamicLayer):
         self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
         self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
         self.history: Tensor | None = None  # (b, heads, L) attention received so far (accumulating scorers)
+        self.unscored: list[tuple[Tensor, Tensor, Tensor]] = []  # (hidden, cos, sin) of the forwards whose
+        # attention the history does not hold yet: folded in, all at once, before the next eviction
         self.is_initialized = True
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
@@ -117,6 +120,7 @@ class PrunedLayer(DynamicLayer):
         raise TokenomyError("a compressed cache cannot be cropped (assisted decoding is not supported)")
 
     def _index_batch(self, fn) -> None:
+        rows = self.keys.shape[0]
         self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
         if self.valid is not None:
             self.valid = fn(self.valid)
@@ -124,6 +128,8 @@ class PrunedLayer(DynamicLayer):
             self.budget = fn(self.budget)
         if self.history is not None:
             self.history = fn(self.history)
+        self.unscored = [tuple(fn(t) if t.shape[0] == rows else t for t in forward)  # else broadcast over rows
+                         for forward in self.unscored]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -237,7 +243,7 @@ class KVCompression:
     @property
     def accumulates(self) -> bool:
         """Evicting while decoding with a score summed over every query so far (H2O, VATP): the site then
-        keeps each entry's received attention up to date at every forward."""
+        keeps each entry's received attention, brought up to date before every eviction."""
         score = self.score
         while score is not None and not getattr(score, "accumulates", False):
             score = getattr(score, "inner", None)
@@ -436,14 +442,20 @@ class KVSession:
         if layer.history is None and not due:
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        obs = _obs_for_step(module, layer, hidden, kwargs["position_embeddings"], *self._where(module), appended=True)
-        if layer.history is not None:  # accumulate what this forward's queries gave every stored entry
+        cos, sin = kwargs["position_embeddings"]
+        if layer.history is not None:  # the history is brought up to date once per eviction, for all the
+            layer.unscored.append((hidden, cos, sin))  # forwards since the last one (one batched pass)
+            if not due:
+                return
+            hidden, cos, sin = (torch.cat(parts, dim=1) for parts in zip(*layer.unscored))
+            layer.unscored = []
+        obs = _obs_for_step(module, layer, hidden, (cos, sin), *self._where(module), appended=True)
+        if layer.history is not None:  # what those forwards' queries gave every stored entry
             start = time.perf_counter()
             layer.history = layer.history + obs.received()
             obs.history = layer.history
             self.stats.scoring_seconds += time.perf_counter() - start
-        if due:
-            self.method.evict(layer, obs, self.stats)
+        self.method.evict(layer, obs, self.stats)
 
     def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
         """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`). Each
