@@ -7,6 +7,7 @@ from transformers import DynamicCache
 import tokenomy
 from tokenomy.budget import kept_count
 from tokenomy.models.caches import copy_cache
+from tokenomy.score.base import attention_and_received
 from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer
 
 from conftest import tiny_gemma3, tiny_llama
@@ -181,6 +182,52 @@ def test_recorded_prefill_gives_the_same_cache_as_the_hooks(model, name):
     for a, b in zip(hooked.layers, recorded.layers):
         assert torch.equal(a.positions, b.positions)
         assert torch.equal(a.keys, b.keys)
+
+
+@pytest.mark.parametrize("name", ["h2o", "vatp"])
+def test_prefill_attention_hands_over_the_accumulated_sums(model, name, monkeypatch):
+    """On SDPA without gradients, each layer's prefill attention sums what H2O needs on the way: the same
+    kept entries as recomputing it afterwards (what the site does with gradients on), and the model's
+    implementation is restored after the block."""
+    import tokenomy.sites.received_attention as summing
+
+    calls = []
+    monkeypatch.setattr(summing, "attention_and_received", lambda *a: calls.append(1) or attention_and_received(*a))
+    x = ids(64)
+    summed, recomputed = DynamicCache(), DynamicCache()
+    with tokenomy.apply(model, name, keep=0.4) as session:
+        with torch.no_grad():
+            a = model(x, past_key_values=summed).logits
+        b = model(x, past_key_values=recomputed).logits
+    assert session.sums_in_prefill and len(calls) == len(model.model.layers)
+    assert model.config._attn_implementation == "sdpa"
+    for p, q in zip(summed.layers, recomputed.layers):
+        assert torch.equal(p.positions, q.positions)
+        assert torch.allclose(p.keys, q.keys, atol=1e-5)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_summing_attention_keeps_sdpa_for_masks_it_does_not_compute():
+    """A prefill whose mask is not causal + key padding (here one query also sees a later key, as in
+    bidirectional image spans) runs on SDPA unchanged and hands over no sums; a plain one sums."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tokenomy.sites.received_attention import SUMS, _attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 2
+    q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril().view(1, 1, 6, 6)
+    span = causal.clone()
+    span[0, 0, 2, 3] = True
+    for mask, sums in ((span, False), (causal, True), (None, True)):
+        setattr(module, SUMS, True)
+        with torch.no_grad():
+            out, _ = _attention(module, q, k, v, mask)
+            reference, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None)
+        assert torch.allclose(out, reference, atol=1e-5)
+        assert isinstance(getattr(module, SUMS), torch.Tensor) == sums
 
 
 def assert_padded_batch_matches_each_row(model, name, new_tokens, **options):

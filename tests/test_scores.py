@@ -8,6 +8,7 @@ import torch
 from tokenomy._validation import TokenomyError
 from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
 from tokenomy.score import ValueWeighted
+from tokenomy.score.base import attention_and_received
 
 
 def observation(keys, values=None, queries=None, valid=None, query_offset=0, layer_idx=0):
@@ -96,6 +97,23 @@ def test_attention_blocks_equal_the_whole_matrix(padded, query_offset, w):
     assert torch.allclose(obs.attention(w, chunk=64), expected, atol=1e-6)
     if w == num_queries:
         assert torch.allclose(obs.received(), expected.sum(dim=2), atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_prefill_attention_and_its_column_sums_in_one_pass(padded):
+    """The output equals PyTorch's SDPA (GQA, causal, left padding) and the sums equal the whole matrix's."""
+    torch.manual_seed(0)
+    queries, keys, values = torch.randn(2, 6, 300, 8), torch.randn(2, 3, 300, 8), torch.randn(2, 3, 300, 8)
+    valid = (torch.arange(300) >= torch.tensor([[0], [37]])) if padded else None
+    out, received = attention_and_received(queries, keys, values, 1 / math.sqrt(8), valid)
+    probs = naive_attention(keys, queries, valid, 0)
+    assert torch.allclose(received, probs.sum(dim=2), atol=1e-4)
+    real = slice(None) if valid is None else slice(37, None)  # padded queries' outputs are unused
+    expected = probs @ values.repeat_interleave(2, dim=1)
+    assert torch.allclose(out[1, :, real], expected[1, :, real], atol=1e-5)
+    if valid is None:
+        sdpa = torch.nn.functional.scaled_dot_product_attention(queries, keys, values, is_causal=True, enable_gqa=True)
+        assert torch.allclose(out, sdpa, atol=1e-5)
 
 
 def test_attention_accumulated_sum_differs_from_mean_only_by_scale():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from torch import Tensor, nn
 
 from tokenomy._validation import TokenomyError
@@ -57,6 +58,15 @@ def full_attention_modules(model: nn.Module) -> list[nn.Module]:
         windowed = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
         types = ["sliding_attention" if windowed is not None else "full_attention"] * len(modules)
     return [m for m in modules if types[m.layer_idx] not in ("sliding_attention", "chunked_attention")]
+
+
+def key_padding(mask: Tensor | None, n: int) -> Tensor | None:
+    """Which of the ``n`` prefill tokens are real, read off HF's 4-D prefill mask (None: all real)."""
+    if mask is None:
+        return None
+    last_row = mask[:, 0, -1, :n]  # the last query sees every real token (left padding)
+    real = last_row if last_row.dtype == torch.bool else last_row == 0
+    return None if bool(real.all()) else real
 
 
 def softmax_scale(module: nn.Module) -> float:

@@ -81,33 +81,60 @@ class LayerObservation:
 
     @torch.no_grad()
     def _attention_blocks(self, last: int | None, chunk: int) -> Iterator[Tensor]:
-        """Attention of ``chunk`` queries at a time, ``(b, h, wc, limit)`` over the keys ``[:limit]`` that the
-        block's last query can see (causality: later keys get exactly zero, so they are not computed).
-        Query heads are taken per GQA group, so keys are never repeated. Every block is written into one
-        buffer (a fresh large tensor per block costs page faults that can exceed the arithmetic), so a
-        block is valid only until the next one is drawn."""
+        """`causal_attention_blocks` of the last ``last`` observed queries, as ``(b, h, wc, limit)``."""
         q = self.queries(last)
-        b, h, w, d = q.shape
-        n, h_kv = self.keys.shape[2], self.keys.shape[1]
-        grouped = q.float().view(b, h_kv, h // h_kv, w, d)
-        keys = self.keys.float().unsqueeze(2).transpose(-1, -2)  # (b, h_kv, 1, d, n)
-        first = self.query_offset + self.num_queries - w  # the last key the first observed query sees
-        buffer = torch.empty(b * h * min(chunk, w) * n, device=q.device)
-        for start in range(0, w, chunk):
-            stop = min(start + chunk, w)
-            limit = min(n, first + stop)
-            logits = buffer[: b * h * (stop - start) * limit].view(b, h_kv, h // h_kv, stop - start, limit)
-            torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits).mul_(self.scale)
-            masked_from = first + start + 1  # keys before it are seen by every query of the block
-            if masked_from < limit:
-                q_pos = torch.arange(first + start, first + stop, device=q.device)
-                key_pos = torch.arange(masked_from, limit, device=q.device)
-                logits[..., masked_from:].masked_fill_(key_pos.view(1, -1) > q_pos.view(-1, 1), -torch.inf)
-            if self.valid is not None:
-                logits.masked_fill_(~self.valid[:, None, None, None, :limit], -torch.inf)
-            probs = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
-            probs = probs.div_(probs.sum(dim=-1, keepdim=True)).view(b, h, stop - start, limit)
-            yield probs.nan_to_num_(0.0) if self.valid is not None else probs  # a padded query sees no key
+        b, h, w, _ = q.shape
+        first = self.query_offset + self.num_queries - w
+        for _, _, probs in causal_attention_blocks(q, self.keys, self.scale, first, self.valid, chunk):
+            yield probs.view(b, h, probs.shape[3], probs.shape[4])
+
+
+@torch.no_grad()
+def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: int, valid: Tensor | None = None,
+                            chunk: int = 128) -> Iterator[tuple[int, int, Tensor]]:
+    """Softmax attention of ``queries`` ``(b, h, w, d)`` over ``keys`` ``(b, h_kv, n, d)``, ``chunk`` queries at
+    a time: yields ``(start, stop, probs)`` with ``probs`` ``(b, h_kv, h // h_kv, stop - start, limit)`` over the
+    keys ``[:limit]`` the block's last query can see. Query ``i`` sees keys ``<= first + i`` (later keys get
+    exactly zero, so they are not computed) and none where ``valid`` ``(b, n)`` is False; a query that sees
+    no key gets zeros. Query heads are taken per GQA group, so keys are never repeated. Every block is
+    written into one buffer (a fresh large tensor per block costs page faults that can exceed the
+    arithmetic), so a block is valid only until the next one is drawn."""
+    b, h, w, d = queries.shape
+    n, h_kv = keys.shape[2], keys.shape[1]
+    grouped = queries.float().view(b, h_kv, h // h_kv, w, d)
+    keys = keys.float().unsqueeze(2).transpose(-1, -2)  # (b, h_kv, 1, d, n)
+    buffer = torch.empty(b * h * min(chunk, w) * n, device=queries.device)
+    for start in range(0, w, chunk):
+        stop = min(start + chunk, w)
+        limit = min(n, first + stop)
+        logits = buffer[: b * h * (stop - start) * limit].view(b, h_kv, h // h_kv, stop - start, limit)
+        torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits).mul_(scale)
+        masked_from = first + start + 1  # keys before it are seen by every query of the block
+        if masked_from < limit:
+            q_pos = torch.arange(first + start, first + stop, device=queries.device)
+            key_pos = torch.arange(masked_from, limit, device=queries.device)
+            logits[..., masked_from:].masked_fill_(key_pos.view(1, -1) > q_pos.view(-1, 1), -torch.inf)
+        if valid is not None:
+            logits.masked_fill_(~valid[:, None, None, None, :limit], -torch.inf)
+        probs = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
+        probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+        yield start, stop, probs.nan_to_num_(0.0) if valid is not None else probs
+
+
+def attention_and_received(queries: Tensor, keys: Tensor, values: Tensor, scale: float,
+                           valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A prefill's causal attention output ``(b, h, w, d)`` and the attention ``(b, h, n)`` each key received
+    from all ``w`` queries, in one pass over `causal_attention_blocks` (the last query is the last key)."""
+    b, h, w, d = queries.shape
+    h_kv, n = keys.shape[1], keys.shape[2]
+    out = queries.new_empty(b, h_kv, h // h_kv, w, values.shape[-1], dtype=torch.float32)
+    received = queries.new_zeros(b, h, n, dtype=torch.float32)
+    grouped_values = values.float().unsqueeze(2)  # (b, h_kv, 1, n, d)
+    for start, stop, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
+        limit = probs.shape[-1]
+        torch.matmul(probs, grouped_values[..., :limit, :], out=out[:, :, :, start:stop])
+        received[..., :limit] += probs.sum(dim=3).view(b, h, limit)
+    return out.view(b, h, w, -1).to(queries.dtype), received
 
 
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:

@@ -23,7 +23,7 @@ a long generation runs in bounded memory (at most budget + n entries per head, d
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -33,10 +33,11 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.budget import HeadAdaptive, Keep, kept_count
-from tokenomy.models.adapters import full_attention_modules, rotated_queries, softmax_scale
+from tokenomy.models.adapters import full_attention_modules, key_padding, rotated_queries, softmax_scale
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.select import prioritize, top_k
+from tokenomy.sites.received_attention import SUMS, summing_received
 
 SITE = "kv-cache"
 site_options(SITE, evict_every=0)  # every KV method can also evict while decoding (see KVCompression)
@@ -171,15 +172,6 @@ def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: i
     return mapped.repeat_interleave(num_heads // h_kv, dim=1)
 
 
-def key_padding(mask: Tensor | None, n: int) -> Tensor | None:
-    """Which of the ``n`` prefill tokens are real, read off HF's 4-D prefill mask (None: all real)."""
-    if mask is None:
-        return None
-    last_row = mask[:, 0, -1, :n]  # the last query sees every real token (left padding)
-    real = last_row if last_row.dtype == torch.bool else last_row == 0
-    return None if bool(real.all()) else real
-
-
 @dataclass
 class KVStats:
     """What a session did, summed over layers: for reports and budgets checks."""
@@ -244,10 +236,16 @@ class KVCompression:
     def accumulates(self) -> bool:
         """Evicting while decoding with a score summed over every query so far (H2O, VATP): the site then
         keeps each entry's received attention, brought up to date before every eviction."""
+        return bool(self.evict_every) and self.sums_received
+
+    @property
+    def sums_received(self) -> bool:
+        """The score needs the attention every prompt query pays every entry (H2O, VATP): the site then
+        sums it inside the prefill's own attention where it can (see `received_attention`)."""
         score = self.score
         while score is not None and not getattr(score, "accumulates", False):
             score = getattr(score, "inner", None)
-        return bool(self.evict_every) and score is not None
+        return score is not None
 
     def apply(self, model: nn.Module) -> "KVSession":
         """Patch ``model`` for the duration of a ``with`` block (see `tokenomy.apply`)."""
@@ -374,6 +372,8 @@ class KVSession:
         self.stats = KVStats()
         self._handles: list = []
         self._prefill: dict[int, tuple] = {}
+        self._attention = ExitStack()
+        self.sums_in_prefill = False  # the prefill's attention hands H2O's sums over (else recomputed)
 
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
@@ -382,9 +382,12 @@ class KVSession:
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+        wanted = self.method.keep < 1.0 and self.method.phase == "prefill" and self.method.sums_received
+        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, wanted))
         return self
 
     def __exit__(self, *exc) -> None:
+        self._attention.close()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -413,10 +416,13 @@ class KVSession:
             return args, kwargs
         if layer is None or layer.get_seq_length() == 0:
             self._prefill[idx] = (hidden, rope, kwargs.get("attention_mask"))
+            if self.sums_in_prefill:
+                setattr(module, SUMS, True)  # the attention sums this prefill (received_attention)
         return None
 
     def _after(self, module, args, kwargs, output):
         pending = self._prefill.pop(module.layer_idx, None)
+        received = module.__dict__.pop(SUMS, None)
         if self.method.keep >= 1.0:
             return None  # keep=1.0 leaves the cache untouched
         if pending is None:
@@ -429,6 +435,8 @@ class KVSession:
         if type(layer) is not DynamicLayer:
             raise TokenomyError(f"tokenomy KV methods need HF's DynamicCache; got a {type(layer).__name__} layer")
         obs = _obs_from_prefill(module, layer, *pending, *self._where(module))
+        if isinstance(received, Tensor):
+            obs = replace(obs, _received=received)
         self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
         return None
 
