@@ -378,12 +378,12 @@ class KVSession:
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
             raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
+        wanted = self.method.keep < 1.0 and self.method.phase == "prefill" and self.method.sums_received
+        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, wanted))
         self.model._tokenomy_kv_session = self
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
-        wanted = self.method.keep < 1.0 and self.method.phase == "prefill" and self.method.sums_received
-        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, wanted))
         return self
 
     def __exit__(self, *exc) -> None:
