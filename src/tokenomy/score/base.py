@@ -101,14 +101,14 @@ def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: 
     arithmetic), so a block is valid only until the next one is drawn."""
     b, h, w, d = queries.shape
     n, h_kv = keys.shape[2], keys.shape[1]
-    grouped = queries.float().view(b, h_kv, h // h_kv, w, d)
+    grouped = queries.float().view(b, h_kv, h // h_kv, w, d) * scale  # scaled once, not every logit
     keys = keys.float().unsqueeze(2).transpose(-1, -2)  # (b, h_kv, 1, d, n)
     buffer = torch.empty(b * h * min(chunk, w) * n, device=queries.device)
     for start in range(0, w, chunk):
         stop = min(start + chunk, w)
         limit = min(n, first + stop)
         logits = buffer[: b * h * (stop - start) * limit].view(b, h_kv, h // h_kv, stop - start, limit)
-        torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits).mul_(scale)
+        torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits)
         masked_from = first + start + 1  # keys before it are seen by every query of the block
         if masked_from < limit:
             q_pos = torch.arange(first + start, first + stop, device=queries.device)
@@ -126,15 +126,15 @@ def attention_and_received(queries: Tensor, keys: Tensor, values: Tensor, scale:
     """A prefill's causal attention output ``(b, h, w, d)`` and the attention ``(b, h, n)`` each key received
     from all ``w`` queries, in one pass over `causal_attention_blocks` (the last query is the last key)."""
     b, h, w, d = queries.shape
-    h_kv, n = keys.shape[1], keys.shape[2]
-    out = queries.new_empty(b, h_kv, h // h_kv, w, values.shape[-1], dtype=torch.float32)
+    n = keys.shape[2]
+    outputs = []  # one fresh tensor per block: faster than writing into slices of one output
     received = queries.new_zeros(b, h, n, dtype=torch.float32)
     grouped_values = values.float().unsqueeze(2)  # (b, h_kv, 1, n, d)
-    for start, stop, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
+    for _, _, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
         limit = probs.shape[-1]
-        torch.matmul(probs, grouped_values[..., :limit, :], out=out[:, :, :, start:stop])
+        outputs.append(torch.matmul(probs, grouped_values[..., :limit, :]))
         received[..., :limit] += probs.sum(dim=3).view(b, h, limit)
-    return out.view(b, h, w, -1).to(queries.dtype), received
+    return torch.cat(outputs, dim=3).view(b, h, w, -1).to(queries.dtype), received
 
 
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:
