@@ -343,6 +343,18 @@ def test_eviction_while_decoding_with_generate_padding_and_beams(model, name):
     assert session.stats.evictions > 0 and beams.shape == (1, 67)
 
 
+def test_a_copied_cache_grows_apart_from_its_original(model):
+    """`copy_cache` shares tensors; H2O's forwards waiting to be scored must not leak between copies."""
+    cache = DynamicCache()
+    with torch.no_grad(), tokenomy.apply(model, "h2o", keep=0.5, evict_every=8):
+        token = model(ids(40), past_key_values=cache).logits[:, -1:].argmax(-1)
+        model(token, past_key_values=cache)
+        copy = copy_cache(cache)
+        model(token, past_key_values=copy)
+    assert all(len(a.unscored) == 1 and len(b.unscored) == 2 for a, b in zip(cache.layers, copy.layers))
+    assert all(a.stored + 1 == b.stored for a, b in zip(cache.layers, copy.layers))
+
+
 def test_forwards_waiting_to_be_scored_follow_beam_reordering():
     """The hidden states H2O's history has yet to take in are re-indexed with the cache (beam search)."""
     layer = PrunedLayer(torch.zeros(2, 1, 3, 4), torch.zeros(2, 1, 3, 4), torch.arange(3).expand(2, 1, 3), None, 3)

@@ -180,7 +180,8 @@ class KVStats:
     entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
     entries_kept: int = 0
     bytes_kept: int = 0  # physical size of the compressed keys + values
-    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods)
+    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods);
+    # H2O/VATP sums taken inside the prefill's attention (`sums_in_prefill`) are part of the forward, not this
     per_layer_kept: list[int] = field(default_factory=list)
     evictions: int = 0  # layer evictions while decoding (``evict_every``)
 
@@ -452,7 +453,8 @@ class KVSession:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cos, sin = kwargs["position_embeddings"]
         if layer.history is not None:  # the history is brought up to date once per eviction, for all the
-            layer.unscored.append((hidden, cos, sin))  # forwards since the last one (one batched pass)
+            layer.unscored = [*layer.unscored, (hidden, cos, sin)]  # forwards since the last one (one batched
+            # pass); a new list, so a `copy_cache` copy never sees another copy's forwards
             if not due:
                 return
             hidden, cos, sin = (torch.cat(parts, dim=1) for parts in zip(*layer.unscored))
