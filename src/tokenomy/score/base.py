@@ -83,58 +83,62 @@ class LayerObservation:
     def _attention_blocks(self, last: int | None, chunk: int) -> Iterator[Tensor]:
         """`causal_attention_blocks` of the last ``last`` observed queries, as ``(b, h, wc, limit)``."""
         q = self.queries(last)
-        b, h, w, _ = q.shape
-        first = self.query_offset + self.num_queries - w
+        first = self.query_offset + self.num_queries - q.shape[2]
         for _, _, probs in causal_attention_blocks(q, self.keys, self.scale, first, self.valid, chunk):
-            yield probs.view(b, h, probs.shape[3], probs.shape[4])
+            yield probs
 
 
 @torch.no_grad()
 def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: int, valid: Tensor | None = None,
                             chunk: int = 128) -> Iterator[tuple[int, int, Tensor]]:
     """Softmax attention of ``queries`` ``(b, h, w, d)`` over ``keys`` ``(b, h_kv, n, d)``, ``chunk`` queries at
-    a time: yields ``(start, stop, probs)`` with ``probs`` ``(b, h_kv, h // h_kv, stop - start, limit)`` over the
-    keys ``[:limit]`` the block's last query can see. Query ``i`` sees keys ``<= first + i`` (later keys get
+    a time: yields ``(start, stop, probs)`` with ``probs`` ``(b, h, stop - start, limit)`` over the keys
+    ``[:limit]`` the block's last query can see. Query ``i`` sees keys ``<= first + i`` (later keys get
     exactly zero, so they are not computed) and none where ``valid`` ``(b, n)`` is False; a query that sees
-    no key gets zeros. Query heads are taken per GQA group, so keys are never repeated. Every block is
-    written into one buffer (a fresh large tensor per block costs page faults that can exceed the
-    arithmetic), so a block is valid only until the next one is drawn."""
+    no key gets zeros. Every block is written into one buffer (a fresh large tensor per block costs page
+    faults that can exceed the arithmetic), so a block is valid only until the next one is drawn."""
     b, h, w, d = queries.shape
-    n, h_kv = keys.shape[2], keys.shape[1]
-    grouped = queries.float().view(b, h_kv, h // h_kv, w, d) * scale  # scaled once, not every logit
-    keys = keys.float().unsqueeze(2).transpose(-1, -2)  # (b, h_kv, 1, d, n)
+    n = keys.shape[2]
+    keys = per_query_head(keys.float() * scale, h).transpose(-1, -2)  # (b, h, d, n), scaled once per KV head
+    queries = queries.float()
     buffer = torch.empty(b * h * min(chunk, w) * n, device=queries.device)
+    future = torch.ones(min(chunk, w), min(chunk, w), dtype=torch.bool, device=queries.device).triu(1)
     for start in range(0, w, chunk):
         stop = min(start + chunk, w)
         limit = min(n, first + stop)
-        logits = buffer[: b * h * (stop - start) * limit].view(b, h_kv, h // h_kv, stop - start, limit)
-        torch.matmul(grouped[:, :, :, start:stop], keys[..., :limit], out=logits)
-        masked_from = first + start + 1  # keys before it are seen by every query of the block
-        if masked_from < limit:
-            q_pos = torch.arange(first + start, first + stop, device=queries.device)
-            key_pos = torch.arange(masked_from, limit, device=queries.device)
-            logits[..., masked_from:].masked_fill_(key_pos.view(1, -1) > q_pos.view(-1, 1), -torch.inf)
+        logits = buffer[: b * h * (stop - start) * limit].view(b, h, stop - start, limit)
+        torch.matmul(queries[:, :, start:stop], keys[..., :limit], out=logits)
+        diagonal = first + start  # the block's first query sees keys up to here, each next one a key more
+        if diagonal + 1 < limit:
+            logits[..., diagonal:].masked_fill_(future[: stop - start, : limit - diagonal], -torch.inf)
         if valid is not None:
-            logits.masked_fill_(~valid[:, None, None, None, :limit], -torch.inf)
-        probs = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
-        probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+            logits.masked_fill_(~valid[:, None, None, :limit], -torch.inf)
+        # In place and in one fused kernel: a row (one query's logits) stays in cache from max to normalised
+        # probabilities, where separate max/exp/sum/divide steps each stream the whole block through memory.
+        probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
         yield start, stop, probs.nan_to_num_(0.0) if valid is not None else probs
 
 
 def attention_and_received(queries: Tensor, keys: Tensor, values: Tensor, scale: float,
                            valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A prefill's causal attention output ``(b, h, w, d)`` and the attention ``(b, h, n)`` each key received
-    from all ``w`` queries, in one pass over `causal_attention_blocks` (the last query is the last key)."""
+    from all ``w`` queries, in one pass over `causal_attention_blocks` (the last query is the last key).
+    The output is a view of a ``(b, w, h, d)`` tensor, the layout attention modules hand on."""
     b, h, w, d = queries.shape
     n = keys.shape[2]
-    outputs = []  # one fresh tensor per block: faster than writing into slices of one output
+    out = queries.new_empty(b, w, h, values.shape[-1], dtype=torch.float32)
     received = queries.new_zeros(b, h, n, dtype=torch.float32)
-    grouped_values = values.float().unsqueeze(2)  # (b, h_kv, 1, n, d)
-    for _, _, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
-        limit = probs.shape[-1]
-        outputs.append(torch.matmul(probs, grouped_values[..., :limit, :]))
-        received[..., :limit] += probs.sum(dim=3).view(b, h, limit)
-    return torch.cat(outputs, dim=3).view(b, h, w, -1).to(queries.dtype), received
+    values = per_query_head(values.float(), h)
+    for start, stop, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
+        out[:, start:stop] = torch.matmul(probs, values[..., : probs.shape[-1], :]).transpose(1, 2)
+        received[..., : probs.shape[-1]] += probs.sum(dim=2)
+    return out.transpose(1, 2).to(queries.dtype), received
+
+
+def per_query_head(x: Tensor, num_heads: int) -> Tensor:
+    """Repeat a per-KV-head tensor ``(b, h_kv, ...)`` for each query head of its GQA group -> ``(b, h, ...)``.
+    Once per call: a matmul broadcasting over the groups would copy the keys or values at every block."""
+    return x.repeat_interleave(num_heads // x.shape[1], dim=1)
 
 
 def per_kv_head(x: Tensor, num_kv_heads: int) -> Tensor:

@@ -35,7 +35,7 @@ from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.budget import HeadAdaptive, Keep, kept_count
 from tokenomy.models.adapters import full_attention_modules, key_padding, rotated_queries, softmax_scale
 from tokenomy.registry import site_options
-from tokenomy.score.base import LayerObservation, Scorer
+from tokenomy.score.base import LayerObservation, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.received_attention import SUMS, summing_received
 
@@ -107,8 +107,7 @@ class PrunedLayer(DynamicLayer):
         self.positions = self.positions.gather(-1, indices)
         self.valid = valid  # the selection never picks padding: budgets count real entries only
         if self.history is not None:
-            groups = self.history.shape[1] // indices.shape[1]
-            self.history = self.history.gather(-1, indices.repeat_interleave(groups, dim=1))
+            self.history = self.history.gather(-1, per_query_head(indices, self.history.shape[1]))
         self.evicted_at = self.seen
 
     def get_seq_length(self) -> int:
@@ -169,7 +168,7 @@ def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: i
                 mapped = mapped & in_use
             else:
                 mapped = mapped.masked_fill(~in_use, torch.finfo(mapped.dtype).min)
-    return mapped.repeat_interleave(num_heads // h_kv, dim=1)
+    return per_query_head(mapped, num_heads)
 
 
 @dataclass
@@ -296,7 +295,7 @@ class KVCompression:
         pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
         if self.accumulates:
             received = obs.received()  # (b, heads, n), already computed by the score
-            pruned.history = received.gather(-1, indices.repeat_interleave(received.shape[1] // h_kv, dim=1))
+            pruned.history = received.gather(-1, per_query_head(indices, received.shape[1]))
         stats.scoring_seconds += time.perf_counter() - start
         stats.layers_compressed += 1
         n_real = int(obs.valid.sum()) if obs.valid is not None else b * n
