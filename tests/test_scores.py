@@ -10,6 +10,8 @@ from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, P
 from tokenomy.score import ValueWeighted
 from tokenomy.score.base import attention_and_received
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
+
 
 def observation(keys, values=None, queries=None, valid=None, query_offset=0, layer_idx=0):
     """An observation over plain tensors; queries default to the keys themselves (self-attention)."""
@@ -75,20 +77,22 @@ def naive_attention(keys, queries, valid, first):
     b, h, w, d = queries.shape
     n, groups = keys.shape[2], h // keys.shape[1]
     logits = queries @ keys.repeat_interleave(groups, dim=1).transpose(-1, -2) / math.sqrt(d)
-    allowed = torch.arange(n).view(1, -1) <= (first + torch.arange(w)).view(-1, 1)
+    key_pos, query_pos = torch.arange(n, device=keys.device), first + torch.arange(w, device=keys.device)
+    allowed = key_pos.view(1, -1) <= query_pos.view(-1, 1)
     allowed = allowed & (valid.view(b, 1, 1, n) if valid is not None else True)
     return torch.softmax(logits.masked_fill(~allowed, -torch.inf), dim=-1).nan_to_num(0.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("query_offset, w", [(0, 300), (0, 40), (300, 3), (297, 3)])
-def test_attention_blocks_equal_the_whole_matrix(padded, query_offset, w):
-    """Block by block (keys beyond a block's reach skipped, one reused buffer) = the naive full softmax:
-    a prompt's own queries (several 128-query blocks), a window of them, decoding queries that see every
-    key, and the queries of a forward that just appended its tokens."""
+def test_attention_blocks_equal_the_whole_matrix(padded, query_offset, w, device):
+    """Block by block (keys beyond a block's reach skipped, one reused buffer, softmax in place) = the naive
+    full softmax: a prompt's own queries (several 128-query blocks), a window of them, decoding queries that
+    see every key, and the queries of a forward that just appended its tokens."""
     torch.manual_seed(0)
-    keys, queries = torch.randn(2, 3, 300, 8), torch.randn(2, 6, w, 8)
-    valid = (torch.arange(300) >= torch.tensor([[0], [37]])) if padded else None
+    keys, queries = torch.randn(2, 3, 300, 8, device=device), torch.randn(2, 6, w, 8, device=device)
+    valid = (torch.arange(300, device=device) >= torch.tensor([[0], [37]], device=device)) if padded else None
     num_queries = 300 if query_offset == 0 else w
     obs = LayerObservation(keys=keys, values=keys, valid=valid, layer_idx=0, num_layers=1,
                            query_offset=query_offset, num_queries=num_queries, scale=1 / math.sqrt(8),
@@ -99,12 +103,13 @@ def test_attention_blocks_equal_the_whole_matrix(padded, query_offset, w):
         assert torch.allclose(obs.received(), expected.sum(dim=2), atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padded", [False, True])
-def test_prefill_attention_and_its_column_sums_in_one_pass(padded):
+def test_prefill_attention_and_its_column_sums_in_one_pass(padded, device):
     """The output equals PyTorch's SDPA (GQA, causal, left padding) and the sums equal the whole matrix's."""
     torch.manual_seed(0)
-    queries, keys, values = torch.randn(2, 6, 300, 8), torch.randn(2, 3, 300, 8), torch.randn(2, 3, 300, 8)
-    valid = (torch.arange(300) >= torch.tensor([[0], [37]])) if padded else None
+    queries, keys, values = (torch.randn(2, h, 300, 8, device=device) for h in (6, 3, 3))
+    valid = (torch.arange(300, device=device) >= torch.tensor([[0], [37]], device=device)) if padded else None
     out, received = attention_and_received(queries, keys, values, 1 / math.sqrt(8), valid)
     probs = naive_attention(keys, queries, valid, 0)
     assert torch.allclose(received, probs.sum(dim=2), atol=1e-4)

@@ -239,6 +239,11 @@ class KVCompression:
         return bool(self.evict_every) and self.sums_received
 
     @property
+    def sums_in_prefill(self) -> bool:
+        """Applied to a model on SDPA, it sums its scores inside the prefill's attention (`received_attention`)."""
+        return self.keep < 1.0 and self.phase == "prefill" and self.sums_received
+
+    @property
     def sums_received(self) -> bool:
         """The score needs the attention every prompt query pays every entry (H2O, VATP): the site then
         sums it inside the prefill's own attention where it can (see `received_attention`)."""
@@ -378,8 +383,7 @@ class KVSession:
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
             raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
-        wanted = self.method.keep < 1.0 and self.method.phase == "prefill" and self.method.sums_received
-        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, wanted))
+        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, self.method.sums_in_prefill))
         self.model._tokenomy_kv_session = self
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
