@@ -14,7 +14,7 @@ from tokenomy import TokenomyError
 from tokenomy.codec import container
 from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
 from tokenomy.codec.core import MIN_WINDOW_BITS, Codec, compress, decompress
-from tokenomy.codec.engine import exact
+from tokenomy.codec.engine import _OneDNNLinear, exact
 from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, symbol_at
 from tokenomy.codec.tokens import ByteTokenizer
 
@@ -147,6 +147,28 @@ def test_engine_logits_do_not_depend_on_batch_companions():
         torch.set_num_threads(threads)
     reference = model(torch.tensor([sequence])).logits[0]
     assert torch.allclose(alone, reference, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("features", [(64, 128), (576, 1536), (1536, 576), (576, 4096)])
+def test_engine_linear_has_torchs_mkldnn_linear_bits_whatever_the_rows(features):
+    """The packed oneDNN linear gives torch's MkldnnLinear's bits (the arithmetic archives were written with)
+    row by row, for any batch of rows and either thread count, and what nn.Linear computes up to rounding."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(*features)
+    x = torch.randn(64, 1, features[0])
+    reference, packed = MkldnnLinear(linear, torch.float32)(x), _OneDNNLinear(linear)
+    threads = torch.get_num_threads()
+    try:
+        for count in {1, threads}:
+            torch.set_num_threads(count)
+            for rows in (4, 8, 44, 64):
+                assert torch.equal(packed(x[:rows]), reference[:rows])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(packed(x), linear(x), atol=1e-5)
 
 
 def test_row_cache_grows_only_the_dimension_that_is_short():
