@@ -195,9 +195,9 @@ class _OneDNNLinear(torch.nn.Module):
     compare them), which converts every input and output to and from oneDNN's layout and costs about twice
     the time on the codec's 44-row steps."""
 
-    def __init__(self, linear: torch.nn.Linear, rows_hint: int = 64):
-        super().__init__()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), rows_hint)
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()  # packed for up to 64 rows (a full batch); every row count gives the same bits
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), 64)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -216,7 +216,8 @@ def _onednn_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]
     swapped = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+            weight = getattr(child, "weight", None)
+            if type(child) is torch.nn.Linear and weight.device.type == "cpu" and weight.dtype == torch.float32:
                 setattr(parent, name, _OneDNNLinear(child))
                 swapped.append((parent, name, child))
     return swapped

@@ -99,7 +99,8 @@ def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: 
     faults that can exceed the arithmetic), so a block is valid only until the next one is drawn."""
     b, h, w, d = queries.shape
     n = keys.shape[2]
-    keys = per_query_head(keys.float() * scale, h).transpose(-1, -2)  # (b, h, d, n), scaled once per KV head
+    # Repeated once here, (b, h, d, n): a matmul broadcasting over GQA groups copies them at every block.
+    keys = per_query_head(keys.float() * scale, h).transpose(-1, -2)  # scaled once per KV head
     queries = queries.float()
     buffer = torch.empty(b * h * min(chunk, w) * n, device=queries.device)
     future = torch.ones(min(chunk, w), min(chunk, w), dtype=torch.bool, device=queries.device).triu(1)
@@ -128,7 +129,7 @@ def attention_and_received(queries: Tensor, keys: Tensor, values: Tensor, scale:
     n = keys.shape[2]
     out = queries.new_empty(b, w, h, values.shape[-1], dtype=torch.float32)
     received = queries.new_zeros(b, h, n, dtype=torch.float32)
-    values = per_query_head(values.float(), h)
+    values = per_query_head(values.float(), h)  # once, not copied by a broadcasting matmul at every block
     for start, stop, probs in causal_attention_blocks(queries, keys, scale, n - w, valid):
         out[:, start:stop] = torch.matmul(probs, values[..., : probs.shape[-1], :]).transpose(1, 2)
         received[..., : probs.shape[-1]] += probs.sum(dim=2)
@@ -136,8 +137,7 @@ def attention_and_received(queries: Tensor, keys: Tensor, values: Tensor, scale:
 
 
 def per_query_head(x: Tensor, num_heads: int) -> Tensor:
-    """Repeat a per-KV-head tensor ``(b, h_kv, ...)`` for each query head of its GQA group -> ``(b, h, ...)``.
-    Once per call: a matmul broadcasting over the groups would copy the keys or values at every block."""
+    """Repeat a per-KV-head tensor ``(b, h_kv, ...)`` for each query head of its GQA group -> ``(b, h, ...)``."""
     return x.repeat_interleave(num_heads // x.shape[1], dim=1)
 
 
