@@ -8,7 +8,9 @@ import tokenomy
 from tokenomy.budget import kept_count
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import attention_and_received
-from tokenomy.sites.kv_cache import SITE, PrefillRecorder, PrunedLayer
+from tokenomy.score.base import LayerObservation
+from tokenomy.score.norms import KeyNorm
+from tokenomy.sites.kv_cache import SITE, KVCompression, KVStats, PrefillRecorder, PrunedLayer
 
 from conftest import tiny_gemma3, tiny_llama
 
@@ -393,6 +395,47 @@ def test_tokenselect_keeps_everything_but_attends_to_the_budget(model, monkeypat
     assert attended == [(40, 80)] * 3  # every layer: 40 of its 80 stored entries, nothing evicted
 
 
+def step_observation(layer, queries):
+    """What the site hands a decode-phase method before a one-token forward over ``layer``."""
+    return LayerObservation(keys=layer.keys, values=layer.values, valid=None, layer_idx=0, num_layers=1,
+                            query_offset=layer.stored, num_queries=1, scale=0.5, query_fn=lambda w: queries)
+
+
+def test_selection_cache_reuses_scored_picks_while_queries_stay_similar():
+    """TokenSelect's Selection Cache: a similar query keeps the scored picks and moves the recent window on
+    (the budget still exact); a dissimilar one selects afresh."""
+    torch.manual_seed(0)
+    method = tokenomy.get("tokenselect").create(keep=0.25, sinks=2, recent=4, reuse_similarity=0.9)
+    keys = torch.randn(1, 2, 40, 4)
+    layer = PrunedLayer(keys, keys.clone(), torch.arange(40).expand(1, 2, 40), None, seen=40)
+    query, stats = torch.randn(1, 4, 1, 4), KVStats()
+    method.choose_for_step(layer, step_observation(layer, query), stats)
+    first = layer.selection[0, 0].tolist()
+    assert len(first) == 10 and first[:2] == [0, 1] and first[-4:] == [36, 37, 38, 39]
+
+    new = torch.randn(1, 2, 8, 4)  # eight tokens later
+    layer.keys, layer.values = torch.cat([layer.keys, new], dim=2), torch.cat([layer.values, new], dim=2)
+    method.choose_for_step(layer, step_observation(layer, query * 1.5 + 0.01), stats)  # cosine > 0.9
+    assert layer.selection[0, 0].tolist() == first[:6] + [42, 43, 44, 45, 46, 47]  # 12 = 25% of 48
+    assert stats.selections == 2 and stats.selections_reused == 1
+
+    method.choose_for_step(layer, step_observation(layer, -query), stats)  # cosine -1: select again
+    assert stats.selections == 3 and stats.selections_reused == 1
+    fresh = method.select(step_observation(layer, -query))[0]
+    assert torch.equal(layer.selection, fresh)
+
+
+def test_selection_cache_generates_coherently(model):
+    x = ids(80)
+    reference = generate(model, x).sequences
+    with tokenomy.apply(model, "tokenselect", keep=1.0, reuse_similarity=0.05):
+        assert torch.equal(generate(model, x).sequences, reference)  # keep=1.0 changes nothing
+    with tokenomy.apply(model, "tokenselect", keep=0.25, reuse_similarity=0.05) as session:
+        out = generate(model, x)
+    assert session.stats.selections_reused > 0 and out.sequences.shape == reference.shape
+    assert torch.isfinite(torch.stack(out.scores)).all()
+
+
 def test_compressed_cache_outside_its_block_is_a_clear_error(model):
     cache = DynamicCache()
     with tokenomy.apply(model, "knorm", keep=0.5):
@@ -425,6 +468,8 @@ def test_sessions_do_not_nest_and_are_reusable(model):
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, evict_every=-2), "evict_every must be"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8), "evict_every applies to methods"),
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "not supported with head-adaptive"),
+        (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity=0), "reuse_similarity must be in"),
+        (lambda m: KVCompression(score=KeyNorm(), reuse_similarity=0.9), "applies to decode-time selection"),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(model, call, message):

@@ -58,6 +58,7 @@ class Row:
     scoring_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_tokens: int = 0
+    reused_selections: float | None = None  # decode-phase methods: share of layer selections reused
     error: str | None = None  # a peer that crashed on this sample (reported, not hidden)
     meta: dict = field(default_factory=dict)
 
@@ -204,6 +205,8 @@ class KVBench:
             row.kept_fraction = stats.entries_kept / stats.entries_seen if stats.entries_seen else 1.0
             row.kv_bytes = stats.bytes_kept if stats.layers_compressed else _cache_bytes(mine)
             self._finish(row, mine, logits, prompt, base["setting"], sample, chunk=method.evict_every)
+            if stats.selections:
+                row.reused_selections = stats.selections_reused / stats.selections
         return row
 
     def _run_kvpress(self, name, keep, base, ids, plain_prefill_s, prompt, sample) -> Row:
@@ -253,6 +256,9 @@ def aggregate(rows: list[Row]) -> list[dict]:
                 r.decode_tokens / r.decode_seconds for r in group if r.decode_seconds > 0
             ),
         }
+        reused = [r.reused_selections for r in group if r.reused_selections is not None]
+        if reused:
+            entry["reused_selections"] = statistics.fmean(reused)
         if group[0].correct is not None:
             accuracy = statistics.fmean(r.correct for r in group)
             reference = statistics.fmean(ref.correct for ref in refs)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
@@ -64,6 +65,8 @@ class PrunedLayer(DynamicLayer):
         self.is_initialized = True
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
+        self.chosen: tuple[Tensor, Tensor] | None = None  # (query fingerprint, scored picks) of the last fresh
+        # selection, which similar later queries reuse (``reuse_similarity``)
         self.armed = False  # set by the site's pre-hook, which maps the mask for the next update
 
     @property
@@ -121,6 +124,7 @@ class PrunedLayer(DynamicLayer):
 
     def _index_batch(self, fn) -> None:
         rows = self.keys.shape[0]
+        self.chosen = None  # the next forward selects afresh
         self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
         if self.valid is not None:
             self.valid = fn(self.valid)
@@ -183,6 +187,8 @@ class KVStats:
     # H2O/VATP sums taken inside the prefill's attention (`sums_in_prefill`) are part of the forward, not this
     per_layer_kept: list[int] = field(default_factory=list)
     evictions: int = 0  # layer evictions while decoding (``evict_every``)
+    selections: int = 0  # decode-phase layer selections (TokenSelect), fresh or reused
+    selections_reused: int = 0  # ... of which kept the previous one (``reuse_similarity``)
 
 
 @dataclass
@@ -199,6 +205,10 @@ class KVCompression:
     evict_every: 0 evicts only after the prefill; n > 0 also evicts while decoding: once n tokens have
         been added since the last eviction, each layer goes back to its post-prefill budget (the way
         StreamingLLM, H2O and TOVA run during generation), so one-token decoding stays within budget + n.
+    reuse_similarity: decode phase only: a layer keeps its last scored picks (refreshing the recent window)
+        while the coming forward's query fingerprint — its queries averaged over tokens, all heads — has at
+        least this cosine similarity to the one that chose them (TokenSelect's Selection Cache); None
+        selects afresh at every forward. Batches with padding always select afresh.
     """
 
     score: Scorer
@@ -208,6 +218,7 @@ class KVCompression:
     recent: int | float = 0
     phase: str = "prefill"
     evict_every: int = 0
+    reuse_similarity: float | None = None
 
     def __post_init__(self):
         check_int("sinks", self.sinks)
@@ -225,6 +236,11 @@ class KVCompression:
         if self.evict_every and self.phase == "decode":
             raise TokenomyError("evict_every applies to methods that evict; this one keeps every entry and "
                                 "selects per step")
+        if self.reuse_similarity is not None:
+            if self.phase != "decode":
+                raise TokenomyError("reuse_similarity applies to decode-time selection (phase='decode')")
+            if not 0.0 < self.reuse_similarity <= 1.0:
+                raise TokenomyError(f"reuse_similarity must be in (0, 1], got {self.reuse_similarity}")
         if self.evict_every and isinstance(self.heads, HeadAdaptive):
             raise TokenomyError("evict_every is not supported with head-adaptive budgets (heads keep ragged counts)")
 
@@ -261,21 +277,27 @@ class KVCompression:
     def select(self, obs: LayerObservation, per_head: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Indices ``(b, h_kv, k)`` of the entries to keep (sorted) and the slots in use (or None);
         ``per_head`` ``(b,)`` overrides the budget's count (decoding keeps the post-prefill one)."""
-        n = obs.keys.shape[2]
-        b = obs.keys.shape[0]
         if per_head is None:
-            n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
-            per_head = self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
-        if isinstance(self.recent, float):
-            recent = torch.floor(self.recent * per_head.double()).long()
-        else:
-            recent = torch.full_like(per_head, self.recent)
+            per_head = self._counts(obs)
+        recent = self._recent(per_head)
         priority = prioritize(self.score(obs), first=self.sinks, last=recent.to(obs.keys.device), valid=obs.valid)
         if isinstance(self.heads, HeadAdaptive):
             counts = self.heads.head_counts(priority, per_head)
         else:
             counts = per_head.view(-1, 1).expand(-1, obs.keys.shape[1])
         return top_k(priority, counts.to(obs.keys.device))
+
+    def _counts(self, obs: LayerObservation) -> Tensor:
+        """The budget's entries per head ``(b,)`` for this layer."""
+        b, _, n = obs.keys.shape[:3]
+        n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
+        return self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
+
+    def _recent(self, per_head: Tensor) -> Tensor:
+        """How many of the last entries are protected, per row ``(b,)``."""
+        if isinstance(self.recent, float):
+            return torch.floor(self.recent * per_head.double()).long()
+        return torch.full_like(per_head, self.recent)
 
     def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats) -> None:
         """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
@@ -317,12 +339,31 @@ class KVCompression:
         stats.scoring_seconds += time.perf_counter() - start
         stats.evictions += 1
 
-    def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation) -> None:
-        """Decode phase: pick the stored entries the coming forward attends to."""
+    def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation, stats: KVStats) -> None:
+        """Decode phase: pick the stored entries the coming forward attends to (or reuse the last pick)."""
         n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((obs.keys.shape[0],), layer.stored)
         if bool((kept_count(self.keep, n_valid) >= n_valid).all()):
             return
+        stats.selections += 1
+        fingerprint = None
+        if self.reuse_similarity is not None and obs.valid is None:
+            fingerprint = obs.queries().mean(dim=2).flatten(1)  # (b, h * d)
+            if layer.chosen is not None:
+                similarity = F.cosine_similarity(fingerprint, layer.chosen[0], dim=-1)
+                if bool((similarity >= self.reuse_similarity).all()):
+                    layer.selection = self._with_latest(layer.chosen[1], obs)
+                    stats.selections_reused += 1
+                    return
         layer.selection, layer.selection_valid = self.select(obs)
+        if fingerprint is not None:  # what the score picked, without the recent window (it moves on)
+            k = layer.selection.shape[-1]
+            layer.chosen = (fingerprint, layer.selection[..., : k - min(k, int(self._recent(self._counts(obs))[0]))])
+
+    def _with_latest(self, picks: Tensor, obs: LayerObservation) -> Tensor:
+        """Earlier ``picks`` ``(b, h_kv, m)`` topped up to this step's budget with the latest entries."""
+        n = obs.keys.shape[2]
+        latest = int(self._counts(obs)[0]) - picks.shape[-1]
+        return torch.cat([picks, torch.arange(n - latest, n, device=picks.device).expand(*picks.shape[:2], -1)], -1)
 
 
 def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, rank: int, count: int):
@@ -412,7 +453,8 @@ class KVSession:
         if isinstance(layer, PrunedLayer):
             if self.method.phase == "decode":
                 start = time.perf_counter()
-                self.method.choose_for_step(layer, _obs_for_step(module, layer, hidden, rope, *self._where(module)))
+                obs = _obs_for_step(module, layer, hidden, rope, *self._where(module))
+                self.method.choose_for_step(layer, obs, self.stats)
                 self.stats.scoring_seconds += time.perf_counter() - start
             num_heads = module.config.num_attention_heads
             kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)

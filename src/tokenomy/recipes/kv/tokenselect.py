@@ -10,10 +10,14 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     paper="TokenSelect: Efficient Long-Context Inference and Length Extrapolation for LLMs via Dynamic "
     "Token-Level KV Cache Selection (Wu et al., 2024, arXiv:2411.02886)",
     summary="no eviction: each forward after the prefill attends only to the entries its queries "
-    "soft-vote for (per-head softmax summed over heads)",
+    "soft-vote for (per-head softmax summed over heads); similar consecutive queries reuse the pick",
     query_aware=True,
 )
-def tokenselect(keep: float = 0.5, sinks: int = 4, recent: int = 16) -> KVCompression:
-    """``keep`` is the fraction of cached entries each decoding step attends to (memory is not saved)."""
+def tokenselect(keep: float = 0.5, sinks: int = 4, recent: int = 16,
+                reuse_similarity: float | None = 0.9) -> KVCompression:
+    """``keep`` is the fraction of cached entries each decoding step attends to (memory is not saved);
+    ``reuse_similarity`` is the Selection Cache's cosine threshold (0.9, as the paper's code; None: select
+    at every step)."""
     score = Attention(window=None, reduce="sum", heads="layer")
-    return KVCompression(score=score, budget=Keep(keep), sinks=sinks, recent=recent, phase="decode")
+    return KVCompression(score=score, budget=Keep(keep), sinks=sinks, recent=recent, phase="decode",
+                         reuse_similarity=reuse_similarity)
