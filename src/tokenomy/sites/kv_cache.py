@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_int
-from tokenomy.budget import HeadAdaptive, Keep, kept_count
+from tokenomy.budget import HeadAdaptive, Keep
 from tokenomy.models.adapters import full_attention_modules, key_padding, rotated_queries, softmax_scale
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Scorer, per_query_head
@@ -341,29 +341,26 @@ class KVCompression:
 
     def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation, stats: KVStats) -> None:
         """Decode phase: pick the stored entries the coming forward attends to (or reuse the last pick)."""
-        n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((obs.keys.shape[0],), layer.stored)
-        if bool((kept_count(self.keep, n_valid) >= n_valid).all()):
+        per_head = self._counts(obs)
+        n_valid = obs.valid.sum(-1).cpu() if obs.valid is not None else torch.full_like(per_head, layer.stored)
+        if bool((per_head >= n_valid).all()):
             return
         stats.selections += 1
         fingerprint = None
-        if self.reuse_similarity is not None and obs.valid is None:
+        if self.reuse_similarity is not None and obs.valid is None:  # no padding: rows share one count
             fingerprint = obs.queries().mean(dim=2).flatten(1)  # (b, h * d)
             if layer.chosen is not None:
-                similarity = F.cosine_similarity(fingerprint, layer.chosen[0], dim=-1)
-                if bool((similarity >= self.reuse_similarity).all()):
-                    layer.selection = self._with_latest(layer.chosen[1], obs)
+                last, picks = layer.chosen
+                if bool((F.cosine_similarity(fingerprint, last, dim=-1) >= self.reuse_similarity).all()):
+                    n, latest = layer.stored, int(per_head[0]) - picks.shape[-1]  # topped up to this budget
+                    newest = torch.arange(n - latest, n, device=picks.device).expand(*picks.shape[:2], -1)
+                    layer.selection = torch.cat([picks, newest], dim=-1)
                     stats.selections_reused += 1
                     return
-        layer.selection, layer.selection_valid = self.select(obs)
+        layer.selection, layer.selection_valid = self.select(obs, per_head)
         if fingerprint is not None:  # what the score picked, without the recent window (it moves on)
-            k = layer.selection.shape[-1]
-            layer.chosen = (fingerprint, layer.selection[..., : k - min(k, int(self._recent(self._counts(obs))[0]))])
-
-    def _with_latest(self, picks: Tensor, obs: LayerObservation) -> Tensor:
-        """Earlier ``picks`` ``(b, h_kv, m)`` topped up to this step's budget with the latest entries."""
-        n = obs.keys.shape[2]
-        latest = int(self._counts(obs)[0]) - picks.shape[-1]
-        return torch.cat([picks, torch.arange(n - latest, n, device=picks.device).expand(*picks.shape[:2], -1)], -1)
+            scored = max(layer.selection.shape[-1] - int(self._recent(per_head)[0]), 0)
+            layer.chosen = (fingerprint, layer.selection[..., :scored])
 
 
 def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, rank: int, count: int):
