@@ -7,8 +7,7 @@ from transformers import DynamicCache
 import tokenomy
 from tokenomy.budget import kept_count
 from tokenomy.models.caches import copy_cache
-from tokenomy.score.base import attention_and_received
-from tokenomy.score.base import LayerObservation
+from tokenomy.score.base import LayerObservation, attention_and_received
 from tokenomy.score.norms import KeyNorm
 from tokenomy.sites.kv_cache import SITE, KVCompression, KVStats, PrefillRecorder, PrunedLayer
 
