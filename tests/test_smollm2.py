@@ -99,16 +99,19 @@ def test_kvpress_runs_side_by_side_with_identical_streamingllm(smollm2, needle):
 
 def test_cli_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "kv.json"
-    code = main(["bench", "kv", "--limit", "1", "--length", "300", "--methods", "knorm,snapkv", "--keep", "0.5",
-                 "--json", str(out)])
+    code = main(["bench", "kv", "--limit", "1", "--length", "300", "--methods", "knorm,snapkv,tokenselect", "--keep",
+                 "0.5", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "snapkv" in printed and "overhead" in printed
+    assert "tokenselect at keep 0.50 stores every entry (kept 1.000); each decoding forward attends to 50%" in printed
+    assert main(["report", str(out)]) == 0 and "tokenselect at keep 0.50 stores every entry" in capsys.readouterr().out
     payload = json.loads(out.read_text())
     assert payload["command"].startswith("tokenomy") and payload["environment"]["torch"].startswith("2.13")
     labels = {(r["setting"], r["label"]) for r in payload["rows"]}
-    assert labels == {(s, m) for s in ("aware", "agnostic") for m in ("full", "knorm", "snapkv")}
-    assert all(0.49 < r["kept_fraction"] < 0.51 for r in payload["rows"] if r["label"] != "full")
+    assert labels == {(s, m) for s in ("aware", "agnostic") for m in ("full", "knorm", "snapkv", "tokenselect")}
+    assert all(0.49 < r["kept_fraction"] < 0.51 for r in payload["rows"] if r["label"] in ("knorm", "snapkv"))
+    assert all(r["kept_fraction"] == 1.0 for r in payload["rows"] if r["label"] == "tokenselect")  # evicts nothing
 
 
 def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):

@@ -46,7 +46,7 @@ def cmd_bench_kv(args) -> int:
     from tqdm.auto import tqdm
 
     from tokenomy import load, registry
-    from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length, columns
+    from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length, columns, notes
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy.bench.tasks import TASKS, read_jsonl
     from tokenomy._validation import check_choice, check_int
@@ -83,6 +83,8 @@ def cmd_bench_kv(args) -> int:
         rows.extend(bench.run_sample(index, sample))
     summary = aggregate(rows)
     print(table(summary, columns(samples[0].continuation is not None)))
+    for line in notes(summary):
+        print(line)
     for entry in summary:
         if entry["errors"]:
             failed = next(r.error for r in rows if r.label == entry["method"] and r.keep == entry["keep"]

@@ -292,10 +292,17 @@ def columns(perplexity: bool) -> list[tuple[str, str, str]]:
     ]
 
 
+def notes(summary: list[dict]) -> list[str]:
+    """Lines for rows whose columns read differently: decode-time selection (TokenSelect) evicts nothing."""
+    return [f"{e['method']} at keep {e['keep']:.2f} stores every entry (kept 1.000); each decoding forward attends "
+            f"to {e['keep']:.0%} of them ({e['reused_selections']:.0%} of its layer selections reused)"
+            for e in summary if "reused_selections" in e]
+
+
 def render(payload: dict, markdown: bool = False) -> str:
     """The tables of a `tokenomy bench kv` JSON: overall, then per context length."""
     perplexity = any("perplexity" in e for e in payload["aggregate"])
-    parts = [table(payload["aggregate"], columns(perplexity), markdown)]
+    parts = [table(payload["aggregate"], columns(perplexity), markdown), *notes(payload["aggregate"])]
     for length, entries in payload.get("aggregate_by_length", {}).items():
         parts.append(f"\ncontext length {length} tokens:\n")
         parts.append(table(entries, columns(perplexity), markdown))
