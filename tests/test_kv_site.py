@@ -468,6 +468,7 @@ def test_sessions_do_not_nest_and_are_reusable(model):
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8), "evict_every applies to methods"),
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "not supported with head-adaptive"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity=0), "reuse_similarity must be in"),
+        (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity="high"), "reuse_similarity must be a"),
         (lambda m: KVCompression(score=KeyNorm(), reuse_similarity=0.9), "applies to decode-time selection"),
     ],
 )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
-from tokenomy._validation import TokenomyError, check_choice, check_int
+from tokenomy._validation import TokenomyError, check_choice, check_fraction, check_int
 from tokenomy.budget import HeadAdaptive, Keep
 from tokenomy.models.adapters import full_attention_modules, key_padding, rotated_queries, softmax_scale
 from tokenomy.registry import site_options
@@ -239,8 +239,7 @@ class KVCompression:
         if self.reuse_similarity is not None:
             if self.phase != "decode":
                 raise TokenomyError("reuse_similarity applies to decode-time selection (phase='decode')")
-            if not 0.0 < self.reuse_similarity <= 1.0:
-                raise TokenomyError(f"reuse_similarity must be in (0, 1], got {self.reuse_similarity}")
+            self.reuse_similarity = check_fraction("reuse_similarity", self.reuse_similarity)
         if self.evict_every and isinstance(self.heads, HeadAdaptive):
             raise TokenomyError("evict_every is not supported with head-adaptive budgets (heads keep ragged counts)")
 
