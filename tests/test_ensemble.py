@@ -160,25 +160,42 @@ def test_core_is_neutral_when_models_agree_and_follows_its_formulas_otherwise():
     combined, changed = Combiner(Strategy(), Core())(same)
     assert torch.allclose(combined, same[0]) and not changed
 
-    probs = _rows([0.9, 0.05, 0.05], [0.1, 0.3, 0.6])
+    probs = _rows([0.8, 0.15, 0.05, 0.0], [0.1, 0.3, 0.5, 0.1])
     weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    filtered, model_weights = Core(sigma=0.2).reweigh(probs, weights)
-    reference = probs.mean(0)
-    s = torch.exp(-((probs - reference) ** 2) / (2 * 0.2**2))
-    assert torch.allclose(filtered, s * probs)
-    entropy = -(probs * probs.log()).sum(1)
-    expected = weights * (s * probs).sum(1) * torch.exp(-entropy)
-    assert torch.allclose(model_weights, expected / expected.sum())
+    filtered, model_weights = Core(beta=2.0).reweigh(probs, weights)
+    # by hand: d = |p_m - mean| is (0.35, 0.075, 0.225, 0.05) for both rows; main support 3 symbols, assist 4
+    d = torch.tensor([0.35, 0.075, 0.225, 0.05], dtype=torch.float64)
+    s = (torch.exp(-2 * d) - math.exp(-2)) / (1 - math.exp(-2))
+    assert torch.equal(filtered[0], probs[0])  # the main model is not filtered
+    assert torch.allclose(filtered[1], s / s.mean() * probs[1])
+    h = -(probs * probs.clamp_min(1e-300).log()).sum(1)
+    scores = torch.stack([s[:3].sum() / h[0], s.sum() / h[1]])
+    assert scores[0] > scores[1]  # the main model is the more confident here: no clamp
+    assert torch.allclose(model_weights, scores / scores.sum())
 
 
-def test_core_changes_the_decision_when_one_model_is_confidently_isolated():
+def test_core_anchors_the_main_model_and_filters_what_only_an_assistant_is_sure_of():
     from tokenomy.ensemble import Combiner, Core, Strategy
 
-    # the plain average follows model 2's spread-out mass; CoRE trusts the confident model 1
-    probs = _rows([0.05, 0.9, 0.05], [0.45, 0.1, 0.45])
+    # the plain average follows the assistant's confident, isolated symbol 1; CoRE keeps the main model's 0
+    probs = _rows([0.8, 0.15, 0.05], [0.02, 0.95, 0.03])
     plain, _ = Combiner(Strategy())(probs)
     robust, changed = Combiner(Strategy(), Core())(probs)
-    assert int(plain.argmax()) == 1 and changed == (int(robust.argmax()) != 1)
+    assert int(plain.argmax()) == 1 and int(robust.argmax()) == 0 and changed
+    # the assistant is far more confident, so its model score is higher; the anchor still holds half
+    _, model_weights = Core().reweigh(probs, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(model_weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # swapped roles: the same two distributions with the confident one as the main model stay on symbol 1
+    swapped, _ = Combiner(Strategy(), Core())(probs.flip(0))
+    assert int(swapped.argmax()) == 1
+
+
+@pytest.mark.parametrize("beta", [0, -1.0, "2", True])
+def test_bad_core_beta_raises_one_clear_error(beta):
+    from tokenomy.ensemble import Core
+
+    with pytest.raises(TokenomyError, match="core beta must be a positive number"):
+        Core(beta)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -51,8 +51,8 @@ def test_byte_probabilities_are_exact_on_the_real_tokenizer(smollm2):
     assert product == pytest.approx(brute_force_prefix_probability(model, lm.vocabulary, context, target), rel=1e-4)
 
 
-def test_cli_core_sigma_needs_core(capsys):
+def test_cli_core_beta_needs_core(capsys):
     from tokenomy.cli import main
 
-    assert main(["ensemble", "hello", "--core-sigma", "0.3"]) == 2
+    assert main(["ensemble", "hello", "--core-beta", "3"]) == 2
     assert "give --core too" in capsys.readouterr().err

@@ -187,11 +187,11 @@ def cmd_ensemble(args) -> int:
         raise TokenomyError("give a prompt (or --prompts-file FILE, one prompt per line)")
     if len(args.models) < 2:
         raise TokenomyError("an ensemble needs at least two models: --models a,b[,c...]")
-    if args.core_sigma is not None and not args.core:
-        raise TokenomyError("--core-sigma sets CoRE's filter: give --core too")
-    sigma = {} if args.core_sigma is None else {"core_sigma": args.core_sigma}
+    if args.core_beta is not None and not args.core:
+        raise TokenomyError("--core-beta sets CoRE's filter: give --core too")
+    beta = {} if args.core_beta is None else {"core_beta": args.core_beta}
     ensemble = Ensemble([(m, t) for m, t, _ in _members(args.models)], alignment=args.alignment,
-                        strategy=args.strategy, weights=args.weights, core=args.core, **sigma,
+                        strategy=args.strategy, weights=args.weights, core=args.core, **beta,
                         max_hypotheses=args.max_hypotheses or None, prune=args.prune, backoff=args.backoff)
     with tqdm(total=len(prompts) * args.max_new_bytes, desc="ensemble", unit="B", file=sys.stderr, leave=False) as bar:
         outputs = ensemble.generate(prompts, max_new_bytes=args.max_new_bytes, stop=args.stop or [],
@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_codec)
 
     p = bench.add_parser("ensemble", help="single models vs byte-level / union ensembles, with and without CoRE")
-    p.add_argument("--models", type=_csv(str), default=["smollm2-135m", "gemma3-270m"])
+    p.add_argument("--models", type=_csv(str), default=["gemma3-270m", "smollm2-135m"],
+                   help="comma list; the first is CoRE's main model (default: the larger first)")
     p.add_argument("--tasks", type=_csv(str), default=["lambada", "squad"], help="lambada, squad")
     p.add_argument("--data", help="JSONL with prompt and answers (list); replaces --tasks")
     p.add_argument("--alignments", type=_csv(str), default=["bytes", "union"])
@@ -492,12 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="generate with two or more models that have different tokenizers")
     p.add_argument("prompt", nargs="*", help="prompt(s); each is continued separately")
     p.add_argument("--prompts-file", help="one prompt per line (- for stdin)")
-    p.add_argument("--models", type=_csv(str), default=["smollm2-135m", "gemma3-270m"])
+    p.add_argument("--models", type=_csv(str), default=["gemma3-270m", "smollm2-135m"],
+                   help="comma list; the first is CoRE's main model (default: the larger first)")
     p.add_argument("--alignment", default="bytes", help="bytes (exact next-byte probabilities) or union")
     p.add_argument("--strategy", default="average", help="average, weighted, max-confidence")
     p.add_argument("--weights", type=_csv(float), help="per-model weights (strategy weighted)")
     p.add_argument("--core", action="store_true", help="wrap the strategy with CoRE consistency weighting")
-    p.add_argument("--core-sigma", type=float, help="width of CoRE's token-level low-pass filter (default 0.2)")
+    p.add_argument("--core-beta", type=float,
+                   help="sharpness of CoRE's token-level low-pass filter (default 2, the authors' code)")
     p.add_argument("--max-new-bytes", type=int, default=128)
     p.add_argument("--stop", action="append", help="stop string (repeatable); not included in the output")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")

@@ -2,7 +2,7 @@
 union-vocabulary baseline; average / weighted / max-confidence strategies; CoRE consistency on top.
 
     from tokenomy.ensemble import Ensemble
-    ens = Ensemble(["smollm2-135m", "gemma3-270m"], alignment="bytes", core=True)
+    ens = Ensemble(["gemma3-270m", "smollm2-135m"], alignment="bytes", core=True)
     print(ens.generate("The capital of France is", max_new_bytes=24)[0].text)
 """
 

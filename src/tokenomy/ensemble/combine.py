@@ -3,22 +3,25 @@
 All work on ``P`` [models, symbols] (rows sum to 1, over a support every model shares: bytes, or the
 union vocabulary) and per-model weights; they return one distribution over the same symbols.
 
-CoRE (Zeng et al. 2025, "Harnessing Consistency for Robust Test-Time LLM Ensemble") wraps a strategy:
-- token level: with the plain average ``r`` as reference, each model's probabilities pass a Gaussian
-  low-pass filter of their disagreement, ``s_m(v) = exp(-(p_m(v) - r(v))^2 / (2 sigma^2))``, and the
-  strategy sees ``s_m * p_m`` — symbols a model alone is sure of (often a tokenization artefact) count less.
-- model level: each model's weight is multiplied by ``c_m * exp(-H(p_m))``, its probability-weighted
-  consistency ``c_m = sum_v p_m(v) s_m(v)`` (agreement with the others) times its confidence (``H``:
-  entropy in nats), then renormalised.
-The abstract fixes the shape (low-pass filter of token disagreement; self-confidence and low divergence at
-model level) but not the formulas. The paper's reported model score divides a sum of ``s_m`` over the
-whole vocabulary by the entropy; we weight the sum by ``p_m`` instead, because an unweighted sum is
-nearly the vocabulary size for every model (257 bytes vs 280k union strings) and the division explodes
-as the entropy nears zero. ``sigma`` (default 0.2) was fixed before any measurement, not tuned.
+CoRE (Zeng et al. 2025, "Harnessing Consistency for Robust Test-Time LLM Ensemble", arXiv:2510.13855)
+wraps a strategy. The first model is the *main* one, the anchor the others assist, as in the authors'
+code (github.com/zhichenz98/CoRE-EACL26, ``compute_consist_score``), whose generation-task variant we follow:
+- token level: with the plain average ``r`` as reference and ``d_m(v) = |p_m(v) - r(v)|``, a low-pass
+  filter ``s_m(v) = (exp(-beta d_m(v)) - exp(-beta)) / (1 - exp(-beta))`` (beta = 2) over the symbols the
+  model or the main model can emit, rescaled to mean 1 there; an assisting model's probabilities enter
+  the strategy as ``s_m * p_m`` (a symbol it alone is sure of, often a tokenization artefact, counts
+  less); the main model's enter unfiltered.
+- model level: each weight is multiplied by ``S_m / H(p_m)`` (``S_m``: the filter summed before rescaling,
+  i.e. agreement; ``H``: entropy in nats, i.e. confidence); then the main model's weight is raised to at
+  least the sum of the others' and all are renormalised, so the anchor always holds half or more.
+Left out of the authors' pipeline, as parts of their token-alignment baseline rather than of CoRE: the
+top-10 truncation of every distribution (ours are exact) and the rule that takes the main model's token
+when the ensemble's choice is a prefix of it or it of the choice (meaningless over bytes).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -64,21 +67,26 @@ class Strategy:
 
 @dataclass(frozen=True)
 class Core:
-    """CoRE's token- and model-level consistency around a strategy (formulas in the module docstring)."""
+    """CoRE's token- and model-level consistency around a strategy, anchored on the first model
+    (formulas in the module docstring)."""
 
-    sigma: float = 0.2
+    beta: float = 2.0
 
     def __post_init__(self):
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0):
-            raise TokenomyError(f"core sigma must be a positive number, got {self.sigma!r}")
+        if isinstance(self.beta, bool) or not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise TokenomyError(f"core beta must be a positive number, got {self.beta!r}")
 
     def reweigh(self, probs: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        reference = probs.mean(dim=0, keepdim=True)
-        consistency = torch.exp(-((probs - reference) ** 2) / (2 * self.sigma**2))
-        filtered = consistency * probs
+        support = (probs + probs[:1]) > 0
+        distance = (probs - probs.mean(dim=0, keepdim=True)).abs()
+        floor = math.exp(-self.beta)
+        consistency = support * (torch.exp(-self.beta * distance) - floor) / (1 - floor)
+        agreement = consistency.sum(dim=1)
+        filtered = consistency * (support.sum(dim=1) / agreement)[:, None] * probs
+        filtered[0] = probs[0]
         entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum(dim=1)
-        agreement = filtered.sum(dim=1)
-        model = weights * agreement * torch.exp(-entropy)
+        model = weights * agreement / entropy.clamp_min(1e-12)
+        model[0] = torch.maximum(model[0], model[1:].sum())
         return filtered, model / model.sum()
 
 

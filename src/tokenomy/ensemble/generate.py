@@ -85,14 +85,14 @@ def _decode(alignment, combiner, prompt, max_new_bytes, stop, temperature, gener
 
 
 class Ensemble:
-    """Two or more causal LMs, any tokenizers, decoding as one.
+    """Two or more causal LMs, any tokenizers, decoding as one (with CoRE, the first is the main model).
 
-        ens = Ensemble(["smollm2-135m", "gemma3-270m"], alignment="bytes", strategy="average", core=True)
+        ens = Ensemble(["gemma3-270m", "smollm2-135m"], alignment="bytes", strategy="average", core=True)
         ens.generate(["The capital of France is"], max_new_bytes=32, stop=["\\n"])
     """
 
     def __init__(self, models: Sequence, *, alignment: str = "bytes", strategy: str = "average",
-                 weights: Sequence[float] | None = None, core: bool = False, core_sigma: float = 0.2,
+                 weights: Sequence[float] | None = None, core: bool = False, core_beta: float = 2.0,
                  max_hypotheses: int | None = 4, prune: float = 1e-3, backoff: int = 1):
         check_choice("alignment", alignment, ALIGNMENTS)
         check_choice("strategy", strategy, STRATEGIES)
@@ -100,7 +100,7 @@ class Ensemble:
             raise TokenomyError("an ensemble needs at least two models (give a list of two or more)")
         self.members = [_member(m) for m in models]
         self.combiner = Combiner(Strategy(strategy, tuple(weights) if weights is not None else None),
-                                 Core(core_sigma) if core else None)
+                                 Core(core_beta) if core else None)
         self.combiner.strategy.model_weights(len(self.members))  # checks the number of weights now
         if alignment == "bytes":
             self.alignment = ByteAlignment(self.members, max_hypotheses=max_hypotheses, prune=prune,
@@ -148,7 +148,7 @@ def single(model, tokenizer, *, byte_level: bool = False, **byte_options):
 
 
 def generate(models: Sequence, prompts: str | Sequence[str], **options) -> list[Output]:
-    """One-call form: ``generate(["smollm2-135m", "gemma3-270m"], "Once upon", strategy="average")``."""
+    """One-call form: ``generate(["gemma3-270m", "smollm2-135m"], "Once upon", strategy="average")``."""
     decode_keys = {"max_new_bytes", "stop", "temperature", "seed", "progress"}
     ensemble = Ensemble(models, **{k: v for k, v in options.items() if k not in decode_keys})
     return ensemble.generate(prompts, **{k: v for k, v in options.items() if k in decode_keys})
