@@ -16,7 +16,8 @@ code (github.com/zhichenz98/CoRE-EACL26, ``compute_consist_score``), whose gener
   least the sum of the others' and all are renormalised, so the anchor always holds half or more.
 Left out of the authors' pipeline, as parts of their token-alignment baseline rather than of CoRE: the
 top-10 truncation of every distribution (ours are exact) and the rule that takes the main model's token
-when the ensemble's choice is a prefix of it or it of the choice (meaningless over bytes).
+when the ensemble's choice is a prefix of it or it of the choice (a rule of their token alignment: both
+of ours leave the choice to the strategy).
 """
 
 from __future__ import annotations
