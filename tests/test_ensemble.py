@@ -190,6 +190,14 @@ def test_core_anchors_the_main_model_and_filters_what_only_an_assistant_is_sure_
     assert int(swapped.argmax()) == 1
 
 
+def test_core_beta_without_core_is_refused(two_members):
+    from tokenomy.ensemble import Ensemble
+
+    with pytest.raises(TokenomyError, match="turn CoRE on too"):
+        Ensemble(two_members, core_beta=3.0)
+    assert Ensemble(two_members, core=True, core_beta=3.0).combiner.core.beta == 3.0
+
+
 @pytest.mark.parametrize("beta", [0, -1.0, "2", True])
 def test_bad_core_beta_raises_one_clear_error(beta):
     from tokenomy.ensemble import Core

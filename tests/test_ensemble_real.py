@@ -55,4 +55,4 @@ def test_cli_core_beta_needs_core(capsys):
     from tokenomy.cli import main
 
     assert main(["ensemble", "hello", "--core-beta", "3"]) == 2
-    assert "give --core too" in capsys.readouterr().err
+    assert "turn CoRE on too" in capsys.readouterr().err

@@ -187,11 +187,8 @@ def cmd_ensemble(args) -> int:
         raise TokenomyError("give a prompt (or --prompts-file FILE, one prompt per line)")
     if len(args.models) < 2:
         raise TokenomyError("an ensemble needs at least two models: --models a,b[,c...]")
-    if args.core_beta is not None and not args.core:
-        raise TokenomyError("--core-beta sets CoRE's filter: give --core too")
-    beta = {} if args.core_beta is None else {"core_beta": args.core_beta}
     ensemble = Ensemble([(m, t) for m, t, _ in _members(args.models)], alignment=args.alignment,
-                        strategy=args.strategy, weights=args.weights, core=args.core, **beta,
+                        strategy=args.strategy, weights=args.weights, core=args.core, core_beta=args.core_beta,
                         max_hypotheses=args.max_hypotheses or None, prune=args.prune, backoff=args.backoff)
     with tqdm(total=len(prompts) * args.max_new_bytes, desc="ensemble", unit="B", file=sys.stderr, leave=False) as bar:
         outputs = ensemble.generate(prompts, max_new_bytes=args.max_new_bytes, stop=args.stop or [],

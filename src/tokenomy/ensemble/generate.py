@@ -92,15 +92,18 @@ class Ensemble:
     """
 
     def __init__(self, models: Sequence, *, alignment: str = "bytes", strategy: str = "average",
-                 weights: Sequence[float] | None = None, core: bool = False, core_beta: float = 2.0,
+                 weights: Sequence[float] | None = None, core: bool = False, core_beta: float | None = None,
                  max_hypotheses: int | None = 4, prune: float = 1e-3, backoff: int = 1):
         check_choice("alignment", alignment, ALIGNMENTS)
         check_choice("strategy", strategy, STRATEGIES)
         if isinstance(models, (str, bytes)) or len(models) < 2:
             raise TokenomyError("an ensemble needs at least two models (give a list of two or more)")
+        if core_beta is not None and not core:
+            raise TokenomyError("core_beta (--core-beta) sets CoRE's filter: turn CoRE on too (core=True, --core)")
+        consistency = (Core() if core_beta is None else Core(core_beta)) if core else None
         self.members = [_member(m) for m in models]
         self.combiner = Combiner(Strategy(strategy, tuple(weights) if weights is not None else None),
-                                 Core(core_beta) if core else None)
+                                 consistency)
         self.combiner.strategy.model_weights(len(self.members))  # checks the number of weights now
         if alignment == "bytes":
             self.alignment = ByteAlignment(self.members, max_hypotheses=max_hypotheses, prune=prune,
