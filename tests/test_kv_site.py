@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 import tokenomy
-from tokenomy.budget import kept_count
+from tokenomy.budget import HeadAdaptive, Keep, Pyramid, kept_count
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, attention_and_received
 from tokenomy.score.norms import KeyNorm
@@ -15,7 +15,8 @@ from conftest import tiny_gemma3, tiny_llama
 
 METHODS = [m.name for m in tokenomy.methods(SITE)]
 EVICTING = [m for m in METHODS if m != "tokenselect"]
-UNIFORM = [m for m in EVICTING if m not in ("adakv", "pyramidkv")]
+UNIFORM = [m for m in EVICTING if m not in ("adakv", "pyramidkv", "kvzip")]  # the same count in every head
+EVICT_WHILE_DECODING = [m for m in EVICTING if m not in ("adakv", "kvzip")]  # kvzip: one replay, after the prefill
 
 
 def ids(n=60, seed=1, batch=1):
@@ -31,7 +32,7 @@ def generate(model, x, **kwargs):
 def test_keep_one_changes_nothing(model, name):
     x = ids()
     reference = generate(model, x)
-    options = {} if name in ("tokenselect", "adakv") else {"evict_every": 2}
+    options = {"evict_every": 2} if name in EVICT_WHILE_DECODING else {}
     with tokenomy.apply(model, name, keep=1.0, **options) as session:
         out = generate(model, x)
     assert torch.equal(out.sequences, reference.sequences)
@@ -74,7 +75,7 @@ def test_eviction_while_decoding_runs_where_the_model_is(name):
 
 
 @pytest.mark.parametrize("with_config", [True, False])
-@pytest.mark.parametrize("name", ["pyramidkv", "snapkv", "h2o"])
+@pytest.mark.parametrize("name", ["pyramidkv", "snapkv", "h2o", "kvzip"])
 def test_sliding_window_layers_are_left_alone_and_budgets_spread_over_the_others(name, with_config):
     """Gemma-3's local layers bound their own cache (or, in a cache built without the config, keep it whole);
     the budget (PyramidKV's schedule too) is honoured over the full-attention layers the site compresses."""
@@ -85,6 +86,58 @@ def test_sliding_window_layers_are_left_alone_and_budgets_spread_over_the_others
     compressed = [t == "full_attention" for t in model.config.layer_types]
     assert [isinstance(layer, PrunedLayer) for layer in cache.layers] == compressed
     assert session.stats.entries_kept == sum(compressed) * kept_count(0.25, 60) * 2  # 2 KV heads
+
+
+def test_kvzip_keeps_what_the_replayed_context_attends_to_most():
+    """KVzip end to end against HF's own attention weights: the model fed the context twice attends, from the
+    second copy, to the first; an entry's score is the largest of those weights (over its KV group's query
+    heads and the copy's tokens), every layer's heads share one budget (the top half of all scores), and
+    the replay leaves nothing behind in the cache."""
+    model = tiny_llama()
+    model.set_attn_implementation("eager")
+    x = ids(40)
+    twice = model(torch.cat([x, x], dim=1), output_attentions=True).attentions  # (1, 4, 80, 80) per layer
+    scores = torch.stack([a[0, :, 40:, :40].amax(dim=1).view(2, 2, 40).amax(dim=1) for a in twice])  # (3, 2, 40)
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[scores.flatten().topk(3 * 2 * 20).indices] = True
+    chosen = chosen.view(3, 2, 40)
+    plain, cache = DynamicCache(), DynamicCache()
+    model(x, past_key_values=plain)
+    with tokenomy.apply(model, "kvzip", keep=0.5, sinks=0) as session:
+        model(x, past_key_values=cache)
+    assert session.stats.entries_kept == 3 * 2 * 20 and session.stats.scoring_seconds > 0
+    assert len({layer.kept_entries() for layer in cache.layers}) > 1  # the layers did not share evenly
+    for expected, layer, full in zip(chosen, cache.layers, plain.layers):
+        assert layer.seen == 40
+        for head in range(2):
+            in_use = layer.valid[0, head] if layer.valid is not None else slice(None)
+            assert torch.equal(layer.positions[0, head][in_use], expected[head].nonzero().flatten())
+        gather = layer.positions.unsqueeze(-1).expand(-1, -1, -1, 16)
+        assert torch.equal(layer.keys, full.keys.gather(2, gather))
+
+
+def test_kvzip_leaves_sliding_window_layers_as_the_prefill_left_them():
+    """The replay runs on a copy of the cache: Gemma-3's local layers (which would roll over to the replay's
+    tokens) hold exactly what a plain prefill leaves."""
+    model, x = tiny_gemma3(), ids(60)
+    plain, cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    model(x, past_key_values=plain)
+    with tokenomy.apply(model, "kvzip", keep=0.25):
+        model(x, past_key_values=cache)
+    for kind, layer, full in zip(model.config.layer_types, cache.layers, plain.layers):
+        if kind == "sliding_attention":
+            assert torch.equal(layer.keys, full.keys) and torch.equal(layer.values, full.values)
+        else:
+            assert isinstance(layer, PrunedLayer) and layer.seen == 60
+
+
+def test_kvzip_needs_its_own_prefill():
+    model, x = tiny_llama(), ids(30)
+    recorder, plain = PrefillRecorder(model), DynamicCache()
+    with recorder.record():
+        model(x, past_key_values=plain)
+    with tokenomy.apply(model, "kvzip", keep=0.5) as session, pytest.raises(tokenomy.TokenomyError, match="replays the"):
+        session.compress(copy_cache(plain), recorder.observations)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -111,6 +164,42 @@ def test_budget_is_honoured_exactly(model, name, keep):
         assert layer.stored == expected and layer.valid is None
         assert (layer.positions.diff(dim=-1) > 0).all()  # distinct, in causal order
     assert session.stats.entries_kept == expected * 2 * 3  # 2 KV heads x 3 layers
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.25, 0.013])
+def test_kvzip_shares_the_exact_total_across_layers_and_heads(model, keep):
+    x = ids(77)
+    cache = DynamicCache()
+    with tokenomy.apply(model, "kvzip", keep=keep) as session:
+        model(x, past_key_values=cache)
+    assert session.stats.entries_kept == sum(layer.kept_entries() for layer in cache.layers)
+    assert session.stats.entries_kept == kept_count(keep, 77).item() * 2 * 3  # 2 KV heads x 3 layers
+    for layer in cache.layers:
+        in_use = layer.valid if layer.valid is not None else torch.ones_like(layer.positions, dtype=torch.bool)
+        for head in range(2):  # distinct, in causal order, the 4 sinks first where the head keeps anything
+            kept = layer.positions[0, head][in_use[0, head]]
+            sinks = min(4, len(kept))
+            assert (kept.diff() > 0).all() and torch.equal(kept[:sinks], torch.arange(sinks))
+
+
+def test_a_budget_shared_across_layers_is_the_same_hooked_or_recorded(model):
+    """Any scorer can share one budget across layers (`HeadAdaptive(across_layers=True)`): the hooks wait for
+    the whole prefill, the recorded path allocates the same way, and the total is exact."""
+    method = KVCompression(score=KeyNorm(), budget=Keep(0.3), heads=HeadAdaptive(0.0, across_layers=True))
+    x = ids(64)
+    hooked = DynamicCache()
+    with method.apply(model) as session:
+        model(x, past_key_values=hooked)
+    assert session.stats.entries_kept == kept_count(0.3, 64).item() * 2 * 3
+    recorder, plain = PrefillRecorder(model), DynamicCache()
+    with recorder.record():
+        model(x, past_key_values=plain)
+    recorded = copy_cache(plain)
+    with method.apply(model) as session:
+        session.compress(recorded, recorder.observations)
+    for a, b in zip(hooked.layers, recorded.layers):
+        assert torch.equal(a.positions, b.positions) and torch.equal(a.keys, b.keys)
+        assert (a.valid is None and b.valid is None) or torch.equal(a.valid, b.valid)
 
 
 def test_pyramid_budgets_sum_to_the_uniform_total(model):
@@ -168,7 +257,7 @@ def test_decoding_matches_a_plain_cache_of_the_kept_entries(model, name):
     assert torch.allclose(ours_step, ref_step, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", EVICTING)
+@pytest.mark.parametrize("name", [m for m in EVICTING if m != "kvzip"])  # kvzip needs its own prefill (below)
 def test_recorded_prefill_gives_the_same_cache_as_the_hooks(model, name):
     x = ids(64)
     hooked = DynamicCache()
@@ -255,7 +344,7 @@ def test_left_padded_batch_matches_each_row_alone(model, name):
     assert_padded_batch_matches_each_row(model, name, 6)
 
 
-@pytest.mark.parametrize("name", [m for m in EVICTING if m != "adakv"])
+@pytest.mark.parametrize("name", EVICT_WHILE_DECODING)
 def test_eviction_while_decoding_holds_the_budget(model, name):
     """evict_every=n: after the prefill each layer holds its budget; while decoding it grows by one entry
     per token and is cut back to that budget once n tokens have arrived."""
@@ -467,9 +556,13 @@ def test_sessions_do_not_nest_and_are_reusable(model):
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, evict_every=-2), "evict_every must be"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8), "evict_every applies to methods"),
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "not supported with head-adaptive"),
+        (lambda m: tokenomy.apply(m, "kvzip", keep=0.5, evict_every=8), "compresses once, after the prefill"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity=0), "reuse_similarity must be in"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity="high"), "reuse_similarity must be a"),
         (lambda m: KVCompression(score=KeyNorm(), reuse_similarity=0.9), "applies to decode-time selection"),
+        (lambda m: KVCompression(score=KeyNorm(), budget=Pyramid(0.5), heads=HeadAdaptive(across_layers=True)),
+         "cannot also follow a layer schedule"),
+        (lambda m: HeadAdaptive(across_layers=1), "across_layers must be True or False"),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(model, call, message):

@@ -8,7 +8,8 @@ import torch
 from tokenomy._validation import TokenomyError
 from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
 from tokenomy.score import ValueWeighted
-from tokenomy.score.base import attention_and_received
+from tokenomy.score.base import Replay, attention_and_received
+from tokenomy.score.reconstruction import Reconstruction
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
 
@@ -175,3 +176,26 @@ def test_attention_bad_arguments(bad):
 def test_pooled_bad_arguments():
     with pytest.raises(TokenomyError, match="kind"):
         Pooled(KeyNorm(), kind="median")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_reconstruction_is_the_replays_largest_attention_per_kv_group(padded):
+    """KVzip's score = the most attention any replayed query (of the KV head's group) pays an entry, under the
+    replay's softmax over the context and the replay so far; replayed padding neither attends nor is seen."""
+    torch.manual_seed(0)
+    keys, replay_keys = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8)
+    replay_queries = torch.randn(2, 4, 30, 8)
+    valid = (torch.arange(30) >= torch.tensor([[0], [7]])) if padded else None
+    obs = observation(keys, valid=valid)
+    obs.replay = Replay(replay_queries, replay_keys, valid=valid)
+    probs = naive_attention(torch.cat([keys, replay_keys], 2), replay_queries,
+                            None if valid is None else torch.cat([valid, valid], 1), first=30)[..., :30]
+    if valid is not None:
+        probs = probs * valid[:, None, :, None]
+    expected = probs.amax(dim=2).view(2, 2, 2, 30).amax(dim=2)
+    assert torch.allclose(Reconstruction()(obs), expected, atol=1e-6)
+
+
+def test_reconstruction_without_a_replay_is_a_clear_error():
+    with pytest.raises(TokenomyError, match="replayed after the prefill"):
+        Reconstruction()(observation(torch.randn(1, 1, 5, 4)))

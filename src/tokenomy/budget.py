@@ -86,13 +86,18 @@ class HeadAdaptive:
     From "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM
     Inference" (Feng et al., 2024, arXiv:2407.11550). All heads of a layer compete in one top-k over
     their (comparable) scores; each head keeps at least ``floor`` of the uniform per-head budget.
+    ``across_layers``: the heads of every layer compete in one top-k (KVzip's allocation), so layers
+    whose scores need more entries take them from others; the total over layers stays exact.
     """
 
     floor: float = 0.2
+    across_layers: bool = False
 
     def __post_init__(self):
         if not 0.0 <= float(self.floor) <= 1.0:
             raise TokenomyError(f"floor must be in [0, 1], got {self.floor!r}")
+        if not isinstance(self.across_layers, bool):
+            raise TokenomyError(f"across_layers must be True or False, got {self.across_layers!r}")
 
     def head_counts(self, priority: Tensor, per_head: Tensor) -> Tensor:
         """Per-head counts ``(b, h)`` summing to ``h * per_head`` for priorities ``(b, h, n)``.

@@ -29,6 +29,7 @@ _KVPRESS: dict[str, Callable[[object, float], object]] = {
     "pyramidkv": lambda kp, r: kp.PyramidKVPress(compression_ratio=r),
     "adakv": lambda kp, r: kp.AdaKVPress(kp.SnapKVPress(compression_ratio=r)),
     "random": lambda kp, r: kp.RandomPress(compression_ratio=r, seed=0),
+    "kvzip": lambda kp, r: kp.KVzipPress(compression_ratio=r),  # its default: one budget across layers, as ours
 }
 _NEEDS_EAGER = {"h2o"}  # kvpress reads H2O's scores from materialised attention weights
 

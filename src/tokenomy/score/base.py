@@ -16,6 +16,20 @@ from torch import Tensor
 
 
 @dataclass
+class Replay:
+    """One layer's view of a replay: the context fed again right after itself, over its own cache.
+
+    queries: ``(b, h, m, d)`` rotated queries of the ``m`` replayed tokens; keys: ``(b, h_kv, m, d)`` the
+    replay's own keys (replayed token ``i`` sees the whole context and replayed keys ``<= i``);
+    valid: ``(b, m)`` False at replayed padding, or None.
+    """
+
+    queries: Tensor
+    keys: Tensor
+    valid: Tensor | None = None
+
+
+@dataclass
 class LayerObservation:
     """One attention layer's cache and the queries that produced it.
 
@@ -30,6 +44,8 @@ class LayerObservation:
     scale: the attention's softmax scale.
     history: ``(b, h, n)`` attention each entry has received from every query since the prompt (its own
         included) — kept by the KV site while decoding, so accumulating scores (H2O) keep accumulating — or None.
+    replay: the context run again after itself over this cache (KVzip's reconstruction), when the method
+        asked the site for one, else None.
     """
 
     keys: Tensor
@@ -42,6 +58,7 @@ class LayerObservation:
     scale: float
     query_fn: Callable[[int], Tensor] = field(repr=False)
     history: Tensor | None = None
+    replay: Replay | None = None
     _queries: dict[int, Tensor] = field(default_factory=dict, repr=False)
     _received: Tensor | None = field(default=None, repr=False)
 

@@ -34,9 +34,10 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_fraction, check_int
 from tokenomy.budget import HeadAdaptive, Keep
-from tokenomy.models.adapters import full_attention_modules, key_padding, rotated_queries, softmax_scale
+from tokenomy.models.adapters import decoder, full_attention_modules, key_padding, rotated_queries, softmax_scale
+from tokenomy.models.caches import copy_cache
 from tokenomy.registry import site_options
-from tokenomy.score.base import LayerObservation, Scorer, per_query_head
+from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.received_attention import SUMS, summing_received
 
@@ -197,7 +198,8 @@ class KVCompression:
 
     score: a scorer (see `tokenomy.score`), higher = keep.
     budget: `Keep(keep)` (same fraction everywhere) or a layer schedule such as `Pyramid`.
-    heads: "uniform", or a `HeadAdaptive` allocation of each layer's budget across its KV heads.
+    heads: "uniform", or a `HeadAdaptive` allocation of each layer's budget across its KV heads (or, with
+        ``across_layers``, of the whole budget across every layer's heads, once the prefill has run).
     sinks: the first tokens always kept (attention sinks).
     recent: the last tokens always kept: an int, or a float = fraction of the layer's budget.
     phase: "prefill" evicts once after the prefill; "decode" keeps every entry and lets each later
@@ -233,6 +235,9 @@ class KVCompression:
         if self.phase == "decode" and isinstance(self.heads, HeadAdaptive):
             raise TokenomyError("head-adaptive budgets apply to eviction after prefill, not to decode-time selection")
         check_int("evict_every", self.evict_every)
+        if self.replays and (self.evict_every or self.phase == "decode"):
+            raise TokenomyError("a score that replays the context (KVzip) compresses once, after the prefill: "
+                                "evict_every and decode-time selection are not supported with it")
         if self.evict_every and self.phase == "decode":
             raise TokenomyError("evict_every applies to methods that evict; this one keeps every entry and "
                                 "selects per step")
@@ -242,6 +247,9 @@ class KVCompression:
             self.reuse_similarity = check_fraction("reuse_similarity", self.reuse_similarity)
         if self.evict_every and isinstance(self.heads, HeadAdaptive):
             raise TokenomyError("evict_every is not supported with head-adaptive budgets (heads keep ragged counts)")
+        if self.across_layers and type(self.budget) is not Keep:
+            raise TokenomyError("a budget shared across layers is allocated by the scores; it cannot also follow "
+                                f"a layer schedule ({type(self.budget).__name__})")
 
     @property
     def keep(self) -> float:
@@ -262,8 +270,29 @@ class KVCompression:
     def sums_received(self) -> bool:
         """The score needs the attention every prompt query pays every entry (H2O, VATP): the site then
         sums it inside the prefill's own attention where it can (see `received_attention`)."""
+        return self._score_says("accumulates")
+
+    @property
+    def replays(self) -> bool:
+        """The score reads a replay of the context (KVzip): after the prefill the site runs the context again
+        over a copy of the cache, then compresses every layer at once."""
+        return self._score_says("replays")
+
+    @property
+    def across_layers(self) -> bool:
+        """Every layer's heads share one budget (`HeadAdaptive(across_layers=True)`)."""
+        return isinstance(self.heads, HeadAdaptive) and self.heads.across_layers
+
+    @property
+    def waits_for_prefill(self) -> bool:
+        """Compresses once the whole prefill has run, every layer at once: it replays the context, or shares
+        its budget across layers."""
+        return self.replays or self.across_layers
+
+    def _score_says(self, flag: str) -> bool:
+        """Whether the score, or a score it wraps (`Pooled`), sets ``flag``."""
         score = self.score
-        while score is not None and not getattr(score, "accumulates", False):
+        while score is not None and not getattr(score, flag, False):
             score = getattr(score, "inner", None)
         return score is not None
 
@@ -298,9 +327,32 @@ class KVCompression:
             return torch.floor(self.recent * per_head.double()).long()
         return torch.full_like(per_head, self.recent)
 
-    def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats) -> None:
+    def compress_layers(self, cache, observations: dict[int, LayerObservation], stats: KVStats) -> None:
+        """Compress the layers of one prefill (``observations`` by layer index), each as `compress_layer`
+        does, except that a budget shared across layers is first allocated over all of them: every layer's
+        scores side by side, as the heads of one layer, in one `HeadAdaptive` top-k."""
+        if not self.across_layers:
+            for idx, obs in observations.items():
+                self.compress_layer(cache, idx, obs, stats)
+            return
+        start = time.perf_counter()
+        first = next(iter(observations.values()))
+        per_head = self._counts(first)  # `Keep`: the same count in every layer, and the same real tokens
+        scores = torch.cat([self.score(obs) for obs in observations.values()], dim=1)  # (b, layers * h_kv, n)
+        last = self._recent(per_head).to(scores.device)
+        priority = prioritize(scores, first=self.sinks, last=last, valid=first.valid)
+        counts = self.heads.head_counts(priority, per_head).to(scores.device)
+        h_kv = first.keys.shape[1]
+        picks = [top_k(priority[:, i * h_kv : (i + 1) * h_kv], counts[:, i * h_kv : (i + 1) * h_kv])
+                 for i in range(len(observations))]
+        stats.scoring_seconds += time.perf_counter() - start
+        for (idx, obs), chosen in zip(observations.items(), picks):
+            self.compress_layer(cache, idx, obs, stats, chosen)
+
+    def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats,
+                       chosen: tuple[Tensor, Tensor | None] | None = None) -> None:
         """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
-        selectable copy (decode phase)."""
+        selectable copy (decode phase); ``chosen``: the kept entries, when already selected."""
         start = time.perf_counter()
         n = obs.keys.shape[2]
         b, h_kv = obs.keys.shape[:2]
@@ -308,7 +360,7 @@ class KVCompression:
             indices = torch.arange(n, device=obs.keys.device).expand(b, h_kv, n)
             in_use = None if obs.valid is None else obs.valid.unsqueeze(1).expand(b, h_kv, n)
         else:
-            indices, in_use = self.select(obs)
+            indices, in_use = chosen if chosen is not None else self.select(obs)
         gather = indices.unsqueeze(-1).expand(-1, -1, -1, obs.keys.shape[-1])
         pruned = PrunedLayer(
             obs.keys.gather(2, gather),
@@ -403,6 +455,19 @@ def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor
     )
 
 
+def _replay_inputs(prefill: dict) -> dict:
+    """Decoder inputs that feed a prefill's tokens again right after them: same ids (or embeddings) and
+    padding, each row's positions continuing from its last one."""
+    tokens = prefill["input_ids"] if prefill["input_ids"] is not None else prefill["inputs_embeds"]
+    positions, mask = prefill["position_ids"], prefill["attention_mask"]
+    if positions is None:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    replay = {"position_ids": positions + positions.amax(dim=-1, keepdim=True) + 1,
+              "attention_mask": None if mask is None else torch.cat([mask, mask], dim=1)}
+    key = "input_ids" if prefill["input_ids"] is not None else "inputs_embeds"
+    return replay | {key: tokens}
+
+
 class KVSession:
     """Hooks that apply a `KVCompression` to a model; a context manager, reusable once exited."""
 
@@ -416,6 +481,9 @@ class KVSession:
         self._prefill: dict[int, tuple] = {}
         self._attention = ExitStack()
         self.sums_in_prefill = False  # the prefill's attention hands H2O's sums over (else recomputed)
+        self._decoder_inputs: dict | None = None  # the prefill's decoder inputs, replayed (KVzip)
+        self._deferred: dict[int, LayerObservation] = {}  # prefill observations waiting for its end
+        self._replayed: dict[int, tuple] | None = None  # (hidden, rope) per layer while the replay runs
 
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
@@ -425,6 +493,10 @@ class KVSession:
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+        if self.method.waits_for_prefill and self.method.keep < 1.0:
+            stack = decoder(self.model)
+            self._handles.append(stack.register_forward_pre_hook(self._before_decoder, with_kwargs=True))
+            self._handles.append(stack.register_forward_hook(self._after_decoder, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -433,6 +505,8 @@ class KVSession:
             handle.remove()
         self._handles.clear()
         self._prefill.clear()
+        self._deferred.clear()
+        self._decoder_inputs = self._replayed = None
         self.model._tokenomy_kv_session = None
 
     def _where(self, module) -> tuple[int, int]:
@@ -444,6 +518,9 @@ class KVSession:
             return None
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         rope = kwargs["position_embeddings"]
+        if self._replayed is not None:
+            self._replayed[module.layer_idx] = (hidden, rope)
+            return None
         idx = module.layer_idx
         layer = cache.layers[idx] if idx < len(cache.layers) else None
         if isinstance(layer, PrunedLayer):
@@ -465,8 +542,8 @@ class KVSession:
     def _after(self, module, args, kwargs, output):
         pending = self._prefill.pop(module.layer_idx, None)
         received = module.__dict__.pop(SUMS, None)
-        if self.method.keep >= 1.0:
-            return None  # keep=1.0 leaves the cache untouched
+        if self.method.keep >= 1.0 or self._replayed is not None:
+            return None  # keep=1.0 leaves the cache untouched; a replay only records its queries
         if pending is None:
             self._evict_while_decoding(module, args, kwargs)
             return None
@@ -479,8 +556,55 @@ class KVSession:
         obs = _obs_from_prefill(module, layer, *pending, *self._where(module))
         if isinstance(received, Tensor):
             obs = replace(obs, _received=received)
+        if self.method.waits_for_prefill:  # compressed once the whole prefill has run (`_after_decoder`)
+            self._deferred[module.layer_idx] = obs
+            return None
         self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
         return None
+
+    def _before_decoder(self, stack, args, kwargs):
+        """Remember a prefill's inputs (the decoder's first forward over an empty cache) for its replay."""
+        cache = kwargs.get("past_key_values")
+        if not self.method.replays or self._replayed is not None or (cache is not None and cache.get_seq_length() > 0):
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise TokenomyError("a replaying KV method (KVzip) needs the prefill's attention mask as a 2-D "
+                                f"(batch, tokens) tensor, got shape {tuple(mask.shape)}")
+        self._decoder_inputs = {"input_ids": ids, "inputs_embeds": kwargs.get("inputs_embeds"),
+                                "attention_mask": mask, "position_ids": kwargs.get("position_ids")}
+        return None
+
+    def _after_decoder(self, stack, args, kwargs, output):
+        """After a prefill: compress every layer at once, from a replay of the context when the score reads one."""
+        inputs, self._decoder_inputs = self._decoder_inputs, None
+        if not self._deferred or self._replayed is not None:
+            return None
+        deferred, self._deferred = self._deferred, {}
+        cache = output.past_key_values
+        if self.method.replays:
+            self._replay(stack, inputs, cache, deferred)
+        self.method.compress_layers(cache, deferred, self.stats)
+        return None
+
+    def _replay(self, stack, inputs: dict, cache, observations: dict[int, LayerObservation]) -> None:
+        """Feed the prefill's inputs again over a copy of its ``cache`` and attach each layer's `Replay`."""
+        start = time.perf_counter()
+        replica = copy_cache(cache)  # grows by the replay; the prefill's own cache stays as it was
+        self._replayed = {}
+        try:
+            stack(**_replay_inputs(inputs), past_key_values=replica, use_cache=True)
+            replayed = self._replayed
+        finally:
+            self._replayed = None
+        modules = {m.layer_idx: m for m in self.modules}
+        for idx, obs in observations.items():
+            hidden, rope = replayed[idx]
+            n = obs.keys.shape[2]
+            obs.replay = Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
+                                valid=obs.valid)
+        self.stats.scoring_seconds += time.perf_counter() - start
 
     def _evict_while_decoding(self, module, args, kwargs) -> None:
         cache = kwargs.get("past_key_values")
@@ -514,9 +638,11 @@ class KVSession:
         pays, and reports, its own scoring time."""
         if self.method.keep >= 1.0:
             return
-        for idx, obs in observations.items():
-            fresh = replace(obs, _queries={}, _received=None)
-            self.method.compress_layer(cache, idx, fresh, self.stats)
+        if self.method.replays:
+            raise TokenomyError("this method replays the context through the model after the prefill, so it "
+                                "compresses a prefill run inside its `with` block, not recorded observations")
+        fresh = {idx: replace(obs, _queries={}, _received=None) for idx, obs in observations.items()}
+        self.method.compress_layers(cache, fresh, self.stats)
 
 
 class PrefillRecorder:

@@ -5,6 +5,7 @@ from tokenomy.recipes.kv import (  # noqa: F401
     h2o,
     keydiff,
     knorm,
+    kvzip,
     pyramidkv,
     random,
     snapkv,

@@ -1,0 +1,19 @@
+from tokenomy.budget import HeadAdaptive, Keep
+from tokenomy.registry import register
+from tokenomy.score.reconstruction import Reconstruction
+from tokenomy.sites.kv_cache import SITE, KVCompression
+
+
+@register(
+    "kvzip",
+    site=SITE,
+    paper="KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction (Kim et al., 2025, "
+    "arXiv:2505.23416)",
+    summary="keeps what the model attends to while replaying the context after itself (one extra forward); "
+    "one budget shared by every layer's heads",
+)
+def kvzip(keep: float = 0.5, sinks: int = 4) -> KVCompression:
+    """The paper's allocation: all heads of all layers compete for the budget (no floor), since how much a
+    head's copying needs differs far more between layers than within one."""
+    return KVCompression(score=Reconstruction(), budget=Keep(keep), heads=HeadAdaptive(0.0, across_layers=True),
+                         sinks=sinks)
