@@ -131,6 +131,17 @@ def test_kvzip_leaves_sliding_window_layers_as_the_prefill_left_them():
             assert isinstance(layer, PrunedLayer) and layer.seen == 60
 
 
+def test_kvzip_replays_embeddings_as_it_replays_token_ids(model):
+    """A prefill fed embeddings (as a VLM's language model is) is replayed as embeddings: same kept entries."""
+    x = ids(40)
+    by_ids, by_embeddings = DynamicCache(), DynamicCache()
+    with tokenomy.apply(model, "kvzip", keep=0.4):
+        model(x, past_key_values=by_ids)
+        model(inputs_embeds=model.get_input_embeddings()(x), past_key_values=by_embeddings)
+    for a, b in zip(by_ids.layers, by_embeddings.layers):
+        assert torch.equal(a.positions, b.positions) and torch.allclose(a.keys, b.keys)
+
+
 def test_kvzip_needs_its_own_prefill():
     model, x = tiny_llama(), ids(30)
     recorder, plain = PrefillRecorder(model), DynamicCache()
