@@ -193,14 +193,11 @@ class KVBench:
             prefill_s = self._timed_prefill(ids, DynamicCache())[1]
         with method.apply(self.model) as session:
             row = Row(label=name, keep=keep, **base)
-            if session.sums_in_prefill:  # its scores come out of the prefill itself: time a real one
-                mine = DynamicCache()
+            if session.sums_in_prefill or method.replays:  # scores summed inside a real prefill, or from a
+                mine = DynamicCache()  # replay after it: time a real one
                 logits, row.prefill_seconds = self._timed_prefill(ids, mine)
-                row.scoring_seconds = max(0.0, row.prefill_seconds - prefill_s)
-            elif method.replays:  # it runs the model again after the prefill: a real prefill, its replay timed
-                mine = DynamicCache()
-                logits, row.prefill_seconds = self._timed_prefill(ids, mine)
-                row.scoring_seconds = session.stats.scoring_seconds
+                summed = max(0.0, row.prefill_seconds - prefill_s)  # the extra time of the summing prefill
+                row.scoring_seconds = session.stats.scoring_seconds if method.replays else summed  # replay: timed
             else:
                 mine = copy_cache(cache)
                 session.compress(mine, observations)

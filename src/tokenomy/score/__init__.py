@@ -5,6 +5,7 @@ from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.score.norms import KeyDiversity, KeyNorm, ValueWeighted
 from tokenomy.score.pooling import Pooled
 from tokenomy.score.position import RandomScores, Recency
+from tokenomy.score.reconstruction import Reconstruction
 
 __all__ = [
     "Attention",
@@ -14,6 +15,7 @@ __all__ = [
     "Pooled",
     "RandomScores",
     "Recency",
+    "Reconstruction",
     "Scorer",
     "ValueWeighted",
 ]
