@@ -88,24 +88,34 @@ def test_sliding_window_layers_are_left_alone_and_budgets_spread_over_the_others
     assert session.stats.entries_kept == sum(compressed) * kept_count(0.25, 60) * 2  # 2 KV heads
 
 
-def test_kvzip_keeps_what_the_replayed_context_attends_to_most():
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_kvzip_keeps_what_the_replayed_context_attends_to_most(implementation, monkeypatch):
     """KVzip end to end against HF's own attention weights: the model fed the context twice attends, from the
     second copy, to the first; an entry's score is the largest of those weights (over its KV group's query
     heads and the copy's tokens), every layer's heads share one budget (the top half of all scores), and
-    the replay leaves nothing behind in the cache."""
+    the replay leaves nothing behind in the cache. On SDPA the replay's fused attention hands its
+    log-normalisers over (the scorer computes none; without gradients); on eager the scorer computes them."""
+    from tokenomy.score import reconstruction
+
+    computed = []
+    fallback = reconstruction._log_normalizers
+    monkeypatch.setattr(reconstruction, "_log_normalizers", lambda *a: computed.append(1) or fallback(*a))
     model = tiny_llama()
     model.set_attn_implementation("eager")
     x = ids(40)
     twice = model(torch.cat([x, x], dim=1), output_attentions=True).attentions  # (1, 4, 80, 80) per layer
+    model.set_attn_implementation(implementation)
     scores = torch.stack([a[0, :, 40:, :40].amax(dim=1).view(2, 2, 40).amax(dim=1) for a in twice])  # (3, 2, 40)
     chosen = torch.zeros(scores.numel(), dtype=torch.bool)
     chosen[scores.flatten().topk(3 * 2 * 20).indices] = True
     chosen = chosen.view(3, 2, 40)
     plain, cache = DynamicCache(), DynamicCache()
     model(x, past_key_values=plain)
-    with tokenomy.apply(model, "kvzip", keep=0.5, sinks=0) as session:
+    with tokenomy.apply(model, "kvzip", keep=0.5, sinks=0) as session, torch.no_grad():  # fused: no gradients
         model(x, past_key_values=cache)
     assert session.stats.entries_kept == 3 * 2 * 20 and session.stats.scoring_seconds > 0
+    assert len(computed) == (3 if implementation == "eager" else 0)
+    assert model.config._attn_implementation == implementation
     assert len({layer.kept_entries() for layer in cache.layers}) > 1  # the layers did not share evenly
     for expected, layer, full in zip(chosen, cache.layers, plain.layers):
         assert layer.seen == 40
@@ -290,7 +300,7 @@ def test_prefill_attention_hands_over_the_accumulated_sums(model, name, monkeypa
     """On SDPA without gradients, each layer's prefill attention sums what H2O needs on the way: the same
     kept entries as recomputing it afterwards (what the site does with gradients on), and the model's
     implementation is restored after the block."""
-    import tokenomy.sites.received_attention as summing
+    import tokenomy.sites.scoring_attention as summing
 
     calls = []
     monkeypatch.setattr(summing, "attention_and_received", lambda *a: calls.append(1) or attention_and_received(*a))
@@ -313,7 +323,7 @@ def test_summing_attention_keeps_sdpa_for_masks_it_does_not_compute():
     bidirectional image spans) runs on SDPA unchanged and hands over no sums; a plain one sums."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tokenomy.sites.received_attention import SUMS, _attention
+    from tokenomy.sites.scoring_attention import SUMS, _attention
 
     torch.manual_seed(0)
     module = torch.nn.Module()
@@ -329,6 +339,29 @@ def test_summing_attention_keeps_sdpa_for_masks_it_does_not_compute():
             reference, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None)
         assert torch.allclose(out, reference, atol=1e-5)
         assert isinstance(getattr(module, SUMS), torch.Tensor) == sums
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_replay_attention_hands_over_its_log_normalizers(padded):
+    """A marked forward whose queries continue after earlier keys (a replay) gets SDPA's own output and each
+    query's log-normaliser over the keys it sees (causal from its position, padding excluded)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tokenomy.sites.scoring_attention import NORMALIZERS, _attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 2
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
+    valid = torch.arange(12) >= torch.tensor([[0], [3 if padded else 0]])
+    mask = torch.ones(5, 12, dtype=torch.bool).tril(7) & valid[:, None, None, :]
+    setattr(module, NORMALIZERS, True)
+    with torch.no_grad():
+        out, _ = _attention(module, q, k, v, mask)
+        reference, _ = sdpa_attention_forward(module, q, k, v, mask)
+    logits = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8**0.5).masked_fill(~mask, -torch.inf)
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert torch.allclose(getattr(module, NORMALIZERS), logits.logsumexp(dim=-1), atol=1e-5)
 
 
 def assert_padded_batch_matches_each_row(model, name, new_tokens, **options):

@@ -9,6 +9,7 @@ from tokenomy._validation import TokenomyError
 from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
 from tokenomy.score import ValueWeighted
 from tokenomy.score.base import Replay, attention_and_received
+from tokenomy.score import reconstruction
 from tokenomy.score.reconstruction import Reconstruction
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
@@ -73,15 +74,21 @@ def test_attention_decoding_queries_see_every_cached_key():
     assert (probs > 0).all()
 
 
-def naive_attention(keys, queries, valid, first):
-    """Softmax over the whole (queries x keys) matrix, GQA keys repeated, causal from key ``first``."""
+def naive_logits(keys, queries, valid, first):
+    """The whole (queries x keys) matrix of scaled logits, GQA keys repeated, -inf where masked (causal from
+    key ``first``, padding)."""
     b, h, w, d = queries.shape
     n, groups = keys.shape[2], h // keys.shape[1]
     logits = queries @ keys.repeat_interleave(groups, dim=1).transpose(-1, -2) / math.sqrt(d)
     key_pos, query_pos = torch.arange(n, device=keys.device), first + torch.arange(w, device=keys.device)
     allowed = key_pos.view(1, -1) <= query_pos.view(-1, 1)
     allowed = allowed & (valid.view(b, 1, 1, n) if valid is not None else True)
-    return torch.softmax(logits.masked_fill(~allowed, -torch.inf), dim=-1).nan_to_num(0.0)
+    return logits.masked_fill(~allowed, -torch.inf)
+
+
+def naive_attention(keys, queries, valid, first):
+    """Softmax over `naive_logits`; a query that sees no key gets zeros."""
+    return torch.softmax(naive_logits(keys, queries, valid, first), dim=-1).nan_to_num(0.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -179,17 +186,23 @@ def test_pooled_bad_arguments():
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_reconstruction_is_the_replays_largest_attention_per_kv_group(padded):
+@pytest.mark.parametrize("handed_over", [False, True])
+def test_reconstruction_is_the_replays_largest_attention_per_kv_group(padded, handed_over, monkeypatch):
     """KVzip's score = the most attention any replayed query (of the KV head's group) pays an entry, under the
-    replay's softmax over the context and the replay so far; replayed padding neither attends nor is seen."""
+    replay's softmax over the context and the replay so far; replayed padding neither attends nor is seen.
+    The same whether the replay's attention handed its log-normalisers over or the scorer computes them,
+    and across blocks of replayed queries."""
+    monkeypatch.setattr(reconstruction, "_CHUNK", 7)
     torch.manual_seed(0)
     keys, replay_keys = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8)
     replay_queries = torch.randn(2, 4, 30, 8)
     valid = (torch.arange(30) >= torch.tensor([[0], [7]])) if padded else None
+    both = None if valid is None else torch.cat([valid, valid], 1)
     obs = observation(keys, valid=valid)
-    obs.replay = Replay(replay_queries, replay_keys, valid=valid)
-    probs = naive_attention(torch.cat([keys, replay_keys], 2), replay_queries,
-                            None if valid is None else torch.cat([valid, valid], 1), first=30)[..., :30]
+    logits = naive_logits(torch.cat([keys, replay_keys], 2), replay_queries, both, first=30)
+    normalizers = logits.logsumexp(dim=-1) if handed_over else None
+    obs.replay = Replay(replay_queries, replay_keys, valid=valid, log_normalizers=normalizers)
+    probs = logits.softmax(dim=-1)[..., :30]
     if valid is not None:
         probs = probs * valid[:, None, :, None]
     expected = probs.amax(dim=2).view(2, 2, 2, 30).amax(dim=2)

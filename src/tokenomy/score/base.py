@@ -21,12 +21,15 @@ class Replay:
 
     queries: ``(b, h, m, d)`` rotated queries of the ``m`` replayed tokens; keys: ``(b, h_kv, m, d)`` the
     replay's own keys (replayed token ``i`` sees the whole context and replayed keys ``<= i``);
-    valid: ``(b, m)`` False at replayed padding, or None.
+    valid: ``(b, m)`` False at replayed padding, or None; log_normalizers: ``(b, h, m)`` the log of each
+    replayed query's softmax denominator when the replay's own attention handed it over (PyTorch's fused CPU
+    kernel computes it anyway), else None and the scorer computes it.
     """
 
     queries: Tensor
     keys: Tensor
     valid: Tensor | None = None
+    log_normalizers: Tensor | None = None
 
 
 @dataclass
@@ -106,14 +109,14 @@ class LayerObservation:
 
 
 @torch.no_grad()
-def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: int, valid: Tensor | None = None,
-                            chunk: int = 128) -> Iterator[tuple[int, int, Tensor]]:
-    """Softmax attention of ``queries`` ``(b, h, w, d)`` over ``keys`` ``(b, h_kv, n, d)``, ``chunk`` queries at
-    a time: yields ``(start, stop, probs)`` with ``probs`` ``(b, h, stop - start, limit)`` over the keys
-    ``[:limit]`` the block's last query can see. Query ``i`` sees keys ``<= first + i`` (later keys get
-    exactly zero, so they are not computed) and none where ``valid`` ``(b, n)`` is False; a query that sees
-    no key gets zeros. Every block is written into one buffer (a fresh large tensor per block costs page
-    faults that can exceed the arithmetic), so a block is valid only until the next one is drawn."""
+def causal_logit_blocks(queries: Tensor, keys: Tensor, scale: float, first: int, valid: Tensor | None = None,
+                        chunk: int = 128) -> Iterator[tuple[int, int, Tensor]]:
+    """Scaled attention logits of ``queries`` ``(b, h, w, d)`` over ``keys`` ``(b, h_kv, n, d)``, ``chunk``
+    queries at a time: yields ``(start, stop, logits)`` with ``logits`` ``(b, h, stop - start, limit)`` over the
+    keys ``[:limit]`` the block's last query can see. Query ``i`` sees keys ``<= first + i`` (later ones are
+    -inf) and none where ``valid`` ``(b, n)`` is False (-inf). Every block is written into one buffer (a
+    fresh large tensor per block costs page faults that can exceed the arithmetic), so a block is valid only
+    until the next one is drawn."""
     b, h, w, d = queries.shape
     n = keys.shape[2]
     # GQA without a broadcasting matmul (it would copy the keys at every block). One block (decoding, an
@@ -136,6 +139,15 @@ def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: 
             logits[..., diagonal:].masked_fill_(future[: stop - start, : limit - diagonal], -torch.inf)
         if valid is not None:
             logits.masked_fill_(~valid[:, None, None, :limit], -torch.inf)
+        yield start, stop, logits
+
+
+@torch.no_grad()
+def causal_attention_blocks(queries: Tensor, keys: Tensor, scale: float, first: int, valid: Tensor | None = None,
+                            chunk: int = 128) -> Iterator[tuple[int, int, Tensor]]:
+    """`causal_logit_blocks` as softmax probabilities, in the same buffer: a masked key gets exactly zero, and
+    a query that sees no key gets zeros."""
+    for start, stop, logits in causal_logit_blocks(queries, keys, scale, first, valid, chunk):
         # In place and in one fused kernel: a row (one query's logits) stays in cache from max to normalised
         # probabilities, where separate max/exp/sum/divide steps each stream the whole block through memory.
         probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 from tokenomy._validation import TokenomyError
-from tokenomy.score.base import LayerObservation, causal_attention_blocks
+from tokenomy.score.base import LayerObservation, Replay, causal_logit_blocks
+
+_CHUNK = 256  # replayed queries per block of logits (bounds its memory)
 
 
 @dataclass
@@ -30,21 +32,43 @@ class Reconstruction:
         if replay is None:
             raise TokenomyError("the reconstruction score needs the context replayed after the prefill; apply the "
                                 "method around the prefill itself (`with tokenomy.apply(model, ...): model(...)`)")
-        n = obs.keys.shape[2]
-        keys = torch.cat([obs.keys, replay.keys], dim=2)
-        valid = None
-        if obs.valid is not None or replay.valid is not None:
-            b, m = replay.keys.shape[0], replay.keys.shape[2]
-            ones = torch.ones(b, n + m, dtype=torch.bool, device=keys.device)
-            valid = torch.cat([obs.valid if obs.valid is not None else ones[:, :n],
-                               replay.valid if replay.valid is not None else ones[:, n:]], dim=1)
+        # A query's attention to entry j is exp(logit_j - log normaliser), and exp is monotonic: the most
+        # attention an entry gets is exp(max over queries of logit - normaliser). Every replayed query sees the
+        # whole context, so these logits need no causal mask, only the normalisers (over context + replay).
+        b, h, m, d = replay.queries.shape
+        h_kv, n = obs.keys.shape[1], obs.keys.shape[2]
+        group = h // h_kv
+        normalizers = replay.log_normalizers
+        if normalizers is None:
+            normalizers = _log_normalizers(obs, replay)
+        if replay.valid is not None:  # a replayed pad token is no query: it must not raise any score
+            normalizers = normalizers.masked_fill(~replay.valid[:, None, :], torch.inf)
+        queries = replay.queries.float() * obs.scale
+        keys = obs.keys.float().transpose(-1, -2)  # (b, h_kv, d, n)
         best = None
-        for start, stop, probs in causal_attention_blocks(replay.queries, keys, obs.scale, first=n, valid=valid):
-            probs = probs[..., :n]
-            if replay.valid is not None:  # a replayed pad token is no query: it must not raise any score
-                probs = probs * replay.valid[:, None, start:stop, None]
-            block = probs.amax(dim=2)
+        for start in range(0, m, _CHUNK):
+            stop = min(start + _CHUNK, m)
+            # a KV group's query heads are consecutive, so one product per KV head covers the group's queries
+            rows = group * (stop - start)
+            logits = torch.matmul(queries[:, :, start:stop].reshape(b, h_kv, rows, d), keys)
+            logits -= normalizers[:, :, start:stop].reshape(b, h_kv, rows, 1)
+            block = logits.amax(dim=2)
             best = block if best is None else torch.maximum(best, block)
-        b, h = best.shape[:2]
-        h_kv = obs.keys.shape[1]
-        return best.view(b, h_kv, h // h_kv, n).amax(dim=2)
+        if obs.valid is not None:
+            best = best.masked_fill(~obs.valid[:, None, :], -torch.inf)
+        return best.exp()
+
+
+def _log_normalizers(obs: LayerObservation, replay: Replay) -> Tensor:
+    """``(b, h, m)`` log of each replayed query's softmax denominator over the context and the replay so far,
+    for attention implementations that do not hand it over."""
+    n = obs.keys.shape[2]
+    keys = torch.cat([obs.keys, replay.keys], dim=2)
+    valid = None
+    if obs.valid is not None or replay.valid is not None:
+        b, m = replay.keys.shape[0], replay.keys.shape[2]
+        ones = torch.ones(b, n + m, dtype=torch.bool, device=keys.device)
+        valid = torch.cat([obs.valid if obs.valid is not None else ones[:, :n],
+                           replay.valid if replay.valid is not None else ones[:, n:]], dim=1)
+    blocks = causal_logit_blocks(replay.queries, keys, obs.scale, first=n, valid=valid)
+    return torch.cat([logits.logsumexp(dim=-1) for _, _, logits in blocks], dim=2)

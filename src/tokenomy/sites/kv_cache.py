@@ -39,7 +39,7 @@ from tokenomy.models.caches import copy_cache
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
-from tokenomy.sites.received_attention import SUMS, summing_received
+from tokenomy.sites.scoring_attention import NORMALIZERS, SUMS, scoring_attention
 
 SITE = "kv-cache"
 site_options(SITE, evict_every=0)  # every KV method can also evict while decoding (see KVCompression)
@@ -263,13 +263,13 @@ class KVCompression:
 
     @property
     def sums_in_prefill(self) -> bool:
-        """Applied to a model on SDPA, it sums its scores inside the prefill's attention (`received_attention`)."""
+        """Applied to a model on SDPA, it sums its scores inside the prefill's attention (`scoring_attention`)."""
         return self.keep < 1.0 and self.phase == "prefill" and self.sums_received
 
     @property
     def sums_received(self) -> bool:
         """The score needs the attention every prompt query pays every entry (H2O, VATP): the site then
-        sums it inside the prefill's own attention where it can (see `received_attention`)."""
+        sums it inside the prefill's own attention where it can (see `scoring_attention`)."""
         return self._score_says("accumulates")
 
     @property
@@ -481,14 +481,18 @@ class KVSession:
         self._prefill: dict[int, tuple] = {}
         self._attention = ExitStack()
         self.sums_in_prefill = False  # the prefill's attention hands H2O's sums over (else recomputed)
+        self.normalizers_in_replay = False  # the replay's attention hands its log-normalisers over (KVzip)
         self._decoder_inputs: dict | None = None  # the prefill's decoder inputs, replayed (KVzip)
         self._deferred: dict[int, LayerObservation] = {}  # prefill observations waiting for its end
-        self._replayed: dict[int, tuple] | None = None  # (hidden, rope) per layer while the replay runs
+        self._replayed: dict[int, tuple] | None = None  # (hidden, rope, normalisers) per layer in the replay
 
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
             raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
-        self.sums_in_prefill = self._attention.enter_context(summing_received(self.model, self.method.sums_in_prefill))
+        scoring = self.method.sums_in_prefill or (self.method.replays and self.method.keep < 1.0)
+        own = self._attention.enter_context(scoring_attention(self.model, scoring))
+        self.sums_in_prefill = own and self.method.sums_in_prefill
+        self.normalizers_in_replay = own and self.method.replays
         self.model._tokenomy_kv_session = self
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
@@ -520,6 +524,8 @@ class KVSession:
         rope = kwargs["position_embeddings"]
         if self._replayed is not None:
             self._replayed[module.layer_idx] = (hidden, rope)
+            if self.normalizers_in_replay:
+                setattr(module, NORMALIZERS, True)  # the attention hands them over (scoring_attention)
             return None
         idx = module.layer_idx
         layer = cache.layers[idx] if idx < len(cache.layers) else None
@@ -536,12 +542,15 @@ class KVSession:
         if layer is None or layer.get_seq_length() == 0:
             self._prefill[idx] = (hidden, rope, kwargs.get("attention_mask"))
             if self.sums_in_prefill:
-                setattr(module, SUMS, True)  # the attention sums this prefill (received_attention)
+                setattr(module, SUMS, True)  # the attention sums this prefill (scoring_attention)
         return None
 
     def _after(self, module, args, kwargs, output):
         pending = self._prefill.pop(module.layer_idx, None)
         received = module.__dict__.pop(SUMS, None)
+        normalizers = module.__dict__.pop(NORMALIZERS, None)
+        if self._replayed is not None:
+            self._replayed[module.layer_idx] += (normalizers if isinstance(normalizers, Tensor) else None,)
         if self.method.keep >= 1.0 or self._replayed is not None:
             return None  # keep=1.0 leaves the cache untouched; a replay only records its queries
         if pending is None:
@@ -600,10 +609,10 @@ class KVSession:
             self._replayed = None
         modules = {m.layer_idx: m for m in self.modules}
         for idx, obs in observations.items():
-            hidden, rope = replayed[idx]
+            hidden, rope, normalizers = replayed[idx]
             n = obs.keys.shape[2]
             obs.replay = Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
-                                valid=obs.valid)
+                                valid=obs.valid, log_normalizers=normalizers)
         self.stats.scoring_seconds += time.perf_counter() - start
 
     def _evict_while_decoding(self, module, args, kwargs) -> None:
