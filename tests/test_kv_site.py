@@ -341,10 +341,11 @@ def test_summing_attention_keeps_sdpa_for_masks_it_does_not_compute():
         assert isinstance(getattr(module, SUMS), torch.Tensor) == sums
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_replay_attention_hands_over_its_log_normalizers(padded):
+@pytest.mark.parametrize("padding", [0, 3, 7, 9])
+def test_replay_attention_hands_over_its_log_normalizers(padding):
     """A marked forward whose queries continue after earlier keys (a replay) gets SDPA's own output and each
-    query's log-normaliser over the keys it sees (causal from its position, padding excluded)."""
+    query's log-normaliser over the keys it sees (causal from its position, padding excluded) — also when
+    padding covers all the earlier keys (7) or reaches into the replay's own (9)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from tokenomy.sites.scoring_attention import NORMALIZERS, _attention
@@ -353,15 +354,18 @@ def test_replay_attention_hands_over_its_log_normalizers(padded):
     module = torch.nn.Module()
     module.is_causal, module.num_key_value_groups = True, 2
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
-    valid = torch.arange(12) >= torch.tensor([[0], [3 if padded else 0]])
+    valid = torch.arange(12) >= torch.tensor([[0], [padding]])
     mask = torch.ones(5, 12, dtype=torch.bool).tril(7) & valid[:, None, None, :]
+    seen = mask.any(dim=-1)  # a query that sees no key (padding 9: the replay's first two) has no output
     setattr(module, NORMALIZERS, True)
     with torch.no_grad():
         out, _ = _attention(module, q, k, v, mask)
         reference, _ = sdpa_attention_forward(module, q, k, v, mask)
     logits = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8**0.5).masked_fill(~mask, -torch.inf)
-    assert torch.allclose(out, reference, atol=1e-5)
-    assert torch.allclose(getattr(module, NORMALIZERS), logits.logsumexp(dim=-1), atol=1e-5)
+    rows = seen.squeeze(1)  # (b, w); outputs are (b, w, h, d)
+    assert torch.allclose(out[rows], reference[rows], atol=1e-5)
+    assert torch.allclose(getattr(module, NORMALIZERS)[seen.expand(-1, 4, -1)],
+                          logits.logsumexp(dim=-1)[seen.expand(-1, 4, -1)], atol=1e-5)
 
 
 def assert_padded_batch_matches_each_row(model, name, new_tokens, **options):
