@@ -12,6 +12,7 @@ Masks are SDPA's, so nothing else about the forward changes.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -95,10 +96,18 @@ def _plain_causal(module, mask, valid, kwargs) -> bool:
         return True
     if mask.dtype != torch.bool:
         return False
-    q, n = mask.shape[-2:]
-    causal = torch.ones(q, n, dtype=torch.bool, device=mask.device).tril(n - q)
-    expected = causal if valid is None else causal & valid[:, None, None, :]
-    return bool((mask == expected).all())
+    global _last_mask
+    seen, verdict = _last_mask
+    if seen() is not mask:  # HF hands every layer of a forward the same mask: compare it once
+        q, n = mask.shape[-2:]
+        causal = torch.ones(q, n, dtype=torch.bool, device=mask.device).tril(n - q)
+        expected = causal if valid is None else causal & valid[:, None, None, :]
+        verdict = bool((mask == expected).all())
+        _last_mask = weakref.ref(mask), verdict
+    return verdict
+
+
+_last_mask: tuple[weakref.ref, bool] = (lambda: None, False)  # the last bool mask checked, and its verdict
 
 
 AttentionInterface.register(ATTENTION, _attention)
