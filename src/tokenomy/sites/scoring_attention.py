@@ -55,7 +55,7 @@ def _fused_with_normalizers(query: Tensor, key: Tensor, value: Tensor, scale: fl
 
     Run as two fused calls merged by their log-normalisers: the queries over the earlier keys (no causal
     mask: every query sees all of them) and over their own ``w`` keys (causal, square). Neither needs the
-    ``w x n`` mask one call would, and the causal half skips its masked blocks: half the time at 2k."""
+    ``w x n`` mask one call would, and the causal half skips its masked blocks."""
     h, w, n = query.shape[1], query.shape[2], key.shape[2]
     key, value = per_query_head(key, h), per_query_head(value, h)
     parts = [_fused_part(query, key[:, :, keys], value[:, :, keys], scale,
