@@ -401,3 +401,11 @@ def test_tokens_spelling_the_same_bytes_are_separate_tokenizations():
         lm.advance(byte)
     context = lm.vocabulary.prompt_ids(tok, b"c")
     assert product == pytest.approx(brute_force_prefix_probability(model, lm.vocabulary, context, b"dad"), rel=1e-5)
+
+
+def test_next_byte_table_spells_every_token_then_end():
+    from tokenomy.ensemble.vocab import END, _byte_table
+
+    table = _byte_table([b"", b"ab", b"b", b"\xffa\x00"])
+    assert table.tolist() == [[END, 97, 98, 255], [END, 98, END, 97], [END, END, END, 0], [END, END, END, END]]
+    assert _byte_table([b"", b""]).tolist() == [[END, END]]

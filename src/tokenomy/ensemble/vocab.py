@@ -36,12 +36,7 @@ class Vocabulary:
         self.order = torch.tensor(sorted(range(vocab_size), key=spelled.__getitem__), dtype=torch.long)
         self.sorted_bytes = [spelled[i] for i in self.order.tolist()]
         self.text_start = bisect.bisect_right(self.sorted_bytes, b"")  # sorted positions before it spell nothing
-        depth = max(len(b) for b in spelled) + 1
-        table = np.full((depth, vocab_size), END, dtype=np.int16)
-        for position, value in enumerate(self.sorted_bytes):
-            if value:
-                table[: len(value), position] = np.frombuffer(value, dtype=np.uint8)
-        self.next_byte = torch.from_numpy(table.astype(np.int64))
+        self.next_byte = torch.from_numpy(_byte_table(self.sorted_bytes))
         self.exact: dict[bytes, list[int]] = {}
         for index, value in enumerate(spelled):
             if value:
@@ -76,6 +71,16 @@ class Vocabulary:
     def encode(self, data: bytes) -> list[int]:
         """Token ids spelling exactly ``data`` (the tokenizer's own split; byte pieces where it has no other)."""
         return self.bytes_tokenizer.encode(data)
+
+
+def _byte_table(spellings: list[bytes]) -> np.ndarray:
+    """``[depth, i]``: the byte ``spellings[i]`` has at ``depth``, or END past its end (int64)."""
+    lengths = np.fromiter(map(len, spellings), dtype=np.int64, count=len(spellings))
+    table = np.full((int(lengths.max(initial=0)) + 1, len(spellings)), END, dtype=np.int64)
+    column = np.repeat(np.arange(len(spellings)), lengths)
+    depth = np.arange(len(column)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    table[depth, column] = np.frombuffer(b"".join(spellings), dtype=np.uint8)
+    return table
 
 
 def _successor(prefix: bytes) -> bytes | None:
