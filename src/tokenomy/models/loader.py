@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -166,6 +167,21 @@ def converted_dir(name: str) -> Path:
 REFERENCE_VLM = "reference-vlm"
 
 
+@contextmanager
+def _quiet_loading():
+    """No per-parameter progress bar from transformers while loading converted weights (a fraction of a
+    second; tokenomy's own bars are for work that takes long)."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load ``(model, tokenizer)`` from a packaged name, a local folder, or a Hugging Face hub id.
 
@@ -190,8 +206,9 @@ def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str =
             )
         path = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         where = "folder" if Path(path).exists() else "hub id"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
