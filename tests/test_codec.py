@@ -1,5 +1,6 @@
 """The LM codec on small random-weight models: exact round trips, windows, container safety, determinism."""
 
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from tokenomy.codec import container
 from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
 from tokenomy.codec.core import MIN_WINDOW_BITS, Codec, compress, decompress
 from tokenomy.codec.engine import _OneDNNLinear, exact
-from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, symbol_at
+from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, frequencies, interval, symbol_at
 from tokenomy.codec.tokens import ByteTokenizer
 
 
@@ -87,6 +88,25 @@ def test_frequency_tables_are_exact_and_total():
     assert (cum.diff(dim=-1) >= 1).all()  # every symbol, escapes included, stays codable
     assert torch.equal(cum, cumulative_frequencies(logits.clone(), extra=2))
     assert symbol_at(cum[1], int(cum[1, 2])) == 2
+
+
+def test_frequency_tables_follow_the_documented_formula():
+    """Archives depend on these exact integers: freq = 1 + floor(raw * (TOTAL - V) / sum raw), raw =
+    floor(exp(logit - max) * 2^30), the remainder to symbol 0 (checked against plain Python integers)."""
+    logits = [3.0, 0.5, -2.25, 1.0, -40.0]
+    raw = [math.floor(math.exp(v - max(logits)) * 2**30) for v in logits] + [0, 0]  # two escapes
+    expected = [1 + r * (TOTAL - len(raw)) // sum(raw) for r in raw]
+    expected[0] += TOTAL - sum(expected)
+    freq, log_normalizer = frequencies(torch.tensor([logits]), extra=2)
+    assert freq[0].tolist() == expected
+    assert log_normalizer.item() == pytest.approx(math.log(sum(math.exp(v) for v in logits)), abs=1e-12)
+
+
+def test_an_interval_is_the_cumulative_table_at_that_symbol():
+    torch.manual_seed(0)
+    freq, _ = frequencies(torch.randn(3, 40) * 4, extra=3)
+    cum = torch.cat([freq.new_zeros(3, 1), freq.cumsum(-1)], dim=-1).tolist()
+    assert all(interval(freq[r], s) == (cum[r][s], cum[r][s + 1]) for r in range(3) for s in range(43))
 
 
 # -- bytes <-> symbols ---------------------------------------------------------------------------------

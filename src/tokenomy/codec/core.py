@@ -29,7 +29,7 @@ from tokenomy.codec import container
 from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
 from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
 from tokenomy.codec.engine import exact
-from tokenomy.codec.frequencies import TOTAL, cumulative_frequencies, symbol_at
+from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at
 from tokenomy.codec.tokens import ByteTokenizer
 
 _PROBE = "The quick brown fox, 0123."  # a few tokens: each costs one sequential model step
@@ -52,9 +52,10 @@ class Codec:
         self._fingerprint: bytes | None = None
         self._arithmetic: bytes | None = None
 
-    def frequencies(self, logits: torch.Tensor) -> torch.Tensor:
-        """Cumulative tables over the whole alphabet (tokens, then byte escapes)."""
-        return cumulative_frequencies(logits, extra=self.bytes.alphabet - logits.shape[-1])
+    def frequencies(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frequency tables over the whole alphabet (tokens, then byte escapes) and the logits'
+        log-normalisers (`frequencies.frequencies`)."""
+        return frequencies(logits, extra=self.bytes.alphabet - logits.shape[-1])
 
     def feed(self, symbol: int) -> int:
         """The token the model reads after ``symbol`` was coded (an escaped byte reads as a separator)."""
@@ -78,7 +79,8 @@ class Codec:
             with exact(self.model) as engine:
                 row = engine.open()
                 for symbol in [self.start, *self.bytes.encode(_PROBE.encode())]:
-                    digest.update(self.frequencies(engine.step({row: self.feed(symbol)})[row]).numpy().tobytes())
+                    freq, _ = self.frequencies(engine.step({row: self.feed(symbol)})[row])
+                    digest.update(cumulative(freq).numpy().tobytes())
             self._arithmetic = digest.digest()[:8]
         return self._arithmetic
 
@@ -124,13 +126,14 @@ class _SegmentEncoder:
         """The last symbol coded in the current window (None at its start)."""
         return self.current[-1] if self.current else None
 
-    def code(self, cum: torch.Tensor, logits: torch.Tensor, log_normalizer: float) -> bool:
-        """Code the next token under ``cum``; False if it did not fit and a new window began.
+    def code(self, freq: torch.Tensor, logits: torch.Tensor, log_normalizer: float) -> bool:
+        """Code the next token under the table ``freq``; False if it did not fit and a new window began.
         ``logits`` and their logsumexp give the model's unquantised probability (for the cross-entropy
         report)."""
         token = self.tokens[self.position]
+        low, high = interval(freq, token)
         state = self.coder.snapshot()
-        self.coder.encode(int(cum[token]), int(cum[token + 1]), TOTAL)
+        self.coder.encode(low, high, TOTAL)
         if self.window_bits and self.coder.bits_if_finished() > self.window_bits:
             if not self.current:
                 raise AssertionError("a token always fits an empty window of >= MIN_WINDOW_BITS bits")
@@ -143,7 +146,7 @@ class _SegmentEncoder:
         if token < logits.shape[0]:
             self.model_bits += (log_normalizer - float(logits[token])) / math.log(2)
         else:  # a byte escape: the model gives it no probability of its own
-            self.model_bits -= math.log2((cum[token + 1] - cum[token]) / TOTAL)
+            self.model_bits -= math.log2((high - low) / TOTAL)
         if self.done:
             self._close_unit()
         return True
@@ -165,10 +168,10 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
                 active[engine.open()] = queue.pop(0)
             feeds = {row: codec.start if seg.last() is None else codec.feed(seg.last()) for row, seg in active.items()}
             logits = torch.stack(list(engine.step(feeds).values()))
-            cums = codec.frequencies(logits)
-            normalizers = torch.logsumexp(logits.double(), dim=-1).tolist()
-            for (row, seg), cum, row_logits, normalizer in zip(list(active.items()), cums, logits, normalizers):
-                if seg.code(cum, row_logits, normalizer):
+            tables, normalizers = codec.frequencies(logits)
+            for (row, seg), freq, row_logits, normalizer in zip(list(active.items()), tables, logits,
+                                                                 normalizers.tolist()):
+                if seg.code(freq, row_logits, normalizer):
                     if progress:
                         progress(1)
                 else:
@@ -194,7 +197,7 @@ def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: in
                 i = queue.pop(0)
                 active[engine.open()] = (i, Decoder(units[i][1]))
             feeds = {row: codec.feed(results[i][-1]) if results[i] else codec.start for row, (i, _) in active.items()}
-            cums = codec.frequencies(torch.stack(list(engine.step(feeds).values())))
+            cums = cumulative(codec.frequencies(torch.stack(list(engine.step(feeds).values())))[0])
             for (row, (i, decoder)), cum in zip(list(active.items()), cums):
                 symbol = symbol_at(cum, decoder.target(TOTAL))
                 decoder.consume(int(cum[symbol]), int(cum[symbol + 1]), TOTAL)

@@ -3,7 +3,8 @@
 Only elementwise float operations are used (no float sums, whose order depends on threads): each
 probability is exp(logit - max) in float64, scaled to an integer, then the table is normalised with exact
 int64 arithmetic. Every symbol gets a frequency of at least 1, so any token can be coded. The same logits
-give the same table in any process, whatever the thread count.
+give the same table in any process, whatever the thread count. The work is done in place on one buffer:
+the tables are computed at every coding step, for every context in the batch (~2M symbols a step).
 """
 
 from __future__ import annotations
@@ -17,24 +18,43 @@ TOTAL = 1 << 28  # sum of every table: the smallest codable probability is 2^-28
 _SCALE = 1 << 30  # resolution of the float -> integer step
 
 
-def cumulative_frequencies(logits: Tensor, extra: int = 0) -> Tensor:
-    """Cumulative frequencies ``(..., V + extra + 1)`` int64, from 0 to exactly ``TOTAL``; the ``extra``
-    symbols after the logits' ``V`` (escapes the model never predicts) get the minimum frequency."""
-    x = logits.double()
-    if extra:
-        x = torch.cat([x, x.new_full((*x.shape[:-1], extra), -torch.inf)], dim=-1)
-    x = x - x.amax(dim=-1, keepdim=True)  # max is exact in any order
-    raw = torch.floor(torch.exp(x) * _SCALE).long()  # in [0, 2^30]
-    vocab = raw.shape[-1]
+def frequencies(logits: Tensor, extra: int = 0) -> tuple[Tensor, Tensor]:
+    """Frequencies ``(..., V + extra)`` int64, each >= 1, each row summing to exactly ``TOTAL``; the
+    ``extra`` symbols after the logits' ``V`` (escapes the model never predicts) get the minimum frequency.
+    Also each row's log-normaliser, logsumexp of its logits (float64, for reporting the model's own
+    cross-entropy; unlike the tables it may differ in the last bits between runs)."""
+    vocab = logits.shape[-1] + extra
     if vocab >= TOTAL:
         raise ValueError(f"vocabulary of {vocab} symbols does not fit a {TOTAL}-total table")
-    spare = TOTAL - vocab
+    x = logits.new_full((*logits.shape[:-1], vocab), -torch.inf, dtype=torch.float64)
+    x[..., : logits.shape[-1]] = logits
+    peak = x.amax(dim=-1, keepdim=True)  # max is exact in any order
+    x.sub_(peak).exp_()
+    log_normalizers = (peak.squeeze(-1) + x.sum(dim=-1).log_())
+    raw = x.mul_(_SCALE).floor_().long()  # in [0, 2^30]
     raw_total = raw.sum(dim=-1, keepdim=True)  # int64: exact, order-free
-    freq = 1 + raw * spare // raw_total  # each >= 1; sum <= TOTAL
+    freq = raw.mul_(TOTAL - vocab).floor_divide_(raw_total).add_(1)  # each >= 1; sum <= TOTAL
     freq[..., 0] += TOTAL - freq.sum(dim=-1)  # hand the rounding remainder to one fixed symbol
-    cum = torch.zeros(*freq.shape[:-1], vocab + 1, dtype=torch.long)
-    cum[..., 1:] = freq.cumsum(dim=-1)
+    return freq, log_normalizers
+
+
+def cumulative(freq: Tensor) -> Tensor:
+    """Cumulative frequencies ``(..., symbols + 1)``, from 0 to ``TOTAL``."""
+    cum = freq.new_zeros(*freq.shape[:-1], freq.shape[-1] + 1)
+    torch.cumsum(freq, dim=-1, out=cum[..., 1:])
     return cum
+
+
+def cumulative_frequencies(logits: Tensor, extra: int = 0) -> Tensor:
+    """`cumulative` of `frequencies`: what a decoder searches."""
+    return cumulative(frequencies(logits, extra)[0])
+
+
+def interval(freq: Tensor, symbol: int) -> tuple[int, int]:
+    """``symbol``'s slice [low, high) of a 1-D table: what an encoder codes, without the whole cumulative
+    table (the same integers, summed exactly)."""
+    low = int(freq[:symbol].sum())
+    return low, low + int(freq[symbol])
 
 
 assert TOTAL <= MAX_TOTAL
