@@ -250,6 +250,24 @@ def test_wrong_model_is_refused(codec, tokenizer):
         decompress(other, blob)
 
 
+@pytest.mark.parametrize("data, batch", [(b"some text to code", 4), (b"some text to code", 1), (b"", 4)])
+def test_arithmetic_fingerprint_computed_beside_coding_equals_the_one_computed_alone(codec, data, batch):
+    riding = Codec(codec.model, codec.tokenizer, codec.name)
+    blob = compress(riding, data, batch=batch)
+    alone = Codec(codec.model, codec.tokenizer, codec.name).arithmetic_fingerprint()
+    assert container.loads(blob).arithmetic_fingerprint == riding.arithmetic_fingerprint() == alone
+    assert decompress(Codec(codec.model, codec.tokenizer, codec.name), blob, batch=batch) == data
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["probed-while-decoding", "already-known"])
+def test_another_machines_arithmetic_is_refused(codec, known):
+    archive = container.loads(compress(codec, b"some text from elsewhere", batch=4))
+    archive.arithmetic_fingerprint = bytes(8)
+    decoder = codec if known else Codec(codec.model, codec.tokenizer, codec.name)
+    with pytest.raises(TokenomyError, match="floating-point results differ"):
+        decompress(decoder, container.dumps(archive))
+
+
 def test_window_out_of_range_is_refused(codec):
     blob = compress(codec, b"some text", batch=4)
     with pytest.raises(TokenomyError, match="window 5 is out of range: this archive has 1"):

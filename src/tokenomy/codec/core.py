@@ -73,16 +73,71 @@ class Codec:
         return self._fingerprint
 
     def arithmetic_fingerprint(self) -> bytes:
-        """8 bytes summarising the exact frequency tables this machine computes for a fixed probe."""
+        """8 bytes summarising the exact frequency tables this machine computes for a fixed probe (computed
+        beside the first coding, or here on its own)."""
         if self._arithmetic is None:
-            digest = hashlib.sha256()
             with exact(self.model) as engine:
-                row = engine.open()
-                for symbol in [self.start, *self.bytes.encode(_PROBE.encode())]:
-                    freq, _ = self.frequencies(engine.step({row: self.feed(symbol)})[row])
-                    digest.update(cumulative(freq).numpy().tobytes())
-            self._arithmetic = digest.digest()[:8]
+                _Probe(self, engine).finish()
         return self._arithmetic
+
+
+class _Probe:
+    """Steps `_PROBE` as one more engine row and records the arithmetic fingerprint when it ends.
+
+    A row's results do not depend on its companions (`Engine`), so the probe can ride along with the rows
+    being coded: its sequential one-token steps then cost almost nothing. ``expected``: the fingerprint an
+    archive recorded; a different one stops decoding as soon as the probe ends.
+    """
+
+    def __init__(self, codec: Codec, engine, expected: bytes | None = None):
+        self.codec, self.engine, self.expected = codec, engine, expected
+        self.symbols = [codec.start, *codec.bytes.encode(_PROBE.encode())]
+        self.digest = hashlib.sha256()
+        self.row = engine.open()
+
+    @classmethod
+    def riding(cls, codec: Codec, engine, expected: bytes | None = None) -> "_Probe | None":
+        """A probe for this coding run, or None when the fingerprint is already known (and matches)."""
+        if codec._arithmetic is None:
+            return cls(codec, engine, expected)
+        if expected is not None and codec._arithmetic != expected:
+            raise TokenomyError(_ARITHMETIC_DIFFERS)
+        return None
+
+    def next_token(self) -> int:
+        return self.codec.feed(self.symbols[self.engine.lengths[self.row]])
+
+    def take(self, logits: dict) -> "_Probe | None":
+        """Consume this step's logits of the probe's row; None once the probe is over."""
+        freq, _ = self.codec.frequencies(logits.pop(self.row))
+        self.digest.update(cumulative(freq).numpy().tobytes())
+        if self.engine.lengths[self.row] < len(self.symbols):
+            return self
+        self.engine.close(self.row)
+        self.codec._arithmetic = self.digest.digest()[:8]
+        if self.expected is not None and self.codec._arithmetic != self.expected:
+            raise TokenomyError(_ARITHMETIC_DIFFERS)
+        return None
+
+    def finish(self) -> None:
+        """Step the probe alone to its end."""
+        probe = self
+        while probe is not None:
+            _, probe = _step(self.engine, {}, probe)
+
+
+def _step(engine, feeds: dict[int, int], probe: _Probe | None) -> tuple[dict, _Probe | None]:
+    """``engine.step(feeds)`` with the probe's row beside them: the feeds' logits, and the probe while it
+    goes on."""
+    if probe is not None:
+        feeds[probe.row] = probe.next_token()
+    logits = engine.step(feeds)
+    return logits, probe and probe.take(logits)
+
+
+_ARITHMETIC_DIFFERS = ("this machine's floating-point results differ from the compressing machine's (another CPU "
+                       "kind or torch build): the model's probabilities would not be reproduced exactly, so "
+                       "decoding is refused rather than producing wrong bytes")
 
 
 def start_token(tokenizer) -> int:
@@ -161,13 +216,17 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
     """Code ``tokens``; segments are coded in parallel, ``batch`` at a time, in order."""
     pending = [_SegmentEncoder(s, window_bits) for s in _segments(tokens, segment_tokens)]
     with exact(codec.model) as engine:
+        probe = _Probe.riding(codec, engine)
         active: dict[int, _SegmentEncoder] = {}
         queue = list(pending)
         while queue or active:
-            while queue and len(active) < batch:
+            while queue and len(active) < batch - bool(probe):  # the probe takes a place of the batch
                 active[engine.open()] = queue.pop(0)
             feeds = {row: codec.start if seg.last() is None else codec.feed(seg.last()) for row, seg in active.items()}
-            logits = torch.stack(list(engine.step(feeds).values()))
+            step, probe = _step(engine, feeds, probe)
+            if not active:
+                continue
+            logits = torch.stack(list(step.values()))
             tables, normalizers = codec.frequencies(logits)
             for (row, seg), freq, row_logits, normalizer in zip(list(active.items()), tables, logits,
                                                                  normalizers.tolist()):
@@ -179,25 +238,32 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
                 if seg.done:
                     engine.close(row)
                     del active[row]
+        if probe:
+            probe.finish()
     if stats is not None:
         stats["model_bits"] = sum(seg.model_bits for seg in pending)
     return [unit for seg in pending for unit in seg.units]
 
 
 def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: int,
-                 progress: Progress | None = None) -> list[list[int]]:
-    """Token ids of each (token count, bits) unit, decoded in parallel ``batch`` at a time."""
+                 progress: Progress | None = None, arithmetic: bytes | None = None) -> list[list[int]]:
+    """Token ids of each (token count, bits) unit, decoded in parallel ``batch`` at a time; ``arithmetic``:
+    the fingerprint this machine must reproduce (checked beside the first steps)."""
     units = list(units)
     results: list[list[int]] = [[] for _ in units]
     with exact(codec.model) as engine:
+        probe = _Probe.riding(codec, engine, arithmetic)
         active: dict[int, tuple[int, Decoder]] = {}
         queue = [i for i, (count, _) in enumerate(units) if count]
         while queue or active:
-            while queue and len(active) < batch:
+            while queue and len(active) < batch - bool(probe):
                 i = queue.pop(0)
                 active[engine.open()] = (i, Decoder(units[i][1]))
             feeds = {row: codec.feed(results[i][-1]) if results[i] else codec.start for row, (i, _) in active.items()}
-            cums = cumulative(codec.frequencies(torch.stack(list(engine.step(feeds).values())))[0])
+            step, probe = _step(engine, feeds, probe)
+            if not active:
+                continue
+            cums = cumulative(codec.frequencies(torch.stack(list(step.values())))[0])
             for (row, (i, decoder)), cum in zip(list(active.items()), cums):
                 symbol = symbol_at(cum, decoder.target(TOTAL))
                 decoder.consume(int(cum[symbol]), int(cum[symbol + 1]), TOTAL)
@@ -207,6 +273,8 @@ def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: in
                 if len(results[i]) == units[i][0]:
                     engine.close(row)
                     del active[row]
+        if probe:
+            probe.finish()
     return results
 
 
@@ -246,17 +314,11 @@ def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: in
 
 
 def check_compatible(codec: Codec, archive: container.Archive) -> None:
-    """Refuse to decode with another model, or where the arithmetic would not be reproduced."""
+    """Refuse to decode with another model (the arithmetic is checked while decoding: `_Probe`)."""
     if codec.model_fingerprint() != archive.model_fingerprint:
         raise TokenomyError(
             f"this archive was made with model {archive.model!r} (fingerprint {archive.model_fingerprint.hex()}); "
             f"the loaded model differs ({codec.model_fingerprint().hex()}): decode with the same model"
-        )
-    if codec.arithmetic_fingerprint() != archive.arithmetic_fingerprint:
-        raise TokenomyError(
-            "this machine's floating-point results differ from the compressing machine's (another CPU "
-            "kind or torch build): the model's probabilities would not be reproduced exactly, so decoding "
-            "is refused rather than producing wrong bytes"
         )
 
 
@@ -272,7 +334,7 @@ def decompress(codec: Codec, blob: bytes, window: int | None = None, batch: int 
             raise TokenomyError(f"window {window} is out of range: this archive has {archive.units} (0..{archive.units - 1})")
         indices = [window]
     units = [(archive.token_counts[i], unpack_bits(archive.payload, offsets[i], archive.stream_bits[i])) for i in indices]
-    decoded = decode_units(codec, units, batch, progress)
+    decoded = decode_units(codec, units, batch, progress, archive.arithmetic_fingerprint)
     data = b"".join(codec.bytes.decode(ids) for ids in decoded)
     if window is None and (len(data) != archive.original_size or container.sha256(data) != archive.sha256):
         raise TokenomyError("decoded data does not match the archive's checksum: the archive is damaged")
