@@ -100,8 +100,7 @@ class _Probe:
         """A probe for this coding run, or None when the fingerprint is already known (and matches)."""
         if codec._arithmetic is None:
             return cls(codec, engine, expected)
-        if expected is not None and codec._arithmetic != expected:
-            raise TokenomyError(_ARITHMETIC_DIFFERS)
+        _check_arithmetic(codec._arithmetic, expected)
         return None
 
     def next_token(self) -> int:
@@ -115,8 +114,7 @@ class _Probe:
             return self
         self.engine.close(self.row)
         self.codec._arithmetic = self.digest.digest()[:8]
-        if self.expected is not None and self.codec._arithmetic != self.expected:
-            raise TokenomyError(_ARITHMETIC_DIFFERS)
+        _check_arithmetic(self.codec._arithmetic, self.expected)
         return None
 
     def finish(self) -> None:
@@ -135,9 +133,13 @@ def _step(engine, feeds: dict[int, int], probe: _Probe | None) -> tuple[dict, _P
     return logits, probe and probe.take(logits)
 
 
-_ARITHMETIC_DIFFERS = ("this machine's floating-point results differ from the compressing machine's (another CPU "
-                       "kind or torch build): the model's probabilities would not be reproduced exactly, so "
-                       "decoding is refused rather than producing wrong bytes")
+def _check_arithmetic(actual: bytes, expected: bytes | None) -> None:
+    if expected is not None and actual != expected:
+        raise TokenomyError(
+            "this machine's floating-point results differ from the compressing machine's (another CPU kind or "
+            "torch build): the model's probabilities would not be reproduced exactly, so decoding is refused "
+            "rather than producing wrong bytes"
+        )
 
 
 def start_token(tokenizer) -> int:

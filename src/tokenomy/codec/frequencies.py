@@ -39,15 +39,10 @@ def frequencies(logits: Tensor, extra: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def cumulative(freq: Tensor) -> Tensor:
-    """Cumulative frequencies ``(..., symbols + 1)``, from 0 to ``TOTAL``."""
+    """Cumulative frequencies ``(..., symbols + 1)``, from 0 to ``TOTAL``: what a decoder searches."""
     cum = freq.new_zeros(*freq.shape[:-1], freq.shape[-1] + 1)
     torch.cumsum(freq, dim=-1, out=cum[..., 1:])
     return cum
-
-
-def cumulative_frequencies(logits: Tensor, extra: int = 0) -> Tensor:
-    """`cumulative` of `frequencies`: what a decoder searches."""
-    return cumulative(frequencies(logits, extra)[0])
 
 
 def interval(freq: Tensor, symbol: int) -> tuple[int, int]:
