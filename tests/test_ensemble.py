@@ -118,6 +118,39 @@ def test_hypothesis_cap_drops_mass_and_reports_it():
     assert capped.distribution().sum().item() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("floor", [0.05, 0.3])
+def test_prune_floor_moves_the_distribution_by_at_most_the_share_it_reports(floor):
+    """A dropped tokenization held share s of the candidates' mass, so the next-byte distribution after the
+    first drop is within s (total variation) of the exact one; and dropping saves model steps."""
+    tok = toy_tokenizer()
+    model = toy_model(len(tok))
+    from tokenomy.ensemble.bytelevel import ByteLevelLM
+
+    exact, floored = exact_byte_lm(model, tok), ByteLevelLM(model, tok, max_hypotheses=None, prune=floor)
+    for lm in (exact, floored):
+        lm.start("c")
+    for byte in b"abcabcab":
+        for lm in (exact, floored):
+            lm.advance(byte)
+        if floored.stats.pruned_mass > 0.0:
+            break
+    dropped = floored.stats.pruned_mass
+    assert 0.0 < dropped < floor * len(exact.hypotheses)  # each dropped one was below floor x the best
+    distance = 0.5 * (exact.distribution() - floored.distribution()).abs().sum().item()
+    assert distance <= dropped + 1e-9
+    assert floored.forwarded < exact.forwarded and floored.stats.capped_steps == 0
+
+
+def test_cli_byte_level_defaults_are_the_librarys():
+    from tokenomy.cli import build_parser
+    from tokenomy.ensemble.bytelevel import MAX_HYPOTHESES, PRUNE, ByteLevelLM
+
+    assert (ByteLevelLM.max_hypotheses, ByteLevelLM.prune) == (MAX_HYPOTHESES, PRUNE)
+    for argv in (["ensemble", "prompt"], ["bench", "ensemble"]):
+        args = build_parser().parse_args(argv)
+        assert (args.max_hypotheses, args.prune) == (MAX_HYPOTHESES, PRUNE)
+
+
 def test_every_live_tokenization_spells_the_stream():
     tok = toy_tokenizer()
     lm = exact_byte_lm(toy_model(len(tok)), tok)

@@ -397,6 +397,15 @@ def cmd_unzip(args) -> int:
     return 0
 
 
+def _byte_level_options(p: argparse.ArgumentParser) -> None:
+    """The byte-level alignment's cost bound (defaults: the library's, `tokenomy.ensemble.bytelevel`; a test
+    keeps them equal without importing it here, which would load transformers for ``--help``)."""
+    p.add_argument("--max-hypotheses", type=int, default=4,
+                   help="byte level: cap on tokenizations kept per byte, i.e. on per-step cost (0: no cap)")
+    p.add_argument("--prune", type=float, default=3e-3,
+                   help="byte level: drop tokenizations below this share of the best (0: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
 
@@ -452,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--core", choices=["both", "on", "off"], default="both", help="rows without and/or with CoRE")
     p.add_argument("--limit", type=int, default=40, help="samples per task")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-hypotheses", type=int, default=4, help="byte level: tokenizations kept per byte (0: no cap)")
-    p.add_argument("--prune", type=float, default=1e-3, help="byte level: drop tokenizations below this share of the best")
+    _byte_level_options(p)
     p.add_argument("--backoff", type=int, default=0,
                    help="byte level: prompt tokens re-read as bytes (0: every row conditions on the same canonical "
                         "prompt tokens; the tasks' prompts end at word boundaries)")
@@ -502,9 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable); not included in the output")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-hypotheses", type=int, default=4,
-                   help="byte level: cap on tokenizations kept per byte, i.e. on per-step cost (0: no cap)")
-    p.add_argument("--prune", type=float, default=1e-3, help="byte level: drop tokenizations below this share of the best")
+    _byte_level_options(p)
     p.add_argument("--backoff", type=int, default=1,
                    help="byte level: last prompt tokens re-read as bytes, so a prompt may end mid-token")
     p.add_argument("--echo", action="store_true", help="print the prompt before its continuation")

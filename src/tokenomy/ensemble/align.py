@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from tokenomy._validation import TokenomyError
-from tokenomy.ensemble.bytelevel import ByteLevelLM, ByteStats
+from tokenomy.ensemble.bytelevel import MAX_HYPOTHESES, PRUNE, ByteLevelLM, ByteStats
 from tokenomy.ensemble.lm import Branch
 from tokenomy.ensemble.vocab import END, Vocabulary
 
@@ -57,7 +57,7 @@ class Parallel:
 class ByteAlignment:
     end = END
 
-    def __init__(self, members, *, max_hypotheses=4, prune=1e-3, backoff=1):
+    def __init__(self, members, *, max_hypotheses=MAX_HYPOTHESES, prune=PRUNE, backoff=1):
         self.models = [ByteLevelLM(model, tok, max_hypotheses=max_hypotheses, prune=prune, backoff=backoff,
                                    vocabulary=vocab) for model, tok, vocab in members]
         self.parallel = Parallel(len(self.models))

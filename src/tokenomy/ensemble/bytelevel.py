@@ -30,6 +30,9 @@ from tokenomy._validation import TokenomyError, check_int
 from tokenomy.ensemble.lm import Branch
 from tokenomy.ensemble.vocab import END, SYMBOLS, Vocabulary
 
+MAX_HYPOTHESES = 4  # default cap on the tokenizations kept per byte
+PRUNE = 3e-3  # default floor: a tokenization below this share of the best is dropped (README: its cost)
+
 
 @dataclass
 class _Hypothesis:
@@ -54,8 +57,8 @@ class ByteLevelLM:
 
     model: object
     tokenizer: object
-    max_hypotheses: int | None = 4
-    prune: float = 1e-3
+    max_hypotheses: int | None = MAX_HYPOTHESES
+    prune: float = PRUNE
     backoff: int = 1
     vocabulary: Vocabulary | None = None
     stats: ByteStats = field(default_factory=ByteStats)

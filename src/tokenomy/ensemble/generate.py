@@ -10,6 +10,7 @@ import torch
 
 from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.ensemble.align import ALIGNMENTS, ByteAlignment, TokenAlignment, UnionAlignment
+from tokenomy.ensemble.bytelevel import MAX_HYPOTHESES, PRUNE
 from tokenomy.ensemble.combine import STRATEGIES, Combiner, Core, Strategy
 from tokenomy.ensemble.vocab import Vocabulary
 
@@ -93,7 +94,7 @@ class Ensemble:
 
     def __init__(self, models: Sequence, *, alignment: str = "bytes", strategy: str = "average",
                  weights: Sequence[float] | None = None, core: bool = False, core_beta: float | None = None,
-                 max_hypotheses: int | None = 4, prune: float = 1e-3, backoff: int = 1):
+                 max_hypotheses: int | None = MAX_HYPOTHESES, prune: float = PRUNE, backoff: int = 1):
         check_choice("alignment", alignment, ALIGNMENTS)
         check_choice("strategy", strategy, STRATEGIES)
         if isinstance(models, (str, bytes)) or len(models) < 2:
