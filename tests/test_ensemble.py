@@ -141,6 +141,33 @@ def test_prune_floor_moves_the_distribution_by_at_most_the_share_it_reports(floo
     assert floored.forwarded < exact.forwarded and floored.stats.capped_steps == 0
 
 
+def test_a_byte_every_kept_tokenization_misses_is_respelled_not_refused():
+    """With a floor and a cap, a model can keep only tokenizations that cannot continue with the byte an
+    ensemble chose for another model's sake; it then re-spells its best one and goes on."""
+    tok = toy_tokenizer()
+    model = toy_model(len(tok))
+    from tokenomy.ensemble.bytelevel import ByteLevelLM
+
+    total = 0
+    for text in (b"acbb", b"bbac", b"a ca", b"cbba"):  # "ac", "bb", "a ": no token has them as a prefix
+        lm = ByteLevelLM(model, tok, max_hypotheses=1, prune=0.5, backoff=0)
+        lm.start("c")
+        respelled = 0
+        for byte in text:
+            zero = float(lm.distribution()[byte]) == 0.0
+            lm.advance(byte)
+            respelled += zero
+            assert lm.stats.respelled == respelled
+            prefix = len(tok("", add_special_tokens=True)["input_ids"]) + len(lm.vocabulary.encode(b"c"))
+            for h in lm.hypotheses:  # every kept tokenization still spells the stream
+                assert lm.stream.startswith(lm.vocabulary.bytes_tokenizer.decode(h.branch.ids[prefix:]))
+            assert lm.distribution().sum().item() == pytest.approx(1.0, abs=1e-12)
+        total += respelled
+    assert total > 0
+    with pytest.raises(TokenomyError, match="no token spells it"):
+        lm.advance(ord("z"))
+
+
 def test_cli_byte_level_defaults_are_the_librarys():
     from tokenomy.cli import build_parser
     from tokenomy.ensemble.bytelevel import MAX_HYPOTHESES, PRUNE, ByteLevelLM

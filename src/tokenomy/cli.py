@@ -202,6 +202,8 @@ def cmd_ensemble(args) -> int:
             note += f", CoRE changed {out.core_changed}"
         if out.capped_steps:
             note += f", hypothesis cap reached at {out.capped_steps} bytes (dropped <= {out.pruned_mass:.1e})"
+        if out.respelled:
+            note += f", {out.respelled} byte(s) re-spelled after pruning"
         print(note + "]", file=sys.stderr)
     return 0
 

@@ -173,7 +173,7 @@ def run(members: list, names: list[str], items: list[Item], *, alignments: list[
                 "task": item.task, "sample": number, "system": label, "output": out.text,
                 "answers": item.answers, "correct": correct(item, out.text), "steps": out.steps,
                 "core_changed": out.core_changed, "bytes": len(out.data), "seconds": out.seconds,
-                "prompt_seconds": out.prompt_seconds, "decode_tokens": out.forwarded_tokens, "pruned_mass": out.pruned_mass, "stopped": out.stopped,
+                "prompt_seconds": out.prompt_seconds, "decode_tokens": out.forwarded_tokens, "pruned_mass": out.pruned_mass, "respelled": out.respelled, "stopped": out.stopped,
             })
             if progress is not None:
                 progress(1)

@@ -48,6 +48,7 @@ class ByteStats:
     max_hypotheses: int = 0
     pruned_mass: float = 0.0  # largest share of probability dropped at one byte
     capped_steps: int = 0  # bytes at which the hypothesis cap dropped something
+    respelled: int = 0  # bytes no kept tokenization could continue (`advance` re-spells the best one)
 
 
 @dataclass
@@ -112,7 +113,17 @@ class ByteLevelLM:
     def advance(self, byte: int) -> None:
         """Append ``byte`` to the stream and update the hypotheses."""
         self.stream += bytes([byte])
-        here = len(self.stream)
+        candidates = self._candidates()
+        if not candidates:
+            self._respell()
+            candidates = self._candidates()
+        if not candidates:
+            raise TokenomyError(f"the model gives byte 0x{byte:02x} zero probability here (no token spells it)")
+        self._keep(candidates)
+
+    def _candidates(self) -> list[tuple[float, str, _Hypothesis, int | None]]:
+        """Every way the hypotheses can spell the stream's last byte, with its share (unnormalised, > 0):
+        a hypothesis waiting for a longer token ("parent"), or a token ending exactly here ("child")."""
         parents, children = [], []
         for h in self.hypotheses:
             rest = self.stream[h.end :]
@@ -128,10 +139,25 @@ class ByteLevelLM:
                 h.span = (lo, hi)
                 parents.append((weight * longer, h))
         candidates = [(share, "parent", h, None) for share, h in parents]
-        candidates += [(share, "child", h, token) for share, h, token in children]
+        return candidates + [(share, "child", h, token) for share, h, token in children]
+
+    def _respell(self) -> None:
+        """The floor or the cap dropped every tokenization that continues with the stream's last byte (the
+        exact model never gives a spellable byte zero probability, a pruned one can, and an ensemble may
+        choose it for another model's sake): continue the best hypothesis with the tokenizer's own split of
+        the bytes it still owes, so the model sees a real tokenization of the stream again. (If no token at
+        all starts with the byte, `advance` still finds nothing and says so.)"""
+        best = max(self.hypotheses, key=lambda h: h.log_weight)
+        owed = self.stream[best.end : -1]
+        tokens = self.vocabulary.encode(owed)
+        self.hypotheses = [self._hypothesis(best.branch.extend(tokens), len(self.stream) - 1, 0.0)]
+        self.forwarded += len(tokens)
+        self.stats.respelled += 1
+
+    def _keep(self, candidates) -> None:
+        """Keep the largest candidates (floor and cap), stepping the model for each kept child."""
+        here = len(self.stream)
         total = sum(c[0] for c in candidates)
-        if total <= 0.0:
-            raise TokenomyError(f"the model gives byte 0x{byte:02x} zero probability here (no token spells it)")
         candidates.sort(key=lambda c: -c[0])
         floor = self.prune * candidates[0][0]
         kept = [c for c in candidates if c[0] >= floor and c[0] > 0.0]

@@ -30,6 +30,7 @@ class Output:
     stopped: str  # "end", "stop" or "length"
     pruned_mass: float = 0.0  # byte level: largest probability share dropped at one byte
     capped_steps: int = 0  # byte level: bytes at which the hypothesis cap dropped something
+    respelled: int = 0  # byte level: bytes at which a model re-spelled its best tokenization (see ByteLevelLM)
 
 
 def decode(alignment, combiner: Combiner, prompt: bytes, *, max_new_bytes: int, stop: Sequence[bytes] = (),
@@ -81,7 +82,7 @@ def _decode(alignment, combiner, prompt, max_new_bytes, stop, temperature, gener
         seconds=time.perf_counter() - prompted, prompt_seconds=prompted - began,
         forwarded_tokens=alignment.forwarded - forwarded - prompt_tokens, prompt_tokens=prompt_tokens, stopped=stopped,
         pruned_mass=max((s.pruned_mass for s in stats), default=0.0),
-        capped_steps=sum(s.capped_steps for s in stats),
+        capped_steps=sum(s.capped_steps for s in stats), respelled=sum(s.respelled for s in stats),
     )
 
 
