@@ -164,8 +164,10 @@ def test_a_byte_every_kept_tokenization_misses_is_respelled_not_refused():
             assert lm.distribution().sum().item() == pytest.approx(1.0, abs=1e-12)
         total += respelled
     assert total > 0
+    forwarded = lm.forwarded
     with pytest.raises(TokenomyError, match="no token spells it"):
         lm.advance(ord("z"))
+    assert lm.stats.respelled == respelled and lm.forwarded == forwarded  # refused before any re-spelling
 
 
 def test_cli_byte_level_defaults_are_the_librarys():

@@ -114,7 +114,8 @@ class ByteLevelLM:
         """Append ``byte`` to the stream and update the hypotheses."""
         self.stream += bytes([byte])
         candidates = self._candidates()
-        if not candidates:
+        lo, hi = self.vocabulary.prefix_range(self.stream[-1:])
+        if not candidates and lo < hi:  # some token spells the byte, but no kept tokenization reaches it
             self._respell()
             candidates = self._candidates()
         if not candidates:
@@ -145,8 +146,7 @@ class ByteLevelLM:
         """The floor or the cap dropped every tokenization that continues with the stream's last byte (the
         exact model never gives a spellable byte zero probability, a pruned one can, and an ensemble may
         choose it for another model's sake): continue the best hypothesis with the tokenizer's own split of
-        the bytes it still owes, so the model sees a real tokenization of the stream again. (If no token at
-        all starts with the byte, `advance` still finds nothing and says so.)"""
+        the bytes it still owes, so the model sees a real tokenization of the stream again."""
         best = max(self.hypotheses, key=lambda h: h.log_weight)
         owed = self.stream[best.end : -1]
         tokens = self.vocabulary.encode(owed)
