@@ -247,6 +247,13 @@ def test_window_bits_below_one_token_are_refused(codec):
         compress(codec, b"abc", window_bits=16)
 
 
+def test_segments_longer_than_the_model_context_are_refused(codec):
+    context = codec.model.config.max_position_embeddings
+    assert compress(codec, b"abc", segment_tokens=context, batch=4)
+    with pytest.raises(TokenomyError, match=f"tiny-random's context of {context} tokens"):
+        compress(codec, b"abc", segment_tokens=context + 1)
+
+
 def test_wrong_model_is_refused(codec, tokenizer):
     blob = compress(codec, b"some text", batch=4)
     other = Codec(tiny_lm(49152, seed=1), tokenizer, "other")

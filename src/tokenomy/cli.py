@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-bits", type=int, default=0,
                    help=f"Equal-Info Window size in bits (0: no windows; else >= {MIN_WINDOW_BITS})")
     p.add_argument("--segment-tokens", type=int, default=SEGMENT_TOKENS,
-                   help="longest model context; segments are coded independently and in parallel")
+                   help="tokens per segment, one model context each (at most the model's context): longer ones "
+                        "compress better, shorter ones code more contexts side by side (faster)")
     p.add_argument("--batch", type=int, default=BATCH, help="contexts run through the model at once")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_zip)

@@ -293,6 +293,12 @@ def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: in
         )
     if segment_tokens < 1 or batch < 1:
         raise TokenomyError("segment tokens and batch must be >= 1")
+    context = getattr(codec.model.config, "max_position_embeddings", None)
+    if context is not None and segment_tokens > context:  # a segment is one context: start token + all but its last
+        raise TokenomyError(
+            f"--segment-tokens {segment_tokens} is longer than {codec.name}'s context of {context} tokens; "
+            f"use at most {context}"
+        )
     tokens = codec.bytes.encode(data)
     if on_tokens:
         on_tokens(len(tokens))

@@ -4,7 +4,8 @@
 # and throughput flattens past 64 rows on a 2-core CPU (measured: 61, 211, 254, 287 tokens/s at 4, 32, 64,
 # 128 rows).
 BATCH = 64
-# The longest model context; segments are coded independently (and in parallel).
+# Tokens per segment, one model context each. Segments are coded independently and side by side, so longer
+# ones predict better but leave fewer contexts to step at once (README: the whole book at 1024 and 8192).
 SEGMENT_TOKENS = 1024
 # The least Equal-Info Window that always fits one token: the rarest token costs 28 bits, termination 2.
 MIN_WINDOW_BITS = 32
