@@ -9,6 +9,7 @@ from torch import Tensor
 
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.tasks import Sample
+from tokenomy.models.adapters import context_length
 
 _SPLIT = "\u2063TOKENOMY-SPLIT\u2063"
 
@@ -45,7 +46,7 @@ def build_prompt(tokenizer, sample: Sample) -> Prompt:
 
 def check_fits(model, prompt: Prompt, extra: int, where: str) -> None:
     """Refuse (never truncate) a prompt longer than the model's context window."""
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    limit = context_length(model)
     needed = prompt.full.shape[1] + extra
     if limit is not None and needed > limit:
         raise TokenomyError(

@@ -31,6 +31,7 @@ from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
 from tokenomy.codec.engine import exact
 from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at
 from tokenomy.codec.tokens import ByteTokenizer
+from tokenomy.models.adapters import context_length
 
 _PROBE = "The quick brown fox, 0123."  # a few tokens: each costs one sequential model step
 
@@ -293,7 +294,7 @@ def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: in
         )
     if segment_tokens < 1 or batch < 1:
         raise TokenomyError("segment tokens and batch must be >= 1")
-    context = getattr(codec.model.config, "max_position_embeddings", None)
+    context = context_length(codec.model)
     if context is not None and segment_tokens > context:  # a segment is one context: start token + all but its last
         raise TokenomyError(
             f"--segment-tokens {segment_tokens} is longer than {codec.name}'s context of {context} tokens; "

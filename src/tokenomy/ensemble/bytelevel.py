@@ -114,8 +114,7 @@ class ByteLevelLM:
         """Append ``byte`` to the stream and update the hypotheses."""
         self.stream += bytes([byte])
         candidates = self._candidates()
-        lo, hi = self.vocabulary.prefix_range(self.stream[-1:])
-        if not candidates and lo < hi:  # some token spells the byte, but no kept tokenization reaches it
+        if not candidates and self._spellable(byte):  # no kept tokenization reaches a byte some token spells
             self._respell()
             candidates = self._candidates()
         if not candidates:
@@ -141,6 +140,10 @@ class ByteLevelLM:
                 parents.append((weight * longer, h))
         candidates = [(share, "parent", h, None) for share, h in parents]
         return candidates + [(share, "child", h, token) for share, h, token in children]
+
+    def _spellable(self, byte: int) -> bool:
+        lo, hi = self.vocabulary.prefix_range(bytes([byte]))
+        return lo < hi
 
     def _respell(self) -> None:
         """The floor or the cap dropped every tokenization that continues with the stream's last byte (the

@@ -47,6 +47,11 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return modules
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The most positions the (language) model was trained on, or None where the config does not say."""
+    return getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+
+
 def full_attention_modules(model: nn.Module) -> list[nn.Module]:
     """The attention modules of the layers that attend over the whole context, in order. Sliding-window and
     chunked layers (Gemma-3's local ones, Mistral's) keep a bounded cache of their own (HF's rule, read from
