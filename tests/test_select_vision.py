@@ -62,7 +62,16 @@ def test_k_center_never_repeats_duplicates():
     assert k_center(f, 2, first=2).tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("k, first", [(0, 0), (5, 0), (-1, 0), (2.0, 0), (True, 0), (2, 4), (2, -1)])
+def test_k_center_from_several_starting_points():
+    f = at_degrees(0, 10, 20, 35, 60, 90)
+    assert k_center(f, 3, first=[0, 5]).tolist() == [0, 3, 5]  # 35 is 35 from 0; 60 only 30 from 90
+    assert k_center(f, 4, first=[1, 4]).tolist() == [1, 3, 4, 5]  # 90 (30 from 60), then 35 (25 from both)
+    assert k_center(f, 2, first=[4, 2]).tolist() == [2, 4]  # as many starts as k: the starts only
+    assert k_center(f, 2, first=[0]).tolist() == k_center(f, 2, first=0).tolist()
+
+
+@pytest.mark.parametrize("k, first", [(0, 0), (5, 0), (-1, 0), (2.0, 0), (True, 0), (2, 4), (2, -1), (2, True),
+                                      (2, []), (2, [0, 0]), (2, [0, 1, 2]), (2, [0, 4]), (2, [0.0])])
 def test_k_center_rejects_bad_arguments(k, first):
     with pytest.raises(TokenomyError):
         k_center(torch.eye(4), k, first)

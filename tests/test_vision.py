@@ -149,6 +149,31 @@ def test_joint_diverse_selection_takes_one_token_of_a_blank_crop():
     assert even == [4, 4, 4]
 
 
+def test_label_oracle_reads_where_objects_are_in_token_order():
+    from tokenomy.bench.vision import LabelOracle, relevance
+
+    processor = ReferenceProcessor(None, CropLayout(thumbnail=True, rows=2, cols=2, side=6), 48, IMAGE)
+    kind = np.full((96, 96), scenes.KIND_TEXT, np.uint8)  # filler text everywhere does not count
+    kind[:48, :48] = 1  # a shape filling the top-left quadrant exactly
+    sample = scenes.Sample(Image.new("RGB", (96, 96)), "", "", "colour", np.stack([kind] * 3), 1)
+    grid = relevance(processor, sample).reshape(5, 6, 6)
+    expected = torch.zeros(5, 6, 6)
+    expected[0, :3, :3] = 1  # the thumbnail's top-left 3 x 3 tokens
+    expected[1] = 1  # all of the top-left crop
+    assert torch.allclose(grid, expected, atol=0.05)
+
+    score = torch.zeros(20)
+    score[[3, 11, 7]] = torch.tensor([0.5, 1.0, 0.05])  # token 7 is under the threshold
+    view = CropView(torch.randn(1, 20, 8, generator=torch.Generator().manual_seed(0)), None,
+                    CropLayout(rows=1, cols=1, side=4), 1, lambda layer: None)
+    assert LabelOracle(score).indices(view, None, 1).tolist() == [11]
+    chosen = LabelOracle(score).indices(view, None, 6).tolist()
+    assert len(chosen) == 6 and {3, 11} <= set(chosen)
+    assert chosen == Diverse(lambda view, crop: [3, 11]).indices(view, None, 6).tolist()
+    assert LabelOracle(torch.zeros(20)).indices(view, None, 4).tolist() == \
+        Diverse(first_isolated).indices(view, None, 4).tolist()  # nothing relevant: DivPrune
+
+
 @pytest.mark.parametrize("per_crop, counts", [(True, [4, 4, 4, 4, 4]), (False, None)])
 def test_divprune_per_crop_option(per_crop, counts):
     vlm, inputs = tiny_vlm(), prompt()

@@ -274,12 +274,13 @@ def cmd_bench_vision(args) -> int:
             raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
         create_spec(method, keep=keeps[0])  # bad options fail now, not after loading
     vlm, processor = tokenomy.load("reference-vlm")
-    configs = 2 + len(methods) * len(keeps)
+    timed = 1 + len(methods) * len(keeps)  # full and every method; not the blank image or the oracle
+    configs = timed + 1 + (len(keeps) if args.oracle else 0)
     timing = min(args.timing, args.limit)
-    with tqdm(total=args.limit * configs + args.repeats * timing * (configs - 1), desc="bench vision",
+    with tqdm(total=args.limit * configs + args.repeats * timing * timed, desc="bench vision",
               unit="run", file=sys.stderr) as bar:
         rows, timings = bench.run(vlm, processor, methods, keeps, args.limit, args.seed, args.repeats, timing,
-                                  progress=bar.update, split=args.split)
+                                  progress=bar.update, split=args.split, oracle=args.oracle)
     results = bench.summarize(vlm, processor, rows, timings)
     print(table(results, bench.COLUMNS))
     if args.json:
@@ -481,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing", type=int, default=8, help="samples whose prefill is timed (0: no timing)")
     p.add_argument("--repeats", type=int, default=3, help="timing rounds (medians reported)")
+    p.add_argument("--oracle", action="store_true",
+                   help="add a 'label oracle' row per --keep: the tokens the generator's labels say show an object "
+                        "or the word (no method can know this; it separates the selection's loss from the model's)")
     p.add_argument("--json", help="write per-sample rows and aggregates here; the plot goes next to it (.png)")
     p.set_defaults(func=cmd_bench_vision)
 

@@ -9,6 +9,10 @@ equals the expected word. Rows report accuracy, accuracy relative to full tokens
 visual tokens reaching the LLM, analytical prefill FLOPs, measured prefill time (vision tower +
 selection + projector + LLM prefill; median over ``repeats`` rounds in which every row runs once, in
 turn, on the same ``timing`` samples) and the selection overhead as a share of that prefill.
+
+With ``oracle``, a "label oracle" row per kept fraction answers with the visual tokens the generator's
+labels say show an object or the large word: a selection no method can make (it reads the answer's
+location), which shows how much of a method's loss is the selection's and how much the model's.
 """
 
 from __future__ import annotations
@@ -17,16 +21,25 @@ import statistics
 import string
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 import tokenomy
 from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.vision_adapters import dense_weights, vision_parts
 from tokenomy.registry import method_spec
+from tokenomy.score.vision import CropView
+from tokenomy.select import k_center
+from tokenomy.sites.visual import PreLLM, first_isolated
+
+ORACLE = "label oracle"
+RELEVANT_KINDS = (1, 2, 3, scenes.KIND_WORD)  # the shapes and the large word, not filler text
 
 COLUMNS = [
     ("method", "method", ""),
@@ -73,25 +86,57 @@ def blank_like(image: Image.Image) -> Image.Image:
     return Image.new("RGB", image.size, (255, 255, 255))
 
 
-def _session(method: str, keep: float, vlm):
+def relevance(processor, sample: scenes.Sample) -> Tensor:
+    """Fraction of each visual token's pixels showing an object or the large word, ``(crops * patches,)`` in
+    the model's token order: the generator's labels cut into crops exactly as the processor cuts the image."""
+    mask = np.isin(sample.labels[0], RELEVANT_KINDS).astype(np.uint8) * 255
+    crops = (processor.crops(Image.fromarray(mask))[:, 0] + 1) / 2  # (crops, crop, crop) in [0, 1]
+    side = processor.layout.side
+    patch = processor.crop // side
+    return crops.reshape(-1, side, patch, side, patch).mean((2, 4)).flatten()
+
+
+@dataclass
+class LabelOracle:
+    """The tokens covering most object / word pixels (at least ``threshold`` of a token), best first; when
+    they are fewer than the budget, DivPrune's farthest-point traversal continues from them."""
+
+    relevance: Tensor
+    threshold: float = 0.1
+
+    def indices(self, view: CropView, crop: None, k: int) -> Tensor:
+        """``k`` indices into the flattened crops (a joint selection: ``crop`` is always None)."""
+        relevant = int((self.relevance >= self.threshold).sum())
+        ranked = torch.argsort(self.relevance, descending=True, stable=True)[: min(k, relevant)].tolist()
+        return k_center(view.features.flatten(0, 1), k, ranked or first_isolated(view, None))
+
+    def take(self, features: Tensor, kept: Tensor) -> Tensor:
+        return features[kept]
+
+
+def _session(method: str, keep: float, vlm, processor=None, sample: scenes.Sample | None = None):
     if method in ("full", "blank image"):
         return nullcontext()
+    if method == ORACLE:
+        return PreLLM(keep, LabelOracle(relevance(processor, sample)), joint=True).apply(vlm)
     name, options = method_spec(method)
     return tokenomy.apply(vlm, name, keep=keep, **options)
 
 
 def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed: int, repeats: int,
         timing: int, progress: Callable[[int], Any] = lambda n: None,
-        split: str = "test") -> tuple[list[dict], list[dict]]:
-    """Answer every sample with every row; then time the prefills. Returns (per-sample rows, timings)."""
+        split: str = "test", oracle: bool = False) -> tuple[list[dict], list[dict]]:
+    """Answer every sample with every row; then time the prefills (not the blank image's or the oracle's:
+    theirs is the full model's and a method's). Returns (per-sample rows, timings)."""
     samples = [scenes.sample(split, seed * 1_000_000 + i) for i in range(limit)]
     configs = [("full", 1.0), ("blank image", 1.0)] + [(m, k) for m in methods for k in keeps]
+    configs += [(ORACLE, k) for k in keeps] if oracle else []
     rows = []
     for index, s in enumerate(samples):
         for method, keep in configs:
             image = blank_like(s.image) if method == "blank image" else s.image
             inputs = processor(image, s.question)
-            with _session(method, keep, vlm) as session:
+            with _session(method, keep, vlm, processor, s) as session:
                 text = answer(vlm, processor, inputs)
             visual = session.stats.tokens_kept if session is not None else processor.layout.num_crops * processor.layout.tokens_per_crop
             rows.append({"sample": index, "qtype": s.qtype, "method": method, "keep": keep, "answer": s.answer,
@@ -101,7 +146,7 @@ def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed
             progress(1)
     timings = []
     for _ in range(repeats):
-        for method, keep in [c for c in configs if c[0] != "blank image"]:
+        for method, keep in [c for c in configs if c[0] not in ("blank image", ORACLE)]:
             for s in samples[:timing]:
                 inputs = processor(s.image, s.question)
                 with _session(method, keep, vlm) as session, torch.no_grad():

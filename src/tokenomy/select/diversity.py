@@ -7,6 +7,8 @@ deterministic (ties go to the lowest index).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,26 +25,29 @@ def cosine_distance(x: Tensor) -> Tensor:
     return dist.fill_diagonal_(0.0)
 
 
-def k_center(features: Tensor, k: int, first: int) -> Tensor:
+def k_center(features: Tensor, k: int, first: int | Sequence[int]) -> Tensor:
     """Greedy k-center (Gonzalez farthest-point traversal) under cosine distance, from index ``first``.
 
     Each step adds the point farthest from its nearest selected point (ties: lowest index). This is stage 1
     of ToDRE ("ToDRE: Visual Token Pruning via Diversity and Task Awareness", arXiv:2505.18757) and the
     max-min selection of DivPrune ("DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
-    Models", Alvar et al., CVPR 2025, arXiv:2503.02175); they differ only in ``first``. ``features`` is
-    ``(n, d)``, ``k`` in ``[1, n]``. Returns the ``k`` selected indices in increasing order.
+    Models", Alvar et al., CVPR 2025, arXiv:2503.02175); they differ only in ``first``. ``first`` may also be
+    a sequence of distinct starting indices (at most ``k``), all selected before the traversal continues.
+    ``features`` is ``(n, d)``, ``k`` in ``[1, n]``. Returns the ``k`` selected indices in increasing order.
     """
     dist = cosine_distance(features)
     n = dist.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise TokenomyError(f"k must be an integer in [1, {n}], got {k!r}")
-    if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < n:
-        raise TokenomyError(f"first must be an integer in [0, {n - 1}], got {first!r}")
+    starts = list(first) if isinstance(first, Sequence) else [first]
+    valid = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in starts)
+    if not valid or not 1 <= len(starts) <= k or len(set(starts)) != len(starts):
+        raise TokenomyError(f"first must be an index in [0, {n - 1}] or 1..{k} distinct ones, got {first!r}")
     chosen = torch.empty(k, dtype=torch.long, device=dist.device)
-    chosen[0] = first
-    nearest = dist[first].clone()  # distance of every point to its nearest selected point
-    nearest[first] = -torch.inf  # selected points never win again, even against exact duplicates
-    for step in range(1, k):
+    chosen[: len(starts)] = torch.tensor(starts)
+    nearest = dist[starts].amin(0)  # distance of every point to its nearest selected point
+    nearest[starts] = -torch.inf  # selected points never win again, even against exact duplicates
+    for step in range(len(starts), k):
         pick = nearest.argmax()  # first maximal index on ties
         chosen[step] = pick
         nearest = torch.minimum(nearest, dist[pick])
