@@ -131,6 +131,7 @@ def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed
     samples = [scenes.sample(split, seed * 1_000_000 + i) for i in range(limit)]
     configs = [("full", 1.0), ("blank image", 1.0)] + [(m, k) for m in methods for k in keeps]
     configs += [(ORACLE, k) for k in keeps] if oracle else []
+    patches = processor.layout.num_crops * processor.layout.tokens_per_crop
     rows = []
     for index, s in enumerate(samples):
         for method, keep in configs:
@@ -138,11 +139,10 @@ def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed
             inputs = processor(image, s.question)
             with _session(method, keep, vlm, processor, s) as session:
                 text = answer(vlm, processor, inputs)
-            visual = session.stats.tokens_kept if session is not None else processor.layout.num_crops * processor.layout.tokens_per_crop
+            visual = session.stats.tokens_kept if session is not None else patches
             rows.append({"sample": index, "qtype": s.qtype, "method": method, "keep": keep, "answer": s.answer,
                          "output": text, "correct": first_word(text) == s.answer, "visual_tokens": visual,
-                         "text_tokens": int(inputs["input_ids"].shape[1]) - processor.layout.num_crops
-                         * processor.layout.tokens_per_crop})
+                         "text_tokens": int(inputs["input_ids"].shape[1]) - patches})
             progress(1)
     timings = []
     for _ in range(repeats):
