@@ -21,7 +21,6 @@ import statistics
 import string
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,9 +33,8 @@ import tokenomy
 from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.vision_adapters import dense_weights, vision_parts
 from tokenomy.registry import method_spec
-from tokenomy.score.vision import CropView
-from tokenomy.select import k_center
-from tokenomy.sites.visual import PreLLM, first_isolated
+from tokenomy.budget import kept_count
+from tokenomy.sites.visual import Diverse, PreLLM, first_isolated
 
 ORACLE = "label oracle"
 RELEVANT_KINDS = (1, 2, 3, scenes.KIND_WORD)  # the shapes and the large word, not filler text
@@ -96,29 +94,21 @@ def relevance(processor, sample: scenes.Sample) -> Tensor:
     return crops.reshape(-1, side, patch, side, patch).mean((2, 4)).flatten()
 
 
-@dataclass
-class LabelOracle:
-    """The tokens covering most object / word pixels (at least ``threshold`` of a token), best first; when
-    they are fewer than the budget, DivPrune's farthest-point traversal continues from them."""
-
-    relevance: Tensor
-    threshold: float = 0.1
-
-    def indices(self, view: CropView, crop: None, k: int) -> Tensor:
-        """``k`` indices into the flattened crops (a joint selection: ``crop`` is always None)."""
-        relevant = int((self.relevance >= self.threshold).sum())
-        ranked = torch.argsort(self.relevance, descending=True, stable=True)[: min(k, relevant)].tolist()
-        return k_center(view.features.flatten(0, 1), k, ranked or first_isolated(view, None))
-
-    def take(self, features: Tensor, kept: Tensor) -> Tensor:
-        return features[kept]
+def oracle_starts(relevance: Tensor, k: int, threshold: float = 0.1) -> list[int]:
+    """The label oracle's tokens: those covering most object / word pixels (at least ``threshold`` of a
+    token), best first, at most ``k``; DivPrune's traversal (`Diverse`) continues from them to ``k``."""
+    relevant = int((relevance >= threshold).sum())
+    return torch.argsort(relevance, descending=True, stable=True)[: min(k, relevant)].tolist()
 
 
 def _session(method: str, keep: float, vlm, processor=None, sample: scenes.Sample | None = None):
     if method in ("full", "blank image"):
         return nullcontext()
     if method == ORACLE:
-        return PreLLM(keep, LabelOracle(relevance(processor, sample)), joint=True).apply(vlm)
+        patches = processor.layout.num_crops * processor.layout.tokens_per_crop
+        starts = oracle_starts(relevance(processor, sample), int(kept_count(keep, patches)))
+        start = (lambda view, crop: starts) if starts else first_isolated  # nothing relevant: DivPrune
+        return PreLLM(keep, Diverse(start), joint=True).apply(vlm)
     name, options = method_spec(method)
     return tokenomy.apply(vlm, name, keep=keep, **options)
 

@@ -178,11 +178,12 @@ class TopScored:
 
 @dataclass
 class Diverse:
-    """Greedy k-center over patch features, from a starting patch (``start``: view, crop -> i); ``crop``
-    None selects over every crop's patches at once (indices into the flattened crops). ``merge``: every
-    pruned patch is folded into its most similar kept one (PruMerge's step) instead of being dropped."""
+    """Greedy k-center over patch features, from a starting patch (``start``: view, crop -> i, or a list of
+    starting patches, as `k_center` takes); ``crop`` None selects over every crop's patches at once (indices
+    into the flattened crops). ``merge``: every pruned patch is folded into its most similar kept one
+    (PruMerge's step) instead of being dropped."""
 
-    start: Callable[[CropView, int | None], int]
+    start: Callable[[CropView, int | None], int | list[int]]
     merge: bool = False
 
     def __call__(self, view: CropView, crop: int, k: int) -> Tensor:
