@@ -1,332 +1,357 @@
-"""Visual-token methods on a tiny random-weight LLaVA (thumbnail + 2x2 crops of 4x4 patches)."""
+"""Visual-token methods on tiny random-weight models of every supported VLM family (tests/vlm_families.py):
+before the language model, between its layers, stacked with a KV method — invariants on every family."""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import pytest
 import torch
-from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from vlm_families import FAMILIES
 
 import tokenomy
-from tokenomy.budget import kept_count
-from tokenomy.models.reference_vlm import scenes
-from tokenomy.models.reference_vlm.processor import ReferenceProcessor, to_rgb_square
-from tokenomy.models.vision_adapters import CropLayout
-from tokenomy.score.vision import CropView, ThumbnailAttention, patch_density
-from tokenomy.sites.visual import Diverse, PreLLM, first_isolated
-from tokenomy.sites.vit import merge_schedule
+from tokenomy.adapters.lm import decoder
+from tokenomy.adapters.vlm import supported_families, vlm_adapter
+from tokenomy.budget import Keep, kept_count
+from tokenomy.sites.vision.in_llm import AtLayers, EvenStages, InLLM
+from tokenomy.sites.vision.session import VisualMethods
 
-IMAGE = 5
-LAYOUT = CropLayout(thumbnail=True, rows=2, cols=2, side=4)
-PATCHES = LAYOUT.num_crops * LAYOUT.tokens_per_crop
-VISUAL = sorted(m.name for m in tokenomy.methods() if m.site in ("pre-llm", "vision-encoder"))
+SITES = ("pre-llm", "vision-encoder", "in-llm")
+VISUAL = sorted(m.name for m in tokenomy.methods() if m.site in SITES)
+_MODELS: dict = {}
 
 
-def tiny_vlm(seed: int = 0) -> LlavaForConditionalGeneration:
-    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=16, patch_size=4)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default")
-    config.crop_layout = {"thumbnail": True, "rows": 2, "cols": 2, "side": 4}
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval()
+def family(name: str):
+    """The family's tiny model (built once per run) and its inputs of both kinds."""
+    if name not in _MODELS:
+        build, make = FAMILIES[name]
+        model = build()
+        _MODELS[name] = (model, {kind: make(model, kind) for kind in ("one", "two")})
+    return _MODELS[name]
 
 
-def prompt(question=(7, 8, 9), samples: int = 1, seed: int = 0):
-    ids = torch.tensor([[1, 2] + [IMAGE] * PATCHES + list(question)] * samples)
-    pixels = torch.randn(samples * LAYOUT.num_crops, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+def built(name: str, keep: float):
+    return tokenomy.get(name).create(keep=keep).as_visual()
 
 
-def llm_lengths(vlm):
-    """Record the sequence length every language-model forward receives."""
-    seen = []
-    handle = vlm.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
-    return seen, handle
+def refusal(model, methods: VisualMethods) -> str | None:
+    """What the family refuses of ``methods``, by the capabilities the adapter declares (None: nothing)."""
+    try:
+        methods.check(vlm_adapter(model), len(decoder(model).layers))
+    except tokenomy.TokenomyError as err:
+        return str(err)
+    return None
 
 
-def test_every_visual_method_is_registered():
-    assert VISUAL == ["avgpool", "divprune", "hired", "prumerge", "random-visual", "tcc", "todre", "tome", "vtc-cls"]
+SPECIAL = [150, 151, 152, 153]  # placeholders and image brackets (vlm_families): never generated
 
 
-@pytest.mark.parametrize("method", VISUAL)
-def test_keep_one_changes_nothing(method):
-    vlm, inputs = tiny_vlm(), prompt()
+def greedy(model, inputs, steps=4, **options):
     with torch.no_grad():
-        reference = vlm(**inputs).logits
-        expected = vlm.generate(**inputs, max_new_tokens=6, do_sample=False)
-        with tokenomy.apply(vlm, method, keep=1.0) as session:
-            logits = vlm(**inputs).logits
-            out = vlm.generate(**inputs, max_new_tokens=6, do_sample=False)
-    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
-    assert torch.equal(out, expected)
-    assert session.stats.tokens_kept == session.stats.tokens_seen == 2 * PATCHES
+        return model.generate(**inputs, max_new_tokens=steps, do_sample=False, suppress_tokens=SPECIAL, **options)
 
 
+def test_every_family_is_covered():
+    covered = {vlm_adapter(family(name)[0]).config.model_type for name in FAMILIES}
+    assert covered == set(supported_families())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 @pytest.mark.parametrize("method", VISUAL)
-@pytest.mark.parametrize("keep", [0.11, 0.33, 0.6])
-def test_budget_is_exact(method, keep):
-    vlm, inputs = tiny_vlm(), prompt(samples=2)
-    total = int(kept_count(keep, PATCHES))
-    seen, handle = llm_lengths(vlm)
-    with torch.no_grad(), tokenomy.apply(vlm, method, keep=keep) as session:
-        vlm(**inputs)
-    handle.remove()
-    assert seen == [inputs["input_ids"].shape[1] - PATCHES + total]
-    assert session.stats.tokens_kept == 2 * total
-    assert all(sum(counts) == total and max(counts) <= LAYOUT.tokens_per_crop for counts in session.stats.crop_counts)
-    if method not in ("tcc", "hired", "divprune", "todre"):  # the others share a budget evenly among crops
-        assert all(max(c) - min(c) <= 1 for c in session.stats.crop_counts)
+def test_keep_one_changes_nothing(name, method):
+    model, inputs = family(name)
+    if refusal(model, built(method, 1.0)):
+        pytest.skip("the family refuses this method (tested below)")
+    for batch in inputs.values():
+        with torch.no_grad():
+            reference = model(**batch).logits
+        expected = greedy(model, batch)
+        with tokenomy.apply(model, method, keep=1.0) as session, torch.no_grad():
+            logits = model(**batch).logits
+            out = greedy(model, batch)
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
+        assert torch.equal(out, expected)
+        assert session.stats.tokens_kept == session.stats.tokens_seen
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 @pytest.mark.parametrize("method", VISUAL)
-def test_methods_run_where_the_model_is(method):
-    vlm, inputs = tiny_vlm().to("cuda"), {k: v.cuda() for k, v in prompt(samples=2).items()}
-    total = int(kept_count(0.25, PATCHES))
-    seen, handle = llm_lengths(vlm)
-    with torch.no_grad(), tokenomy.apply(vlm, method, keep=0.25) as session:
-        out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-    handle.remove()
-    assert out.device.type == "cuda" and out.shape[1] == inputs["input_ids"].shape[1] + 4
-    assert seen[0] == inputs["input_ids"].shape[1] - PATCHES + total and session.stats.tokens_kept == 2 * total
+def test_reduced_generation_runs_and_counts_exactly(name, method):
+    model, inputs = family(name)
+    batch = inputs["two"]
+    methods = built(method, 0.3)
+    reason = refusal(model, methods)
+    if reason:
+        with pytest.raises(tokenomy.TokenomyError):
+            tokenomy.apply(model, method, keep=0.3)
+        return
+    with tokenomy.apply(model, method, keep=0.3) as session:
+        out = greedy(model, batch)
+    assert out.shape == (batch["input_ids"].shape[0], batch["input_ids"].shape[1] + 4)
+    assert torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"])  # the caller's prompt comes back
+    stats = session.stats
+    images = len(stats.crop_counts)
+    if methods.before is not None:  # each image keeps floor(keep * placeholders + 1/2) of its placeholders
+        assert stats.tokens_kept < stats.tokens_seen and images >= 2
+        assert all(sum(counts) >= 1 for counts in stats.crop_counts)
+    if methods.inside is not None:  # visual tokens never come back; a fixed budget drops some at its first layer
+        first = min(methods.inside.stage_layers(len(stats.layer_tokens)))
+        tokens = stats.layer_tokens
+        assert all(later <= earlier for earlier, later in zip(tokens, tokens[1:]))
+        if isinstance(methods.inside.budget, Keep):
+            assert tokens[first] < tokens[first - 1]
 
 
-@pytest.mark.parametrize("method", VISUAL)
-def test_generation_after_reduction_is_coherent(method):
-    """generate() with its cache equals recomputing the whole reduced prompt at every step."""
-    vlm, inputs = tiny_vlm(1), prompt(seed=3)
-    with torch.no_grad(), tokenomy.apply(vlm, method, keep=0.25):
-        out = vlm.generate(**inputs, max_new_tokens=6, do_sample=False)
-        ids = inputs["input_ids"]
-        for _ in range(6):
-            logits = vlm(input_ids=ids, attention_mask=torch.ones_like(ids),
-                         pixel_values=inputs["pixel_values"]).logits
-            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(out, ids)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 6  # the caller's prompt comes back whole
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("keep", [0.11, 0.4])
+def test_pre_llm_budget_reaches_the_language_model_exactly(name, keep):
+    model, inputs = family(name)
+    placeholders = []
+    for batch in inputs.values():  # each image's placeholders, from the session's own accounting at keep = 1
+        with torch.no_grad(), tokenomy.apply(model, "divprune", keep=1.0) as session:
+            model(**batch)
+        placeholders.append(session.stats.placeholders)
+    widths = []
+    for batch, own in zip(inputs.values(), placeholders):
+        with torch.no_grad(), tokenomy.apply(model, "divprune", keep=keep) as session:
+            handle = decoder(model).register_forward_pre_hook(  # after the session's: sees what it hands on
+                lambda m, a, kw: widths.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
+            model(**batch)
+            handle.remove()
+        assert [sum(c) for c in session.stats.crop_counts] == [int(kept_count(keep, p)) for p in own]
+        assert session.stats.tokens_seen == sum(own)
+    one = inputs["one"]["input_ids"]
+    assert widths[0] == one.shape[1] - sum(placeholders[0]) + int(kept_count(keep, placeholders[0][0]))
 
 
-def test_left_padded_batch_matches_single_prompts():
-    vlm = tiny_vlm(2)
-    long, short = prompt((7, 8, 9, 10, 11), seed=1), prompt((7,), seed=2)
-    width = long["input_ids"].shape[1]
-    pad = width - short["input_ids"].shape[1]
-    batch = {
-        "input_ids": torch.cat([long["input_ids"], torch.cat([torch.zeros(1, pad, dtype=torch.long),
-                                                              short["input_ids"]], 1)]),
-        "attention_mask": torch.cat([long["attention_mask"], torch.cat([torch.zeros(1, pad, dtype=torch.long),
-                                                                        short["attention_mask"]], 1)]),
-        "pixel_values": torch.cat([long["pixel_values"], short["pixel_values"]]),
-    }
-    with torch.no_grad(), tokenomy.apply(vlm, "todre", keep=0.25):
-        both = vlm.generate(**batch, max_new_tokens=5, do_sample=False)
-        one = vlm.generate(**long, max_new_tokens=5, do_sample=False)
-        two = vlm.generate(**short, max_new_tokens=5, do_sample=False)
-    assert torch.equal(both[0, -5:], one[0, -5:]) and torch.equal(both[1, -5:], two[0, -5:])
+@dataclass
+class GridScore:
+    """A score that depends only on where a visual token sits, so an uncached recomputation drops the same ones."""
+
+    def __call__(self, view):
+        cells = view.grid.float()
+        return (cells[..., 1] * 7 + cells[..., 2] * 3 + cells[..., 0]) % 11
 
 
-def test_budget_smaller_than_the_number_of_crops():
-    vlm, inputs = tiny_vlm(), prompt()
-    with torch.no_grad(), tokenomy.apply(vlm, "vtc-cls", keep=0.02) as session:  # 2 tokens for 5 crops
-        out = vlm.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert session.stats.crop_counts[0] == [1, 1, 0, 0, 0]
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+def _coherent(model, methods: VisualMethods, batch, steps=4) -> float:
+    """Largest logit difference between cached generation and recomputing the whole prompt at every step."""
+    with torch.no_grad(), methods.apply(model):
+        out = model.generate(**batch, max_new_tokens=steps, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, suppress_tokens=SPECIAL)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+        worst = 0.0
+        for step, logits in enumerate(out.logits):
+            options = dict(extra)
+            if "token_type_ids" in batch:
+                options["token_type_ids"] = torch.cat([batch["token_type_ids"], torch.zeros_like(ids[:, :step])], 1)
+            fresh = model(input_ids=ids, attention_mask=mask, use_cache=False, **options).logits[:, -1]
+            worst = max(worst, float((fresh - logits).abs().max()))
+            ids = torch.cat([ids, out.sequences[:, ids.shape[1]:ids.shape[1] + 1]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if hasattr(model.model, "rope_deltas"):
+                model.model.rope_deltas = None
+    return worst
 
 
-def test_joint_diverse_selection_takes_one_token_of_a_blank_crop():
-    features = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(0))
-    features[0] = features[0, :1]  # a blank crop: every patch the same
-    view = CropView(features, None, CropLayout(rows=1, cols=3, side=4), 1, lambda layer: None)
-    chosen = Diverse(first_isolated).indices(view, None, 12)
-    counts = torch.bincount(chosen // 16, minlength=3)
-    assert counts.sum() == 12 and counts[0] <= 1 and bool((chosen.diff() > 0).all())
-    even = [len(Diverse(first_isolated).indices(view, crop, 4)) for crop in range(3)]
-    assert even == [4, 4, 4]
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_generation_after_reduction_is_coherent(name):
+    """Positions, masks and caches: cached decoding equals recomputing the reduced prompt at every step, for a
+    left-padded batch whose rows keep different numbers of tokens — before, inside, and both."""
+    model, inputs = family(name)
+    adapter = vlm_adapter(model)
+    layer = max(2, adapter.first_in_llm_layer)
+    inside = InLLM(AtLayers((layer,)), GridScore(), Keep(0.4))
+    staged = InLLM(EvenStages(2), GridScore(), Keep(0.5))
+    for methods in (built("divprune", 0.3), built("avgpool", 0.3), VisualMethods(inside=inside),
+                    VisualMethods(before=built("todre", 0.5).before, inside=staged)):
+        if refusal(model, methods):
+            continue
+        for batch in inputs.values():
+            assert _coherent(model, methods, batch) < 1e-4, methods
 
 
-def test_label_oracle_reads_where_objects_are_in_token_order():
-    from tokenomy.bench.vision import oracle_starts, relevance
-
-    processor = ReferenceProcessor(None, CropLayout(thumbnail=True, rows=2, cols=2, side=6), 48, IMAGE)
-    kind = np.full((96, 96), scenes.KIND_TEXT, np.uint8)  # filler text everywhere does not count
-    kind[:48, :48] = 1  # a shape filling the top-left quadrant exactly
-    sample = scenes.Sample(Image.new("RGB", (96, 96)), "", "", "colour", np.stack([kind] * 3), 1)
-    grid = relevance(processor, sample).reshape(5, 6, 6)
-    expected = torch.zeros(5, 6, 6)
-    expected[0, :3, :3] = 1  # the thumbnail's top-left 3 x 3 tokens
-    expected[1] = 1  # all of the top-left crop
-    assert torch.allclose(grid, expected, atol=0.05)
-
-    score = torch.zeros(20)
-    score[[3, 11, 7]] = torch.tensor([0.5, 1.0, 0.05])  # token 7 is under the threshold
-    assert oracle_starts(score, 1) == [11] and oracle_starts(score, 6) == [11, 3]
-    assert oracle_starts(torch.zeros(20), 4) == []  # nothing relevant: the bench falls back to DivPrune's start
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "gemma3"])
+def test_batch_rows_match_their_prompts_alone(name):
+    model, inputs = family(name)
+    batch = inputs["two"]
+    with tokenomy.apply(model, "divprune", keep=0.3):
+        both = greedy(model, batch)
+    singles = _split(name, model, batch)
+    with tokenomy.apply(model, "divprune", keep=0.3):
+        for row, single in enumerate(singles):
+            alone = greedy(model, single)
+            assert torch.equal(both[row, -4:], alone[0, -4:])
 
 
-@pytest.mark.parametrize("per_crop, counts", [(True, [4, 4, 4, 4, 4]), (False, None)])
-def test_divprune_per_crop_option(per_crop, counts):
-    vlm, inputs = tiny_vlm(), prompt()
-    with torch.no_grad(), tokenomy.apply(vlm, "divprune", keep=20 / PATCHES, per_crop=per_crop) as session:
-        vlm(**inputs)
-    assert sum(session.stats.crop_counts[0]) == 20
-    assert counts is None or session.stats.crop_counts[0] == counts
+def _split(name, model, batch) -> list[dict]:
+    """The two prompts of a kind-"two" batch as separate batches (padding removed)."""
+    out, offset = [], 0
+    grids = batch.get("image_grid_thw")
+    for row in range(batch["input_ids"].shape[0]):
+        real = batch["attention_mask"][row].bool()
+        single = {"input_ids": batch["input_ids"][row, real][None],
+                  "attention_mask": batch["attention_mask"][row, real][None]}
+        if "token_type_ids" in batch:
+            single["token_type_ids"] = batch["token_type_ids"][row, real][None]
+        if grids is not None:
+            patches = int(grids[row].prod())
+            single["pixel_values"] = batch["pixel_values"][offset:offset + patches]
+            single["image_grid_thw"] = grids[row:row + 1]
+            offset += patches
+        else:
+            per_image = getattr(model.config, "mm_tokens_per_image", 16)  # LLaVA: one crop of 4 x 4 patches
+            images = int(vlm_adapter(model).placeholders(batch["input_ids"][row:row + 1]).sum()) // per_image
+            single["pixel_values"] = batch["pixel_values"][offset:offset + images]
+            offset += images
+        out.append(single)
+    return out
 
 
-def test_diverse_merge_folds_pruned_patches_into_kept_ones():
-    features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    kept = torch.tensor([0, 2])
-    torch.testing.assert_close(Diverse(first_isolated, merge=True).take(features, kept),
-                               torch.stack([features[:2].mean(0), features[2:].mean(0)]))
-    assert torch.equal(Diverse(first_isolated).take(features, kept), features[kept])
+def test_in_llm_equals_an_explicit_layer_loop():
+    """FastV's surgery against a hand-written decoder loop: every layer up to K over all tokens, the rest over the
+    kept ones with their own positions, the causal order unchanged."""
+    model, inputs = family("llava")
+    batch = inputs["one"]
+    decided = []
 
+    class Recording(InLLM):
+        def decide(self, view):
+            keep, merged = super().decide(view)
+            decided.append(keep[0].clone())
+            return keep, merged
 
-@pytest.mark.parametrize("method", ["divprune", "todre"])
-def test_merge_option_keeps_the_budget_and_changes_only_reduced_runs(method):
-    vlm, inputs = tiny_vlm(), prompt()
-    seen, handle = llm_lengths(vlm)
+    method = Recording(AtLayers((2,)), GridScore(), Keep(0.4))
+    embeds = []
+    stack = decoder(model)
+    handle = stack.register_forward_pre_hook(lambda m, a, kw: embeds.append(kw["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.no_grad(), method.apply(model):
+            logits = model(**batch).logits[0, -1]
+    finally:
+        handle.remove()
     with torch.no_grad():
-        reference = vlm(**inputs).logits
-        with tokenomy.apply(vlm, method, keep=1.0, merge=True):
-            whole = vlm(**inputs).logits
-        outputs = {}
-        for merge in (False, True):
-            with tokenomy.apply(vlm, method, keep=0.25, merge=merge):
-                outputs[merge] = vlm(**inputs).logits
-    handle.remove()
-    torch.testing.assert_close(whole, reference, rtol=1e-4, atol=1e-5)
-    total = int(kept_count(0.25, PATCHES))
-    assert seen[-2:] == [inputs["input_ids"].shape[1] - PATCHES + total] * 2
-    assert not torch.allclose(outputs[True], outputs[False])
+        hidden = embeds[0]
+        positions = torch.arange(hidden.shape[1])[None]
+        for index, layer in enumerate(stack.layers):
+            if index == 2:
+                keep = decided[0]
+                hidden, positions = hidden[:, keep], positions[:, keep]
+            rope = stack.rotary_emb(hidden, positions)
+            hidden = layer(hidden, attention_mask=None, position_embeddings=rope, position_ids=positions)
+        expected = model.lm_head(stack.norm(hidden))[0, -1]
+    assert int((~decided[0]).sum()) > 0
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_joint_selection_refuses_crop_weights():
-    with pytest.raises(tokenomy.TokenomyError, match="joint"):
-        PreLLM(0.5, Diverse(first_isolated), crop_weights=lambda view: torch.ones(5), joint=True)
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen3_vl", "gemma3", "internvl"])
+def test_stack_before_inside_and_kv(name):
+    model, inputs = family(name)
+    batch = inputs["two"]
+    layer = max(2, vlm_adapter(model).first_in_llm_layer)
+    stack = ["divprune", f"fastv:K={layer}", "snapkv:window=4"]
+    expected = greedy(model, batch)
+    with tokenomy.apply(model, stack, keep=1.0):
+        assert torch.equal(greedy(model, batch), expected)
+    with tokenomy.apply(model, stack, keep=[0.5, 0.5, 0.5]) as session:
+        out = greedy(model, batch)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 4
+    visual, kv = session.stats.visual, session.stats.kv
+    assert visual.tokens_kept < visual.tokens_seen and visual.layer_tokens[layer] < visual.layer_tokens[layer - 1]
+    assert 0 < kv.entries_kept < kv.entries_seen
 
 
-def test_density_gives_repetitive_crops_fewer_tokens():
-    features = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(0))
-    features[0] = features[0, :1]  # a blank crop: every patch the same
-    view = CropView(features, None, CropLayout(rows=1, cols=3, side=4), 1, lambda layer: None)
-    density = patch_density(view)
-    assert density[0] == pytest.approx(0, abs=1e-6) and bool((density[1:] > 0.1).all())
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_kv_methods_run_on_m_rope(name):
+    model, inputs = family(name)
+    batch = inputs["two"]
+    expected = greedy(model, batch)
+    with tokenomy.apply(model, "snapkv", keep=1.0, window=4):
+        assert torch.equal(greedy(model, batch), expected)
+    for method in ("snapkv", "h2o", "tova"):
+        with tokenomy.apply(model, method, keep=0.5) as session:
+            out = greedy(model, batch)
+        assert out.shape[1] == batch["input_ids"].shape[1] + 4
+        assert session.stats.entries_kept < session.stats.entries_seen
 
 
-def test_thumbnail_attention_maps_onto_the_grid():
-    attention = torch.zeros(5, 16)
-    attention[0, 0] = 1.0  # the thumbnail looks only at its top-left patch
-    view = CropView(torch.randn(5, 16, 8), None, LAYOUT, 2, lambda layer: attention)
-    weights = ThumbnailAttention(layer=1)(view)
-    assert weights.tolist() == pytest.approx([0.0625, 0.25, 0.0, 0.0, 0.0])
+def test_unknown_family_names_the_supported_ones(model):
+    with pytest.raises(tokenomy.TokenomyError, match="supported families: .*qwen2_vl"):
+        tokenomy.apply(model, "divprune", keep=0.5)
 
 
-def test_tome_schedule_takes_every_merge_it_can():
-    schedule = merge_schedule(16, 2, 3)
-    assert sum(schedule) == 14 and schedule[-1] == 0
-    tokens = 16
-    for r in schedule[:-1]:
-        assert r <= tokens // 2
-        tokens -= r
+def test_merging_in_the_tower_needs_one_token_per_patch():
+    model, _ = family("qwen2_vl")
+    assert not vlm_adapter(model).one_token_per_patch
+    with pytest.raises(tokenomy.TokenomyError, match="every patch becomes one language-model token"):
+        tokenomy.apply(model, "tome", keep=0.5)
 
 
 @pytest.mark.parametrize("keep", [0, 1.5, "half", None])
 def test_bad_keep_is_one_clear_error(keep):
     with pytest.raises(tokenomy.TokenomyError, match="keep"):
-        tokenomy.apply(tiny_vlm(), "todre", keep=keep)
+        tokenomy.apply(family("llava")[0], "todre", keep=keep)
 
 
-def test_bad_models_and_inputs_raise_clear_errors(model):
-    with pytest.raises(tokenomy.TokenomyError, match="LLaVA"):
-        tokenomy.apply(model, "todre", keep=0.5)
-    vlm, inputs = tiny_vlm(), prompt()
-    inputs["pixel_values"] = inputs["pixel_values"][:3]
-    with tokenomy.apply(vlm, "todre", keep=0.5), pytest.raises(tokenomy.TokenomyError, match="crop"):
-        vlm(**inputs)
-    with tokenomy.apply(vlm, "tome", keep=0.5), pytest.raises(tokenomy.TokenomyError, match="already"):
-        with tokenomy.apply(vlm, "todre", keep=0.5):
-            pass
-    with pytest.raises(tokenomy.TokenomyError, match="unknown method"):
-        tokenomy.apply(vlm, "todr", keep=0.5)
+def test_in_llm_layer_past_the_depth_is_refused():
+    model, _ = family("llava")
+    with pytest.raises(tokenomy.TokenomyError, match=r"\[1, 3\]"):
+        tokenomy.apply(model, "fastv", keep=0.5, K=9)
+    with pytest.raises(tokenomy.TokenomyError, match=r"\[1, 3\]"):
+        tokenomy.apply(model, "fastv", keep=0.5, K=0)
 
 
-@pytest.mark.parametrize("image", [
-    Image.new("RGB", (30, 70), (10, 20, 30)),
-    Image.new("L", (50, 20), 128),
-    Image.new("RGBA", (40, 40), (255, 0, 0, 0)),
-    np.zeros((9, 13), dtype=np.uint8),
-    np.zeros((9, 13, 3), dtype=np.uint8),
-])
-def test_any_image_becomes_the_crops_the_model_expects(image):
-    processor = ReferenceProcessor(tokenizer=None, layout=LAYOUT, crop=16, image_token_id=IMAGE)
-    pixels = processor.crops(image)
-    assert pixels.shape == (5, 3, 16, 16) and float(pixels.min()) >= -1 and float(pixels.max()) <= 1
+def test_qwen3_in_llm_starts_after_its_deepstack_layers():
+    model, _ = family("qwen3_vl")
+    with pytest.raises(tokenomy.TokenomyError, match="from layer 2 on"):
+        tokenomy.apply(model, "fastv", keep=0.5, K=1)
 
 
-def test_transparent_pixels_become_white_and_aspect_is_kept():
-    square = to_rgb_square(Image.new("RGBA", (40, 20), (255, 0, 0, 0)))
-    assert square.size == (40, 40) and square.getpixel((20, 20)) == (255, 255, 255)
-    with pytest.raises(tokenomy.TokenomyError, match="uint8"):
-        to_rgb_square(np.zeros((4, 4), dtype=np.float32))
+def test_a_stack_takes_one_method_per_place():
+    model, _ = family("llava")
+    with pytest.raises(tokenomy.TokenomyError, match="two methods act before the language model"):
+        tokenomy.apply(model, ["divprune", "todre"], keep=0.5)
+    with pytest.raises(tokenomy.TokenomyError, match="between the language model's layers"):
+        tokenomy.apply(model, ["todre", "fastv"], keep=0.5)  # ToDRE's second stage is in-LLM
+    with pytest.raises(tokenomy.TokenomyError, match="one KV-cache method"):
+        tokenomy.apply(model, ["snapkv", "h2o"], keep=0.5)
+    with pytest.raises(tokenomy.TokenomyError, match="one fraction per stacked method"):
+        tokenomy.apply(model, ["divprune", "snapkv"], keep=[0.5])
+    with pytest.raises(tokenomy.TokenomyError, match="KVzip"):
+        tokenomy.apply(model, ["fastv", "kvzip"], keep=0.5)
 
 
-def test_scenes_are_deterministic_balanced_and_split():
-    a, b = scenes.sample("test", 17), scenes.sample("test", 17)
-    assert (a.question, a.answer) == (b.question, b.answer) and np.array_equal(np.asarray(a.image), np.asarray(b.image))
-    assert not np.array_equal(np.asarray(scenes.sample("train", 17).image), np.asarray(a.image))
-    drawn = [scenes.sample("val", i) for i in range(100)]
-    assert [s.qtype for s in drawn[:5]] == list(scenes.QUESTION_TYPES)
-    counts = [s for s in drawn if s.qtype == "count"]
-    assert len({s.answer for s in counts}) == 4
-    with pytest.raises(ValueError, match="split"):
-        scenes.sample("dev", 0)
+def test_bad_inputs_raise_clear_errors():
+    model, inputs = family("llava")
+    batch = dict(inputs["one"])
+    with tokenomy.apply(model, "divprune", keep=0.5):
+        with pytest.raises(tokenomy.TokenomyError, match="labels"):
+            model(**batch, labels=batch["input_ids"])
+        with pytest.raises(tokenomy.TokenomyError, match="input_ids"):
+            embeds = model.get_input_embeddings()(batch["input_ids"])
+            model(inputs_embeds=embeds, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
+        with pytest.raises(tokenomy.TokenomyError, match="already applied"):
+            with tokenomy.apply(model, "fastv", keep=0.5):
+                pass
+    with tokenomy.apply(model, "divprune", keep=0.5), pytest.raises(tokenomy.TokenomyError, match="video"):
+        model(**batch, pixel_values_videos=batch["pixel_values"])
 
 
-def test_training_batches_do_not_depend_on_the_workers_rendering_them():
-    from tokenomy.models.reference_vlm.model import CROP
-    from tokenomy.models.reference_vlm.model import LAYOUT as REFERENCE
-    from tokenomy.models.reference_vlm.train import _Batches
-
-    batches = _Batches(ReferenceProcessor(None, REFERENCE, CROP, IMAGE), "encoder", steps=3, batch=2)
-    parallel = list(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=2))
-    assert len(parallel) == 3
-    for step in (0, 2):
-        for mine, theirs in zip(batches[step], parallel[step]):
-            assert torch.equal(mine, theirs)
-    assert not torch.equal(parallel[0][0], parallel[1][0])
+def test_images_of_different_sizes_in_one_batch():
+    """Dynamic-resolution families take them (tested above); LLaVA-NeXT gives each its own crops and budget."""
+    model, inputs = family("llava_next")
+    with tokenomy.apply(model, "divprune", keep=0.25) as session:
+        greedy(model, inputs["two"])
+    sizes = [sum(c) for c in session.stats.crop_counts]
+    assert len(set(sizes)) == 2  # different images, different budgets
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"workers": -1}, "workers"), ({"batch": 0}, "batch"), ({"device": "tpu9"}, "device"),
-    pytest.param({"device": "cuda"}, "no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
-])
-def test_training_refuses_bad_settings_before_loading_anything(options, message):
-    from tokenomy.models.reference_vlm.train import train
-
-    with pytest.raises(tokenomy.TokenomyError, match=message):
-        train("/nonexistent/weights.safetensors", **options)
-
-
-def test_bench_method_specs_carry_options():
-    from tokenomy.registry import method_spec
-
-    assert method_spec("divprune") == ("divprune", {})
-    assert method_spec("divprune:per_crop=True") == ("divprune", {"per_crop": True})
-    assert method_spec("vtc-cls:layers=all") == ("vtc-cls", {"layers": "all"})
-    assert method_spec("hired:budget_layer=2") == ("hired", {"budget_layer": 2})
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("divprune:bogus=1", "no option 'bogus'"), ("divprune:per_crop", "name:option=value"),
-    ("divprune:merge=2", "merge must be True or False"),
-    ("divprune:keep=0.5", "--keep"), ("snapkv", "not a visual-token method"),
-])
-def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
-    from tokenomy.cli import main
-
-    assert main(["bench", "vision", "--methods", spec]) == 2
-    assert message in capsys.readouterr().err
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("method", VISUAL)
+def test_methods_run_where_the_model_is(method):
+    build, make = FAMILIES["reference"]
+    model = build().to("cuda")
+    batch = {k: v.cuda() for k, v in make(model, "two").items()}
+    with tokenomy.apply(model, method, keep=0.25) as session:
+        out = greedy(model, batch)
+    assert out.device.type == "cuda" and session.stats.tokens_seen > 0

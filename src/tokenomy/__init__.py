@@ -10,16 +10,54 @@
 from __future__ import annotations
 
 from tokenomy._validation import TokenomyError
-from tokenomy.models.loader import load
-from tokenomy.registry import MethodInfo, get, methods
+from tokenomy.models.loader import load as _load_lm
+from tokenomy.catalog import get, methods
+from tokenomy.registry import MethodInfo
 
 __version__ = "0.1.0"
 
 
-def apply(model, method: str, **options):
+REFERENCE_VLM = "reference-vlm"
+
+
+def load(name_or_path: str, *, dtype=None, device: str = "cpu"):
+    """Load ``(model, tokenizer)`` from a packaged name (offline: ``smollm2-135m``, ``gemma3-270m``), a local
+    folder or a Hugging Face hub id; ``reference-vlm`` gives ``(vlm, processor)``, the LLaVA tokenomy trains to
+    measure visual-token methods (`tokenomy.models.reference_vlm`)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    if name_or_path == REFERENCE_VLM:
+        from tokenomy.models.reference_vlm import load_reference_vlm
+
+        return load_reference_vlm(dtype=dtype)
+    return _load_lm(name_or_path, dtype=dtype, device=device)
+
+
+def apply(model, method: str | list[str], **options):
     """Apply the registered ``method`` to ``model`` inside a ``with`` block; options go to the method
-    (e.g. ``keep=0.5``). Returns the session, whose ``stats`` report what was kept."""
-    return get(method).create(**options).apply(model)
+    (e.g. ``keep=0.5``). Returns the session, whose ``stats`` report what was kept.
+
+    A list stacks methods of different places — before a VLM's language model, inside it, the KV cache —
+    in one block: ``tokenomy.apply(vlm, ["todre", "fastv:K=2", "snapkv"], keep=[0.25, 0.5, 0.5])``; each
+    entry may carry options (``"name:option=value"``), ``keep`` is one fraction per entry (or one for all).
+    """
+    if isinstance(method, str):
+        return get(method).create(**options).apply(model)
+    from tokenomy.catalog import create_spec
+    from tokenomy.sites.stack import stack
+
+    keep = options.pop("keep", None)
+    if options:
+        raise TokenomyError(f"options of stacked methods go in their specs (\"name:option=value\"), got "
+                            f"{', '.join(options)}")
+    specs = list(method)
+    keeps = keep if isinstance(keep, (list, tuple)) else [keep] * len(specs)
+    if not specs or len(keeps) != len(specs) or len(set(specs)) != len(specs):
+        raise TokenomyError(f"keep must be one fraction per stacked method ({len(specs)}), and each method named "
+                            f"once; got {specs} with keep={keep!r}")
+    return stack(model, {spec: create_spec(spec) if k is None else create_spec(spec, keep=k)
+                         for spec, k in zip(specs, keeps)})
 
 
 __all__ = ["MethodInfo", "TokenomyError", "apply", "get", "load", "methods", "__version__"]

@@ -1,8 +1,13 @@
-"""Budgets: how many tokens each layer and head keeps.
+"""Budgets: how many tokens each layer, head or image keeps.
 
 A budget turns "keep this fraction" into exact integer counts. Counts are always computed from the number
 of real (non-padding) tokens, and ``kept_count`` is the one rounding rule used everywhere:
 ``n_kept = floor(keep * n + 1/2)``, at least 1 when there is anything to keep.
+
+Every budget answers ``count(scores)``: how many of the tokens scored ``scores`` ``(n,)`` survive. `Keep`
+ignores the scores; the adaptive budgets read them — `MassCoverage` keeps the fewest tokens that carry a
+share of the score mass (ATP-LLaVA's instance-adaptive pruning), `RelevanceThreshold` keeps all or none
+(ToDRE's second stage).
 """
 
 from __future__ import annotations
@@ -34,6 +39,50 @@ class Keep:
     def layer_counts(self, n_valid: Tensor, layer_idx: int, num_layers: int) -> Tensor:
         """Tokens kept per batch row in layer ``layer_idx`` (shape ``(b,)``)."""
         return kept_count(self.keep, n_valid)
+
+    def count(self, scores: Tensor) -> int:
+        """Tokens kept of the ``len(scores)`` scored ones."""
+        return int(kept_count(self.keep, scores.numel()))
+
+
+@dataclass
+class MassCoverage:
+    """The fewest tokens whose scores cover a share ``tau`` of the total score mass (at least one): an image
+    the text attends to in a few places keeps few tokens, one it looks at all over keeps many.
+
+    The training-free form of ATP-LLaVA's instance- and layer-adaptive pruning threshold (Ye et al., CVPR
+    2025, arXiv:2412.00447). Scores are clamped at 0; when all are 0 every token is kept."""
+
+    tau: float = 0.9
+
+    def __post_init__(self):
+        self.tau = check_fraction("tau", self.tau)
+
+    def count(self, scores: Tensor) -> int:
+        mass = scores.double().clamp_min(0).sort(descending=True).values
+        total = float(mass.sum())
+        if scores.numel() == 0:
+            return 0
+        if total <= 0.0:
+            return scores.numel()
+        covered = mass.cumsum(0) >= self.tau * total * (1 - 1e-6)  # float32 scores summed in float64
+        return int(covered.nonzero()[0]) + 1
+
+
+@dataclass
+class RelevanceThreshold:
+    """All tokens while their summed score reaches ``threshold``, none once it falls below: ToDRE's second
+    stage drops every visual token from the layers where the text no longer attends to them
+    ("information migration"; arXiv:2505.18757)."""
+
+    threshold: float = 0.05
+
+    def __post_init__(self):
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
+            raise TokenomyError(f"threshold must be a number >= 0, got {self.threshold!r}")
+
+    def count(self, scores: Tensor) -> int:
+        return scores.numel() if float(scores.double().sum()) >= self.threshold else 0
 
 
 @dataclass

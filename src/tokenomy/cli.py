@@ -45,7 +45,8 @@ def cmd_bench_kv(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from tokenomy import load, registry
+    from tokenomy import catalog, load
+    from tokenomy.registry import method_spec
     from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length, columns, notes
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy.bench.tasks import TASKS, read_jsonl
@@ -53,13 +54,13 @@ def cmd_bench_kv(args) -> int:
     from tokenomy.sites.kv_cache import SITE
 
     if args.methods == ["all"]:
-        method_names = [m.name for m in registry.methods(SITE)]
+        method_names = [m.name for m in catalog.methods(SITE)]
     else:
         method_names = args.methods
-    kv_methods = [m.name for m in registry.methods(SITE)]
+    kv_methods = [m.name for m in catalog.methods(SITE)]
     for spec in method_names:
-        name = registry.method_spec(spec)[0]
-        if registry.get(name).site != SITE:
+        name = method_spec(spec)[0]
+        if catalog.get(name).site != SITE:
             raise TokenomyError(f"{name!r} is not a KV-cache method; choose from: {', '.join(kv_methods)}")
     config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
     check_int("--limit", args.limit, minimum=1)
@@ -256,38 +257,34 @@ def cmd_bench_vision(args) -> int:
     from tqdm.auto import tqdm
 
     import tokenomy
+    from tokenomy.adapters.lm import decoder
     from tokenomy.bench import vision as bench
-    from tokenomy.registry import create_spec, method_spec
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy._validation import check_fraction, check_int
 
     check_int("--limit", args.limit, minimum=1)
     check_int("--repeats", args.repeats, minimum=1)
     check_int("--timing", args.timing, minimum=0)
-    keeps = [check_fraction("keep", k) for k in args.keep]
-    visual_sites = ("pre-llm", "vision-encoder")
-    available = [m.name for m in tokenomy.methods() if m.site in visual_sites]
-    methods = available if args.methods == ["all"] else args.methods
-    for method in methods:
-        name = method_spec(method)[0]
-        if tokenomy.get(name).site not in visual_sites:
-            raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(available)}")
-        create_spec(method, keep=keeps[0])  # bad options fail now, not after loading
+    targets = [check_fraction("keep", k) for k in args.keep]
+    adaptive = [check_fraction("adaptive", v) for v in args.adaptive]
+    specs = [m.name for m in tokenomy.methods() if m.site in bench.VISUAL_SITES] if args.methods == ["all"] \
+        else args.methods
+    bench.check_specs(specs)
     vlm, processor = tokenomy.load("reference-vlm")
-    timed = 1 + len(methods) * len(keeps)  # full and every method; not the blank image or the oracle
-    configs = timed + 1 + (len(keeps) if args.oracle else 0)
+    rows = bench.rows_for(specs, targets, adaptive, len(decoder(vlm).layers))
+    oracle = targets if args.oracle else []
     timing = min(args.timing, args.limit)
-    with tqdm(total=args.limit * configs + args.repeats * timing * timed, desc="bench vision",
-              unit="run", file=sys.stderr) as bar:
-        rows, timings = bench.run(vlm, processor, methods, keeps, args.limit, args.seed, args.repeats, timing,
-                                  progress=bar.update, split=args.split, oracle=args.oracle)
-    results = bench.summarize(vlm, processor, rows, timings)
+    total = args.limit * (2 + len(rows) + len(oracle)) + args.repeats * timing * (1 + len(rows))
+    with tqdm(total=total, desc="bench vision", unit="run", file=sys.stderr) as bar:
+        records, timings = bench.run(vlm, processor, rows, args.limit, args.seed, args.repeats, timing,
+                                     progress=bar.update, split=args.split, oracle=oracle)
+    results = bench.summarize(vlm, processor, records, timings)
     print(table(results, bench.COLUMNS))
     if args.json:
         payload = {"suite": "vision", "command": command_line(), "config": vars(args) | {"func": None},
-                   "environment": environment(), "results": results, "samples": rows, "timings": timings}
+                   "environment": environment(), "results": results, "samples": records, "timings": timings}
         path = write_json(args.json, payload)
-        print(f"wrote {path} and {bench.plot(results, Path(path).with_suffix('.png'), args.split)}")
+        print(f"wrote {path} and {bench.plot(results, records, Path(path).with_suffix('.png'), args.split)}")
     return 0
 
 
@@ -473,9 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = bench.add_parser("vision", help="visual-token methods on the reference VLM (accuracy, tokens, prefill)")
     p.add_argument("--methods", type=_csv(str), default=["all"],
-                   help="comma list of visual methods, each optionally with options (divprune:per_crop=True), or all")
+                   help="comma list of visual methods, each optionally with options (divprune:per_crop=True) or "
+                        "stacked before+inside (divprune+fastv:K=2), or all")
     p.add_argument("--keep", type=_csv(float), default=[0.11, 0.33],
-                   help="comma list of fractions of visual tokens reaching the LLM")
+                   help="comma list of targets: the average fraction of visual tokens per decoder layer")
+    p.add_argument("--adaptive", type=_csv(float), default=[0.5, 0.7, 0.9],
+                   help="comma list of values for methods whose budget adapts to each image (ATP's mass tau)")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="test (reporting) or val (developing methods: the test split is never tuned on)")
     p.add_argument("--limit", type=int, default=60, help="samples")

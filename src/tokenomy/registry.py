@@ -1,4 +1,7 @@
-"""The method registry: one name per method, shared by the Python API, the CLI and the benchmark."""
+"""The method registry: one name per method, shared by the Python API, the CLI and the benchmark.
+
+Pure: recipes register here and lookups read what is registered; `tokenomy.catalog` imports every recipe
+first, so lookups through it see them all."""
 
 from __future__ import annotations
 
@@ -74,27 +77,6 @@ def register(name: str, *, site: str, paper: str, summary: str, query_aware: boo
     return decorator
 
 
-def _load_all() -> None:
-    # Importing the method packages runs their @register decorators.
-    import tokenomy.recipes  # noqa: F401
-
-
-def get(name: str) -> MethodInfo:
-    """The registered method called ``name``; an unknown name lists the valid ones."""
-    _load_all()
-    check_choice("method", name, _REGISTRY)
-    return _REGISTRY[name]
-
-
-def methods(site: str | None = None) -> list[MethodInfo]:
-    """Every registered method (optionally of one site), sorted by site then name."""
-    _load_all()
-    found = [m for m in _REGISTRY.values() if site is None or m.site == site]
-    if site is not None and not found:
-        check_choice("site", site, sorted({m.site for m in _REGISTRY.values()}))
-    return sorted(found, key=lambda m: (m.site, m.name))
-
-
 def method_spec(text: str) -> tuple[str, dict[str, Any]]:
     """``"name"`` or ``"name:option=value:..."`` -> (name, options); values are Python literals where they
     parse as one (``True``, ``0.5``), else strings (``layers=all``)."""
@@ -111,6 +93,20 @@ def method_spec(text: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, SyntaxError):
             options[key] = value
     return name, options
+
+
+def get(name: str) -> MethodInfo:
+    """The registered method called ``name``; an unknown name lists the valid ones."""
+    check_choice("method", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def methods(site: str | None = None) -> list[MethodInfo]:
+    """Every registered method (optionally of one site), sorted by site then name."""
+    found = [m for m in _REGISTRY.values() if site is None or m.site == site]
+    if site is not None and not found:
+        check_choice("site", site, sorted({m.site for m in _REGISTRY.values()}))
+    return sorted(found, key=lambda m: (m.site, m.name))
 
 
 def create_spec(spec: str, **fixed: Any) -> Any:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from tokenomy import registry
+from tokenomy import catalog
+from tokenomy.registry import method_spec
 from tokenomy._validation import check_choice, check_fraction
 from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matches, kvpress_prefill
 from tokenomy.bench.report import table
@@ -73,11 +74,11 @@ class KVBenchConfig:
     compare: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        known = [m.name for m in registry.methods(SITE)]
+        known = [m.name for m in catalog.methods(SITE)]
         self.keeps = [check_fraction("keep", k) for k in self.keeps]
         for spec in self.methods:  # "name" or "name:option=value"; bad options fail here, before any work
-            check_choice("method", registry.method_spec(spec)[0], known)
-            registry.create_spec(spec, keep=self.keeps[0])
+            check_choice("method", method_spec(spec)[0], known)
+            catalog.create_spec(spec, keep=self.keeps[0])
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for c in self.compare:
@@ -188,7 +189,7 @@ class KVBench:
 
     @torch.no_grad()
     def _run_ours(self, name, keep, base, ids, cache, logits, observations, prefill_s, prompt, sample) -> Row:
-        method = registry.create_spec(name, keep=keep)
+        method = catalog.create_spec(name, keep=keep)
         if getattr(method, "sums_in_prefill", False):  # timed next to its own prefill: machine speed drifts
             prefill_s = self._timed_prefill(ids, DynamicCache())[1]
         with method.apply(self.model) as session:

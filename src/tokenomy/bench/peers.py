@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from tokenomy._validation import TokenomyError
-from tokenomy.models.adapters import attention_modules
+from tokenomy.adapters.lm import attention_modules
 
 # tokenomy method -> kvpress press factory (compression ratio -> press)
 _KVPRESS: dict[str, Callable[[object, float], object]] = {

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.tasks import Sample
-from tokenomy.models.adapters import context_length
+from tokenomy.adapters.lm import context_length
 
 _SPLIT = "\u2063TOKENOMY-SPLIT\u2063"
 

@@ -1,26 +1,38 @@
 """`tokenomy bench vision`: visual-token methods on the reference VLM, side by side on the same samples.
 
 Samples: the synthetic VQA test split (`tokenomy.models.reference_vlm.scenes`; the validation split for
-method development), indices ``seed * 1_000_000 + i``, question types in rotation. A method may carry
-options (``"divprune:per_crop=True"``), so variants run side by side as rows of their own. Every sample
-is answered by the full model, by the same model with the image blanked (white), and by every method at
-every kept fraction, with greedy decoding of up to 4 tokens. Correct when the first word of the answer (lower case, punctuation stripped)
-equals the expected word. Rows report accuracy, accuracy relative to full tokens on the same samples,
-visual tokens reaching the LLM, analytical prefill FLOPs, measured prefill time (vision tower +
-selection + projector + LLM prefill; median over ``repeats`` rounds in which every row runs once, in
-turn, on the same ``timing`` samples) and the selection overhead as a share of that prefill.
+method development), indices ``seed * 1_000_000 + i``, question types in rotation. Every sample is answered by
+the full model, by the same model with the image blanked (white), and by every row, greedy, at most 4 new
+tokens; correct when the first word of the answer (lower case, punctuation stripped) is the expected word.
 
-With ``oracle``, a "label oracle" row per kept fraction answers with the visual tokens the generator's
-labels say show an object or the large word: a selection no method can make (it reads the answer's
-location), which shows how much of a method's loss is the selection's and how much the model's.
+Rows are compared at the same **average number of visual tokens per decoder layer** (what the language
+model's prefill FLOPs follow), one target per ``--keep`` value ``a``:
+
+* a method before the language model keeps ``a`` of the visual tokens (every layer sees them);
+* an in-LLM method with a fixed budget gets the fraction that makes its layer average ``a`` (FastV at K: the
+  layers before K see all tokens, so the layers after see fewer than ``a``); likewise the in-LLM part of a
+  stack (``"divprune+fastv:K=2"``), whose first part keeps ``min(1, 2a)``;
+* a method whose budget adapts to each image (ATP's mass ``tau``, ToDRE's second stage) runs at the values
+  of ``adaptive`` (ATP) or at ``a`` for its first stage (ToDRE); its measured average is reported.
+
+Columns: accuracy, accuracy relative to full tokens on the same samples, visual tokens reaching the language
+model, visual tokens per layer on average (and as a fraction), analytical prefill GFLOPs (ViT over every
+crop, projector, and every decoder layer over the tokens it holds), measured prefill time (median over
+``repeats`` rounds in which every row runs once, in turn, on the same ``timing`` samples), speedup over full,
+and the selection overhead (scoring and choosing) as a share of that prefill.
+
+With ``oracle``, a "label oracle" row per target answers with the visual tokens the generator's labels say
+show an object or the large word: a selection no method can make, which shows how much of a method's loss is
+the selection's and how much the model's.
 """
 
 from __future__ import annotations
 
 import statistics
-import string
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,22 +41,28 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-import tokenomy
+from tokenomy._validation import TokenomyError
+from tokenomy.adapters.lm import decoder
+from tokenomy.adapters.vlm.base import dense_weights
+from tokenomy.budget import Keep, kept_count
 from tokenomy.models.reference_vlm import scenes
-from tokenomy.models.vision_adapters import dense_weights, vision_parts
+from tokenomy.models.reference_vlm.answers import answer, blank_like, first_word
+from tokenomy.catalog import create_spec, get, methods
 from tokenomy.registry import method_spec
-from tokenomy.budget import kept_count
-from tokenomy.sites.visual import Diverse, PreLLM, first_isolated
+from tokenomy.sites.vision.prellm import Diverse, PreLLM, first_isolated
+from tokenomy.sites.vision.session import VisualMethods
 
 ORACLE = "label oracle"
 RELEVANT_KINDS = (1, 2, 3, scenes.KIND_WORD)  # the shapes and the large word, not filler text
+VISUAL_SITES = ("pre-llm", "vision-encoder", "in-llm")
 
 COLUMNS = [
     ("method", "method", ""),
-    ("keep", "keep", ".2f"),
+    ("target", "target", ".2f"),
     ("accuracy", "accuracy", ".3f"),
     ("relative", "vs full", ".3f"),
     ("visual_tokens", "visual tokens", ".1f"),
+    ("layer_fraction", "per layer", ".3f"),
     ("gflops", "prefill GFLOPs", ".2f"),
     ("prefill_ms", "prefill ms", ".1f"),
     ("speedup", "speedup", ".2f"),
@@ -52,36 +70,110 @@ COLUMNS = [
 ]
 
 
-def first_word(text: str) -> str:
-    words = text.strip().lower().split()
-    return words[0].strip(string.punctuation) if words else ""
+@dataclass
+class Row:
+    """One row of the benchmark: a label, the target average, and what builds its methods."""
+
+    label: str
+    target: float
+    build: Callable[[], VisualMethods] | None
 
 
-@torch.no_grad()
-def answer(vlm, processor, inputs: dict[str, torch.Tensor]) -> str:
-    """The model's greedy reply (at most 4 new tokens) to a processed image + question, on its device."""
-    inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
-    out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False)
-    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+def check_specs(specs: list[str]) -> None:
+    """Refuse unknown or non-visual methods and bad options before loading anything."""
+    visual = [m.name for m in methods() if m.site in VISUAL_SITES]
+    for spec in specs:
+        parts = spec.split("+")
+        if len(parts) > 2:
+            raise TokenomyError(f"a stack row is 'before+inside' (two methods), got {spec!r}")
+        for part in parts:
+            name = method_spec(part)[0]
+            if get(name).site not in VISUAL_SITES:
+                raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(visual)}")
+            create_spec(part, keep=0.5)
 
 
-def prefill_flops(vlm, text_tokens: int, visual_tokens: int, patches: int) -> float:
-    """Multiply-adds x 2 of one prefill: ViT over every crop, projector and LLM over the kept tokens."""
-    parts = vision_parts(vlm)
-    language_model = vlm.model.language_model
-    text, vision = vlm.config.text_config, vlm.config.vision_config
-    n = text_tokens + visual_tokens
-    llm = 2 * n * (dense_weights(language_model) - language_model.embed_tokens.weight.numel())
-    llm += 2 * n * n * text.hidden_size * text.num_hidden_layers  # causal QK^T and AV
+def schedule_average(methods: VisualMethods, depth: int) -> float | None:
+    """The average fraction of visual tokens per decoder layer a method's schedule implies, or None when its
+    budget adapts to each image (then only a measurement tells)."""
+    before = methods.before.keep if methods.before is not None else 1.0
+    inside = methods.inside
+    if inside is None:
+        return before
+    if not isinstance(inside.budget, Keep):
+        return None
+    stages = set(inside.stage_layers(depth))
+    fraction, total = 1.0, 0.0
+    for layer in range(depth):
+        if layer in stages:
+            fraction *= inside.budget.keep
+        total += fraction
+    return before * total / depth
+
+
+def _solve(make: Callable[[float], VisualMethods], target: float, depth: int) -> float | None:
+    """The keep whose schedule average is ``target`` (bisection; the average grows with keep), or None when
+    even the smallest keep stays above it."""
+    lo, hi = 1e-4, 1.0
+    if schedule_average(make(lo), depth) > target:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if schedule_average(make(mid), depth) > target:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def rows_for(specs: list[str], targets: list[float], adaptive: list[float], depth: int) -> list[Row]:
+    """The benchmark's rows (see the module docstring); a target a method cannot reach is left out."""
+    rows = []
+    for spec in specs:
+        parts = spec.split("+")
+        probe = _build(parts, (0.5,) * len(parts))
+        if probe.before is None and schedule_average(probe, depth) is None:  # an adaptive budget all along
+            rows += [Row(f"{spec} ({value:g})", value, partial(_build, parts, (value,))) for value in adaptive]
+            continue
+        for target in targets:
+            if probe.inside is None or schedule_average(probe, depth) is None:  # before the LM (ToDRE: stage 1)
+                keeps: tuple | None = (target,)
+            elif len(parts) == 2:
+                first = min(1.0, 2 * target)
+                solved = _solve(lambda k, f=first: _build(parts, (f, k)), target, depth)
+                keeps = None if solved is None else (first, solved)
+            else:
+                solved = _solve(lambda k: _build(parts, (k,)), target, depth)
+                keeps = None if solved is None else (solved,)
+            if keeps is not None:
+                rows.append(Row(spec, target, partial(_build, parts, keeps)))
+    return rows
+
+
+def _build(parts: list[str], keeps: tuple[float, ...]) -> VisualMethods:
+    """One method (``parts`` of one), or a stack: the first's part before the LM, the second's inside it."""
+    built = [create_spec(part, keep=keep).as_visual() for part, keep in zip(parts, keeps)]
+    if len(built) == 1:
+        return built[0]
+    return VisualMethods(built[0].before, built[1].inside)
+
+
+def prefill_flops(vlm, text_tokens: int, layer_visual: list[float], patches: int) -> float:
+    """Multiply-adds x 2 of one prefill: ViT over every crop, the projector over every patch token, and each
+    decoder layer over the tokens it holds (its weights, and causal attention)."""
+    stack = decoder(vlm)
+    text = vlm.config.text_config
+    llm = 0.0
+    for layer, visual in zip(stack.layers, layer_visual):
+        n = text_tokens + visual
+        llm += 2 * n * dense_weights(layer) + 2 * n * n * text.hidden_size
+    vision = vlm.config.vision_config
+    tower = vlm.model.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
     per_crop = (vision.image_size // vision.patch_size) ** 2
     crops, tokens = patches // per_crop, per_crop + 1  # + [CLS]
-    vit = 2 * crops * tokens * dense_weights(parts.layers)
-    vit += 4 * crops * tokens**2 * vision.hidden_size * len(parts.layers)
-    return float(llm + vit + 2 * visual_tokens * dense_weights(parts.projector))
-
-
-def blank_like(image: Image.Image) -> Image.Image:
-    return Image.new("RGB", image.size, (255, 255, 255))
+    vit = 2 * crops * tokens * dense_weights(layers) + 4 * crops * tokens**2 * vision.hidden_size * len(layers)
+    return float(llm + vit + 2 * patches * dense_weights(vlm.model.multi_modal_projector))
 
 
 def relevance(processor, sample: scenes.Sample) -> Tensor:
@@ -101,76 +193,90 @@ def oracle_starts(relevance: Tensor, k: int, threshold: float = 0.1) -> list[int
     return torch.argsort(relevance, descending=True, stable=True)[: min(k, relevant)].tolist()
 
 
-def _session(method: str, keep: float, vlm, processor=None, sample: scenes.Sample | None = None):
-    if method in ("full", "blank image"):
+def _session(row: Row | str, vlm, processor=None, sample: scenes.Sample | None = None):
+    if isinstance(row, str):  # "full", "blank image"
         return nullcontext()
-    if method == ORACLE:
+    if row.label == ORACLE:
         patches = processor.layout.num_crops * processor.layout.tokens_per_crop
-        starts = oracle_starts(relevance(processor, sample), int(kept_count(keep, patches)))
+        starts = oracle_starts(relevance(processor, sample), int(kept_count(row.target, patches)))
         start = (lambda view, crop: starts) if starts else first_isolated  # nothing relevant: DivPrune
-        return PreLLM(keep, Diverse(start), joint=True).apply(vlm)
-    name, options = method_spec(method)
-    return tokenomy.apply(vlm, name, keep=keep, **options)
+        return PreLLM(row.target, Diverse(start), joint=True).apply(vlm)
+    return row.build().apply(vlm)
 
 
-def run(vlm, processor, methods: list[str], keeps: list[float], limit: int, seed: int, repeats: int,
-        timing: int, progress: Callable[[int], Any] = lambda n: None,
-        split: str = "test", oracle: bool = False) -> tuple[list[dict], list[dict]]:
+def _record(session) -> dict:
+    stats = getattr(session, "stats", None)
+    if stats is None:
+        return {}
+    return {"visual_tokens": stats.tokens_kept, "layer_tokens": list(stats.layer_tokens),
+            "placeholders": stats.tokens_seen}
+
+
+def run(vlm, processor, rows: list[Row], limit: int, seed: int, repeats: int, timing: int,
+        progress: Callable[[int], Any] = lambda n: None, split: str = "test", oracle: list[float] | None = None
+        ) -> tuple[list[dict], list[dict]]:
     """Answer every sample with every row; then time the prefills (not the blank image's or the oracle's:
-    theirs is the full model's and a method's). Returns (per-sample rows, timings)."""
+    theirs is the full model's and a method's). Returns (per-sample records, timings)."""
     samples = [scenes.sample(split, seed * 1_000_000 + i) for i in range(limit)]
-    configs = [("full", 1.0), ("blank image", 1.0)] + [(m, k) for m in methods for k in keeps]
-    configs += [(ORACLE, k) for k in keeps] if oracle else []
+    configs: list = ["full", "blank image", *rows]
+    configs += [Row(ORACLE, target, None) for target in oracle or ()]
     patches = processor.layout.num_crops * processor.layout.tokens_per_crop
-    rows = []
+    depth = len(decoder(vlm).layers)
+    records = []
     for index, s in enumerate(samples):
-        for method, keep in configs:
-            image = blank_like(s.image) if method == "blank image" else s.image
+        for config in configs:
+            image = blank_like(s.image) if config == "blank image" else s.image
             inputs = processor(image, s.question)
-            with _session(method, keep, vlm, processor, s) as session:
+            with _session(config, vlm, processor, s) as session:
                 text = answer(vlm, processor, inputs)
-            visual = session.stats.tokens_kept if session is not None else patches
-            rows.append({"sample": index, "qtype": s.qtype, "method": method, "keep": keep, "answer": s.answer,
-                         "output": text, "correct": first_word(text) == s.answer, "visual_tokens": visual,
-                         "text_tokens": int(inputs["input_ids"].shape[1]) - patches})
+            label, target = (config, 1.0) if isinstance(config, str) else (config.label, config.target)
+            seen = _record(session) or {"visual_tokens": patches, "layer_tokens": [patches] * depth,
+                                        "placeholders": patches}
+            records.append({"sample": index, "qtype": s.qtype, "objects": s.count, "method": label, "target": target,
+                            "answer": s.answer, "output": text, "correct": first_word(text) == s.answer,
+                            "text_tokens": int(inputs["input_ids"].shape[1]) - patches, **seen})
             progress(1)
     timings = []
+    timed = [c for c in configs if c != "blank image" and not (isinstance(c, Row) and c.label == ORACLE)]
     for _ in range(repeats):
-        for method, keep in [c for c in configs if c[0] not in ("blank image", ORACLE)]:
+        for config in timed:
             for s in samples[:timing]:
                 inputs = processor(s.image, s.question)
-                with _session(method, keep, vlm) as session, torch.no_grad():
+                with _session(config, vlm) as session, torch.no_grad():
                     tic = time.perf_counter()
                     vlm(**inputs)
                     seconds = time.perf_counter() - tic
-                timings.append({"method": method, "keep": keep, "seconds": seconds,
+                label, target = (config, 1.0) if isinstance(config, str) else (config.label, config.target)
+                timings.append({"method": label, "target": target, "seconds": seconds,
                                 "selection_seconds": session.stats.selection_seconds if session else 0.0})
                 progress(1)
-    return rows, timings
+    return records, timings
 
 
-def summarize(vlm, processor, rows: list[dict], timings: list[dict]) -> list[dict]:
-    full = {r["sample"]: r["correct"] for r in rows if r["method"] == "full"}
+def summarize(vlm, processor, records: list[dict], timings: list[dict]) -> list[dict]:
+    full = {r["sample"]: r["correct"] for r in records if r["method"] == "full"}
     full_accuracy = sum(full.values()) / len(full)
     patches = processor.layout.num_crops * processor.layout.tokens_per_crop
 
-    def median_time(method, keep, key="seconds"):
-        values = [t[key] for t in timings if t["method"] == method and t["keep"] == keep]
+    def median_time(method, target, key="seconds"):
+        values = [t[key] for t in timings if t["method"] == method and t["target"] == target]
         return statistics.median(values) if values else None
 
     full_ms = median_time("full", 1.0)
     out = []
-    for method, keep in dict.fromkeys((r["method"], r["keep"]) for r in rows):
-        mine = [r for r in rows if r["method"] == method and r["keep"] == keep]
+    for method, target in dict.fromkeys((r["method"], r["target"]) for r in records):
+        mine = [r for r in records if r["method"] == method and r["target"] == target]
         accuracy = sum(r["correct"] for r in mine) / len(mine)
-        visual = statistics.mean(r["visual_tokens"] for r in mine)
+        layers = [statistics.mean(values) for values in zip(*(r["layer_tokens"] for r in mine))]
         text = statistics.mean(r["text_tokens"] for r in mine)
-        seconds = median_time(method, keep)
-        selection = median_time(method, keep, "selection_seconds")
+        seconds = median_time(method, target)
+        selection = median_time(method, target, "selection_seconds")
         out.append({
-            "method": method, "keep": keep, "accuracy": accuracy,
+            "method": method, "target": target, "accuracy": accuracy,
             "relative": accuracy / full_accuracy if full_accuracy else None,
-            "visual_tokens": visual, "gflops": prefill_flops(vlm, round(text), round(visual), patches) / 1e9,
+            "visual_tokens": statistics.mean(r["visual_tokens"] for r in mine),
+            "layer_tokens": layers, "layer_fraction": statistics.mean(layers) / patches,
+            "gflops": prefill_flops(vlm, round(text), layers, patches) / 1e9,
             "prefill_ms": None if seconds is None else seconds * 1e3,
             "speedup": None if seconds is None or not full_ms else full_ms / seconds,
             "overhead": None if seconds is None or method == "full" else selection / seconds,
@@ -180,26 +286,42 @@ def summarize(vlm, processor, rows: list[dict], timings: list[dict]) -> list[dic
     return out
 
 
-def plot(results: list[dict], path: Path, split: str = "test") -> Path:
-    """Accuracy against kept fraction, one line per method; full and blank-image accuracy as guides."""
+def plot(results: list[dict], records: list[dict], path: Path, split: str = "test") -> Path:
+    """Left: accuracy against the average fraction of visual tokens per decoder layer, one line per method
+    (full and blank-image accuracy as guides). Right: visual tokens entering each decoder layer for every
+    adaptive row, averaged over easy images (scenes of one or two objects) and dense ones (pages of text)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, layers_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     guides = {r["method"]: r["accuracy"] for r in results if r["method"] in ("full", "blank image")}
-    for method in dict.fromkeys(r["method"] for r in results if r["method"] not in guides):
-        points = sorted((r["keep"], r["accuracy"]) for r in results if r["method"] == method)
+    for method in dict.fromkeys(r["method"].split(" (")[0] for r in results if r["method"] not in guides):
+        points = sorted((r["layer_fraction"], r["accuracy"]) for r in results
+                        if r["method"].split(" (")[0] == method)
         ax.plot(*zip(*points), marker="o", label=method)
     for name, style in (("full", "-"), ("blank image", ":")):
         if name in guides:
             ax.axhline(guides[name], color="black", linestyle=style, linewidth=1, label=f"{name} ({guides[name]:.2f})")
-    ax.set_xlabel("fraction of visual tokens reaching the LLM")
+    ax.set_xlabel("visual tokens per decoder layer (fraction, average over layers)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reference VLM, synthetic VQA {split} split")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
+    adaptive = [r["method"] for r in results if " (" in r["method"]]
+    for method in adaptive:
+        for kind, picks, style in (("easy", lambda r: 0 < r["objects"] <= 2, "-"),
+                                   ("dense", lambda r: r["qtype"] == "word", "--")):
+            mine = [r["layer_tokens"] for r in records if r["method"] == method and picks(r)]
+            if mine:
+                layers_ax.plot([statistics.mean(v) for v in zip(*mine)], style, label=f"{method}, {kind}")
+    layers_ax.set_xlabel("decoder layer")
+    layers_ax.set_ylabel("visual tokens entering the layer")
+    layers_ax.set_title("adaptive methods: easy vs dense images")
+    if layers_ax.lines:
+        layers_ax.legend(fontsize=7)
+    layers_ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

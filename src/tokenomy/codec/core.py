@@ -31,7 +31,7 @@ from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
 from tokenomy.codec.engine import exact
 from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at
 from tokenomy.codec.tokens import ByteTokenizer
-from tokenomy.models.adapters import context_length
+from tokenomy.adapters.lm import context_length
 
 _PROBE = "The quick brown fox, 0123."  # a few tokens: each costs one sequential model step
 

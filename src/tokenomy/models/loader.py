@@ -164,9 +164,6 @@ def converted_dir(name: str) -> Path:
     return target
 
 
-REFERENCE_VLM = "reference-vlm"
-
-
 @contextmanager
 def _quiet_loading():
     """No per-parameter progress bar from transformers while loading converted weights (a fraction of a
@@ -186,15 +183,8 @@ def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str =
     """Load ``(model, tokenizer)`` from a packaged name, a local folder, or a Hugging Face hub id.
 
     Packaged names work offline: ``smollm2-135m`` (the default everywhere) and ``gemma3-270m``.
-    ``reference-vlm`` returns ``(vlm, processor)``: the LLaVA tokenomy trains for measuring visual-token
-    methods (`tokenomy.models.reference_vlm`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name_or_path == REFERENCE_VLM:
-        from tokenomy.models.reference_vlm import load_reference_vlm
-
-        return load_reference_vlm(dtype=dtype)
 
     if name_or_path in PACKAGED:
         path: str | Path = converted_dir(name_or_path)

@@ -2,7 +2,7 @@
 
 from tokenomy.select.diversity import cosine_distance, k_center, most_isolated
 from tokenomy.select.merge import bipartite_soft_matching, merge_into_nearest
-from tokenomy.select.pool import average_pool, grid_shape
+from tokenomy.select.pool import average_pool, grid_shape, on_lattice, pool_representatives
 from tokenomy.select.topk import prioritize, top_k
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "k_center",
     "merge_into_nearest",
     "most_isolated",
+    "on_lattice",
+    "pool_representatives",
     "prioritize",
     "top_k",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -57,3 +58,23 @@ def average_pool(x: Tensor, k: int, h: int, w: int) -> Tensor:
         return F.adaptive_avg_pool1d(channels_first, k)[0].T
     pooled = F.adaptive_avg_pool2d(channels_first.reshape(1, -1, h, w), shape)  # (1, c, gh, gw)
     return pooled.flatten(2)[0].T
+
+
+def pool_representatives(k: int, h: int, w: int) -> Tensor:
+    """For each of the ``k`` tokens `average_pool` makes of an ``h x w`` grid, the raster index of the first
+    token its bin holds ``(k,)``: where a pooled token sits in the sequence (its position, its slot)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= h * w:
+        raise TokenomyError(f"k must be an integer in [1, {h * w}], got {k!r}")
+    index = -torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)  # max-pooling the negated index: the min
+    shape = grid_shape(k, h, w)
+    if shape is None:
+        return (-F.adaptive_max_pool1d(index.view(1, 1, -1), k)).flatten().long()
+    return (-F.adaptive_max_pool2d(index, shape)).flatten().long()
+
+
+def on_lattice(rows: Tensor, cols: Tensor, stride: int) -> Tensor:
+    """True where a token's grid position lies on a lattice of step ``stride`` (offset to the middle of each
+    ``stride x stride`` cell), so the chosen tokens cover the grid evenly: ATP-LLaVA's spatial subset."""
+    check_int("stride", stride, minimum=1)
+    middle = stride // 2
+    return (rows % stride == middle) & (cols % stride == middle)

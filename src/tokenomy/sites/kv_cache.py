@@ -34,7 +34,8 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_fraction, check_int
 from tokenomy.budget import HeadAdaptive, Keep
-from tokenomy.models.adapters import decoder, full_attention_modules, key_padding, rotated_queries, softmax_scale
+from tokenomy.adapters.lm import (decoder, full_attention_modules, key_padding, rope_slice, rotated_queries,
+                                 softmax_scale)
 from tokenomy.models.caches import copy_cache
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
@@ -421,8 +422,7 @@ def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor]
     n = keys.shape[2]
 
     def queries(w: int) -> Tensor:
-        cos, sin = rope
-        return rotated_queries(module, hidden[:, -w:], (cos[:, -w:], sin[:, -w:]))
+        return rotated_queries(module, hidden[:, -w:], rope_slice(rope, slice(-w, None)))
 
     return LayerObservation(
         keys=keys,
@@ -451,7 +451,7 @@ def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor
         query_offset=layer.stored - hidden.shape[1] if appended else layer.stored,
         num_queries=hidden.shape[1],
         scale=softmax_scale(module),
-        query_fn=lambda w: rotated_queries(module, hidden[:, -w:], tuple(t[:, -w:] for t in rope)),
+        query_fn=lambda w: rotated_queries(module, hidden[:, -w:], rope_slice(rope, slice(-w, None))),
     )
 
 
@@ -631,7 +631,7 @@ class KVSession:
             # pass); a new list, so a `copy_cache` copy never sees another copy's forwards
             if not due:
                 return
-            hidden, cos, sin = (torch.cat(parts, dim=1) for parts in zip(*layer.unscored))
+            hidden, cos, sin = (torch.cat(parts, dim=-2) for parts in zip(*layer.unscored))  # the token axis
             layer.unscored = []
         obs = _obs_for_step(module, layer, hidden, (cos, sin), *self._where(module), appended=True)
         if layer.history is not None:  # what those forwards' queries gave every stored entry

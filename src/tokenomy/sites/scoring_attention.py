@@ -22,7 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from tokenomy.models.adapters import key_padding
+from tokenomy.adapters.lm import key_padding
 from tokenomy.score.base import attention_and_received, per_query_head
 
 ATTENTION = "tokenomy_sdpa_scoring"

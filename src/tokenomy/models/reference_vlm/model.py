@@ -18,8 +18,7 @@ from transformers import AutoModel, CLIPVisionConfig, LlavaConfig, LlavaForCondi
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from tokenomy._validation import TokenomyError
-from tokenomy.models.reference_vlm.processor import ReferenceProcessor
-from tokenomy.models.vision_adapters import CropLayout
+from tokenomy.models.reference_vlm.processor import CropLayout, ReferenceProcessor
 
 WEIGHTS = Path(__file__).with_name("weights.safetensors")
 CROP, PATCH = 48, 8

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from tokenomy._validation import TokenomyError
-from tokenomy.models.vision_adapters import CropLayout
 
 
 def to_rgb_square(image: Image.Image | np.ndarray) -> Image.Image:
@@ -39,6 +38,26 @@ def to_rgb_square(image: Image.Image | np.ndarray) -> Image.Image:
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, ((side - w) // 2, (side - h) // 2))
     return square
+
+
+@dataclass(frozen=True)
+class CropLayout:
+    """How the reference processor cuts an image: an optional thumbnail first, then a ``rows x cols`` grid of
+    crops, each ``side x side`` patches. Stored in the model config (``crop_layout``), where the LLaVA adapter
+    reads it."""
+
+    thumbnail: bool = False
+    rows: int = 1
+    cols: int = 1
+    side: int = 24
+
+    @property
+    def num_crops(self) -> int:
+        return int(self.thumbnail) + self.rows * self.cols
+
+    @property
+    def tokens_per_crop(self) -> int:
+        return self.side * self.side
 
 
 @dataclass

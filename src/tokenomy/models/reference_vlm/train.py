@@ -183,7 +183,7 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
 @torch.no_grad()
 def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float]:
     """Accuracy per question type on the first ``count`` validation samples (greedy, first word)."""
-    from tokenomy.bench.vision import answer, blank_like, first_word
+    from tokenomy.models.reference_vlm.answers import answer, blank_like, first_word
 
     right: dict[str, list[bool]] = {}
     for i in range(count):

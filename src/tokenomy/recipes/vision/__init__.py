@@ -1,11 +1,16 @@
-"""Visual-token methods: pre-LLM recipes (`PreLLM`: crop budget x token choice) and ToMe in the ViT."""
+"""Visual-token methods: before the language model (pre-LLM recipes, ToMe in the ViT), inside it (in-LLM
+recipes), and ToDRE's two stages across both."""
 
 from tokenomy.recipes.vision import (  # noqa: F401
+    atp,
     avgpool,
     divprune,
+    fastv,
     hired,
     prumerge,
+    pyramiddrop,
     random,
+    sparsevlm,
     tcc,
     todre,
     tome,

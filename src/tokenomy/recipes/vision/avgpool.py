@@ -1,5 +1,5 @@
 from tokenomy.registry import register
-from tokenomy.sites.visual import SITE, PreLLM, pooled
+from tokenomy.sites.vision.prellm import SITE, Pooled, PreLLM
 
 
 @register(
@@ -7,7 +7,7 @@ from tokenomy.sites.visual import SITE, PreLLM, pooled
     site=SITE,
     paper="Efficient Large Multi-modal Models via Visual Context Compression (LLaVolta; Chen et al., 2024, "
     "arXiv:2406.20092)",
-    summary="average pooling of each crop's patch grid down to its budget",
+    summary="average pooling of each crop's token grid down to its budget",
 )
 def avgpool(keep: float = 0.11) -> PreLLM:
-    return PreLLM(keep, pooled)
+    return PreLLM(keep, Pooled())

@@ -1,6 +1,6 @@
 from tokenomy.registry import register
 from tokenomy.score.vision import ClsAttention, ThumbnailAttention
-from tokenomy.sites.visual import SITE, PreLLM, TopScored
+from tokenomy.sites.vision.prellm import SITE, PreLLM, TopScored
 
 
 @register(
@@ -11,5 +11,4 @@ from tokenomy.sites.visual import SITE, PreLLM, TopScored
     summary="crop budgets from the thumbnail's early-layer [CLS] attention; final-layer [CLS] attention picks",
 )
 def hired(keep: float = 0.11, budget_layer: int = 1) -> PreLLM:
-    return PreLLM(keep, TopScored(ClsAttention((-1,))), crop_weights=ThumbnailAttention(budget_layer),
-                  needs_cls=True)
+    return PreLLM(keep, TopScored(ClsAttention((-1,))), crop_weights=ThumbnailAttention(budget_layer))

@@ -1,6 +1,6 @@
 from tokenomy.registry import register
 from tokenomy.score.vision import ClsAttention
-from tokenomy.sites.visual import SITE, MergePruned, PreLLM
+from tokenomy.sites.vision.prellm import SITE, MergePruned, PreLLM
 
 
 @register(
@@ -8,7 +8,7 @@ from tokenomy.sites.visual import SITE, MergePruned, PreLLM
     site=SITE,
     paper="LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Multimodal Models (Shang et al., 2024, "
     "arXiv:2403.15388)",
-    summary="keep the patches [CLS] attends to most, merge every pruned patch into its nearest kept one",
+    summary="keep the tokens [CLS] attends to most, merge every pruned token into its nearest kept one",
 )
 def prumerge(keep: float = 0.11) -> PreLLM:
-    return PreLLM(keep, MergePruned(ClsAttention((-1,))), needs_cls=True)
+    return PreLLM(keep, MergePruned(ClsAttention((-1,))))

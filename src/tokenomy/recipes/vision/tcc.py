@@ -1,6 +1,6 @@
 from tokenomy.registry import register
 from tokenomy.score.vision import cls_similarity, patch_density
-from tokenomy.sites.visual import SITE, PreLLM, TopScored
+from tokenomy.sites.vision.prellm import SITE, PreLLM, TopScored
 
 
 @register(
@@ -8,8 +8,8 @@ from tokenomy.sites.visual import SITE, PreLLM, TopScored
     site=SITE,
     paper="Token-level Correlation-guided Compression for Efficient Multimodal Document Understanding "
     "(Zhang et al., 2024, arXiv:2407.14439)",
-    summary="crop budgets by information density (patch-correlation repetitiveness); patches most correlated "
+    summary="crop budgets by information density (token-correlation repetitiveness); tokens most correlated "
     "with [CLS]",
 )
 def tcc(keep: float = 0.11) -> PreLLM:
-    return PreLLM(keep, TopScored(cls_similarity), crop_weights=patch_density, needs_cls=True)
+    return PreLLM(keep, TopScored(cls_similarity), crop_weights=patch_density)

@@ -1,5 +1,5 @@
 from tokenomy.registry import register
-from tokenomy.sites.vit import SITE, TokenMerging
+from tokenomy.sites.vision.vit_merge import SITE, TokenMerging
 
 
 @register(

@@ -1,7 +1,7 @@
 from tokenomy._validation import check_choice
 from tokenomy.registry import register
 from tokenomy.score.vision import ClsAttention
-from tokenomy.sites.visual import SITE, PreLLM, TopScored
+from tokenomy.sites.vision.prellm import SITE, PreLLM, TopScored
 
 
 @register(
@@ -9,8 +9,8 @@ from tokenomy.sites.visual import SITE, PreLLM, TopScored
     site=SITE,
     paper="[CLS] Token Tells Everything Needed for Training-free Efficient MLLMs (VTC-CLS; Wang et al., 2024, "
     "arXiv:2412.05819)",
-    summary="patches [CLS] attends to most; `layers='all'` ensembles the attention of every ViT layer",
+    summary="tokens [CLS] attends to most; `layers='all'` ensembles the attention of every ViT layer",
 )
 def vtc_cls(keep: float = 0.11, layers: str = "last") -> PreLLM:
     check_choice("layers", layers, ("last", "all"))
-    return PreLLM(keep, TopScored(ClsAttention((-1,) if layers == "last" else None)), needs_cls=True)
+    return PreLLM(keep, TopScored(ClsAttention((-1,) if layers == "last" else None)))

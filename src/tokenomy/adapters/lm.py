@@ -1,9 +1,11 @@
 """Model-family specifics for decoder-only transformers: where the attention layers are and how their
 queries are formed. Everything else in tokenomy reads models only through these functions.
 
-Supported: HF causal LMs whose attention modules expose ``q_proj`` (+ optional ``q_norm``), ``head_dim``,
-``layer_idx`` and whose modeling file defines ``apply_rotary_pos_emb`` — Llama, Mistral, Qwen2, Qwen3,
-Gemma2/3 text models and the language model inside HF VLMs built on them.
+Supported: HF causal LMs whose attention modules expose ``q_proj``/``k_proj`` (+ optional ``q_norm``/``k_norm``),
+``head_dim``, ``layer_idx`` and whose modeling file defines ``apply_rotary_pos_emb`` or, for M-RoPE (Qwen2-VL,
+Qwen2.5-VL), ``apply_multimodal_rotary_pos_emb`` — Llama, Mistral, Qwen2, Qwen3, Gemma2/3 text models and the
+language models inside the HF VLMs built on them. Rotary tables ``(cos, sin)`` carry the token axis second to
+last, whatever comes before it (``(b, n, d)``, or ``(3, b, n, d)`` for M-RoPE).
 """
 
 from __future__ import annotations
@@ -79,18 +81,45 @@ def softmax_scale(module: nn.Module) -> float:
     return float(getattr(module, "scaling", module.head_dim**-0.5))
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm the decoder applies after its last layer."""
+    norm = getattr(decoder(model), "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise TokenomyError(f"cannot find the final norm of {type(decoder(model)).__name__} (expected `.norm`)")
+    return norm
+
+
+def rope_slice(rope: tuple[Tensor, Tensor], index) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` restricted to the tokens ``index`` selects along the token axis (second to last)."""
+    return tuple(t[..., index, :] for t in rope)
+
+
+def _rotate(module: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """``x`` ``(b, h, w, d)`` rotated as ``module``'s modeling file rotates its queries and keys."""
+    modeling = sys.modules[type(module).__module__]
+    cos, sin = rope
+    multimodal = getattr(modeling, "apply_multimodal_rotary_pos_emb", None)
+    if multimodal is not None and cos.ndim == 4:
+        section = module.config.rope_parameters["mrope_section"]
+        return multimodal(x, x, cos, sin, section)[0]
+    rope_fn = getattr(modeling, "apply_rotary_pos_emb", None)
+    if rope_fn is None:
+        raise TokenomyError(f"{type(module).__name__} has no apply_rotary_pos_emb in {modeling.__name__}")
+    return rope_fn(x, x, cos, sin)[0]
+
+
+def _project(module: nn.Module, hidden_states: Tensor, which: str) -> Tensor:
+    b, w, _ = hidden_states.shape
+    x = getattr(module, f"{which}_proj")(hidden_states).view(b, w, -1, module.head_dim)
+    norm = getattr(module, f"{which}_norm", None)
+    return (x if norm is None else norm(x)).transpose(1, 2)
+
+
 def rotated_queries(module: nn.Module, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor]) -> Tensor:
     """Queries ``(b, h, w, d)`` exactly as ``module`` forms them (projection, optional q-norm, RoPE)."""
-    b, w, _ = hidden_states.shape
-    q = module.q_proj(hidden_states).view(b, w, -1, module.head_dim)
-    q_norm = getattr(module, "q_norm", None)
-    if q_norm is not None:
-        q = q_norm(q)
-    q = q.transpose(1, 2)
-    modeling = sys.modules[type(module).__module__]
-    rope = getattr(modeling, "apply_rotary_pos_emb", None)
-    if rope is None:
-        raise TokenomyError(f"{type(module).__name__} has no apply_rotary_pos_emb in {modeling.__name__}")
-    cos, sin = position_embeddings
-    q, _ = rope(q, q, cos, sin)
-    return q
+    return _rotate(module, _project(module, hidden_states, "q"), position_embeddings)
+
+
+def rotated_keys(module: nn.Module, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor]) -> Tensor:
+    """Keys ``(b, h_kv, w, d)`` exactly as ``module`` forms them (projection, optional k-norm, RoPE)."""
+    return _rotate(module, _project(module, hidden_states, "k"), position_embeddings)
