@@ -111,7 +111,7 @@ def cmd_bench_kv(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from tokenomy.bench import codec, ensemble, kv, vision
+    from tokenomy.bench import codec, ensemble, kv, vision, vision_speed
 
     try:
         payload = json.loads(open(args.json).read())
@@ -119,7 +119,7 @@ def cmd_report(args) -> int:
         raise TokenomyError(f"cannot read benchmark JSON {args.json}: {err}") from err
     suite = payload.get("suite") or ("kv" if "aggregate" in payload else "codec")
     render = {"kv": kv.render, "codec": codec.render, "ensemble": ensemble.render,
-              "vision": vision.render}[suite]
+              "vision": vision.render, "vision-speed": vision_speed.render}[suite]
     print(render(payload, markdown=args.markdown))
     print(f"\n`{payload['command']}`")
     return 0
@@ -267,8 +267,8 @@ def cmd_bench_vision(args) -> int:
     check_int("--timing", args.timing, minimum=0)
     targets = [check_fraction("keep", k) for k in args.keep]
     adaptive = [check_fraction("adaptive", v) for v in args.adaptive]
-    specs = [m.name for m in tokenomy.methods() if m.site in bench.VISUAL_SITES] if args.methods == ["all"] \
-        else args.methods
+    every = [m.name for m in tokenomy.methods() if m.site in bench.VISUAL_SITES]
+    specs = list(dict.fromkeys(name for spec in args.methods for name in (every if spec == "all" else [spec])))
     bench.check_specs(specs)
     vlm, processor = tokenomy.load("reference-vlm")
     rows = bench.rows_for(specs, targets, adaptive, len(decoder(vlm).layers))
@@ -285,6 +285,32 @@ def cmd_bench_vision(args) -> int:
                    "environment": environment(), "results": results, "samples": records, "timings": timings}
         path = write_json(args.json, payload)
         print(f"wrote {path} and {bench.plot(results, records, Path(path).with_suffix('.png'), args.split)}")
+    return 0
+
+
+def cmd_bench_vision_speed(args) -> int:
+    from tqdm.auto import tqdm
+
+    from tokenomy.bench import vision_speed as bench
+    from tokenomy.bench.report import command_line, environment, table, write_json
+    from tokenomy._validation import check_fraction, check_int
+
+    check_int("--repeats", args.repeats, minimum=1)
+    keep = check_fraction("keep", args.keep)
+    visual = bench.check_visual(args.visual)
+    for layers in (args.llm_layers, args.vit_layers):
+        if layers is not None:
+            check_int("--llm-layers/--vit-layers", layers, minimum=1)
+    with tqdm(total=len(args.shapes) * len(visual) * args.repeats * (1 + len(args.methods)), desc="bench vision-speed",
+              unit="forward", file=sys.stderr) as bar:
+        records = bench.run(args.shapes, visual, args.methods, keep, args.repeats, args.llm_layers, args.vit_layers,
+                            progress=bar.update)
+    results = bench.summarize(records)
+    print(table(results, bench.COLUMNS))
+    if args.json:
+        payload = {"suite": "vision-speed", "command": command_line(), "config": vars(args) | {"func": None},
+                   "environment": environment(), "results": results, "timings": records}
+        print(f"wrote {write_json(args.json, payload)}")
     return 0
 
 
@@ -471,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("vision", help="visual-token methods on the reference VLM (accuracy, tokens, prefill)")
     p.add_argument("--methods", type=_csv(str), default=["all"],
                    help="comma list of visual methods, each optionally with options (divprune:per_crop=True) or "
-                        "stacked before+inside (divprune+fastv:K=2), or all")
+                        "stacked before+inside (divprune+fastv:K=2); 'all' stands for every visual method")
     p.add_argument("--keep", type=_csv(float), default=[0.11, 0.33],
                    help="comma list of targets: the average fraction of visual tokens per decoder layer")
     p.add_argument("--adaptive", type=_csv(float), default=[0.5, 0.7, 0.9],
@@ -487,6 +513,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the word (no method can know this; it separates the selection's loss from the model's)")
     p.add_argument("--json", help="write per-sample rows and aggregates here; the plot goes next to it (.png)")
     p.set_defaults(func=cmd_bench_vision)
+
+    p = bench.add_parser("vision-speed", help="prefill time of visual methods on random-weight models of real VLM shapes")
+    p.add_argument("--shapes", type=_csv(str), default=["smolvlm-256m", "qwen2-vl-2b"],
+                   help="comma list of model shapes: smolvlm-256m, qwen2-vl-2b")
+    p.add_argument("--visual", type=_csv(int), default=[576, 1200], help="comma list of visual tokens per image")
+    p.add_argument("--methods", type=_csv(str), default=["divprune", "vtc-cls", "todre:threshold=0", "fastv"],
+                   help="comma list of visual methods (with options, method:option=value)")
+    p.add_argument("--keep", type=float, default=0.11, help="fraction of visual tokens kept (after layer K for fastv)")
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds, rows alternating (medians reported)")
+    p.add_argument("--llm-layers", type=int, default=None, help="cut the language model to this many layers")
+    p.add_argument("--vit-layers", type=int, default=None, help="cut the vision tower to this many layers")
+    p.add_argument("--json", help="write the rows and every timing here")
+    p.set_defaults(func=cmd_bench_vision_speed)
 
     p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2)")
     p.add_argument("-o", "--output", default=None, help="checkpoint path (default: the one shipped in the package)")

@@ -57,7 +57,7 @@ class VLMAdapter:
     positions: str = "compact"
     layers: nn.ModuleList  # the vision tower's encoder layers (ViT layer indices count these)
     features_at: nn.Module  # the module whose first input holds the per-token features (the projector's)
-    attention_name, norm_name = "self_attn", "layer_norm1"  # each ViT layer's attention and the norm before it
+    attention_name = "self_attn"  # each ViT layer's attention module
     has_cls: bool = False  # the tower's attention comes from a [CLS] token (else the substitute, `ImageView`)
     one_token_per_patch: bool = False  # each ViT patch becomes one LLM token, in order (what ToMe needs)
     first_in_llm_layer: int = 1  # the first decoder layer before which tokens may leave
@@ -72,13 +72,25 @@ class VLMAdapter:
         raise NotImplementedError
 
     def capture(self, record: dict, layers: set[int]) -> list:
-        """Register hooks filling ``record`` during a forward — the per-token features (``"features"``), the inputs
-        of ViT ``layers`` (``"layer_inputs"``) and whatever `extra_capture` adds; return their handles."""
+        """Register hooks filling ``record`` during a forward — the per-token features (``"features"``), the
+        queries and keys ViT ``layers`` compute (``"queries"``, ``"keys"``: reused, not recomputed) and whatever
+        `extra_capture` adds; return their handles."""
         def features(module, args):
             record["features"] = args[0]
 
-        return [*hook_inputs(self.layers, layers, record), self.features_at.register_forward_pre_hook(features),
-                *self.extra_capture(record)]
+        def store(kind, layer):
+            def hook(module, args, output):
+                record.setdefault(kind, {})[layer] = output
+            return hook
+
+        handles = [self.features_at.register_forward_pre_hook(features), *self.extra_capture(record)]
+        for layer in sorted(layers):
+            attention = getattr(self.layers[layer], self.attention_name)
+            normed = getattr(attention, "q_norm", None) is not None and not isinstance(attention.q_norm, nn.Identity)
+            for kind, name in (("queries", "q"), ("keys", "k")):
+                module = getattr(attention, f"{name}_norm" if normed else f"{name}_proj")
+                handles.append(module.register_forward_hook(store(kind, layer)))
+        return handles
 
     def extra_capture(self, record: dict) -> list:
         """Hooks for what else a family's images need (its [CLS] features, a patch mask)."""
@@ -86,11 +98,14 @@ class VLMAdapter:
 
     def tower_attention(self, record: dict, layer: int, rows: slice, valid: Tensor | None = None) -> Tensor:
         """Attention each patch of the crops ``rows`` receives in ViT ``layer`` ``(crops, patches)``: from [CLS]
-        where the tower has one, else the mean over the crop's (``valid``) patches (`received_attention`)."""
-        block = self.layers[layer]
-        attention = getattr(block, self.attention_name)
-        x = getattr(block, self.norm_name)(record["layer_inputs"][layer][rows])
-        return received_attention(*query_keys(attention, x), attention.scale, self.has_cls, valid)
+        where the tower has one, else the mean over the crop's (``valid``) patches (`received_attention`),
+        from the queries and keys the tower computed."""
+        attention = getattr(self.layers[layer], self.attention_name)
+        keys = record["keys"][layer][rows]
+        asked = query_rows(keys.shape[1], self.has_cls).to(keys.device)
+        q, k = (t.view(*t.shape[:2], attention.num_heads, -1).transpose(1, 2).float()
+                for t in (record["queries"][layer][rows][:, asked], keys))
+        return received_attention(q, k, attention.scale, self.has_cls, valid, asked)
 
     # -- shared defaults ----------------------------------------------------------------------------------
     @property
@@ -131,39 +146,34 @@ class VLMAdapter:
         raise TokenomyError(f"{type(self).__name__} does not support merging inside the vision tower")
 
 
-def query_keys(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Queries and keys ``(c, heads, L, head_dim)`` of a ViT attention with ``q_proj``/``k_proj`` (and
-    InternViT's optional ``q_norm``/``k_norm`` over the full width) for its normalised input ``x`` ``(c, L, d)``."""
-    c, length, _ = x.shape
-    q, k = attn.q_proj(x), attn.k_proj(x)
-    if getattr(attn, "q_norm", None) is not None and not isinstance(attn.q_norm, nn.Identity):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    return tuple(t.view(c, length, attn.num_heads, -1).transpose(1, 2).float() for t in (q, k))
+def query_rows(length: int, has_cls: bool, queries: int = 128) -> Tensor:
+    """The patches whose attention rows `received_attention` reads: [CLS] alone, or at most ``queries`` patches
+    evenly strided over the crop (every one costs a full attention row)."""
+    return torch.zeros(1, dtype=torch.long) if has_cls else torch.arange(0, length, max(1, -(-length // queries)))
 
 
 def received_attention(q: Tensor, k: Tensor, scale: float, has_cls: bool, valid: Tensor | None = None,
-                       chunk: int = 256) -> Tensor:
-    """Attention each patch receives in a ViT layer, averaged over heads: ``(c, n)`` from queries and keys
-    ``(c, heads, [1 +] n, d)``.
+                       rows: Tensor | None = None) -> Tensor:
+    """Attention each patch receives in a ViT layer, averaged over heads: ``(c, n)`` from the queries of
+    `query_rows` ``(c, heads, r, d)`` and every key ``(c, heads, [1 +] n, d)``.
 
-    With a [CLS] token (first row): [CLS]'s softmax row without its own column (rows sum to at most 1).
-    Without: the mean over every (``valid``, ``(c, n)``) patch as a query, ``chunk`` queries at a time —
-    the substitute for towers without [CLS] (SigLIP, Qwen's and Idefics3's ViTs)."""
+    With a [CLS] token (the first row): [CLS]'s softmax row without its own column (rows sum to at most 1).
+    Without: the mean over the crop's strided (and ``valid``, ``(c, n)``) patches as queries — the substitute
+    for towers without [CLS] (SigLIP, Qwen's and Idefics3's ViTs) — an estimate from a subset of the queries
+    (``rows``: which ones), since every patch costs a full attention row."""
+    weights = (q @ k.transpose(-1, -2)) * scale  # (c, h, r, n)
     if has_cls:
-        weights = torch.softmax((q[:, :, :1] @ k.transpose(-1, -2)) * scale, dim=-1)  # (c, h, 1, 1 + n)
-        return weights[:, :, 0, 1:].mean(dim=1)
-    c, _, length, _ = q.shape
-    bias = None if valid is None else torch.zeros(c, 1, 1, length, device=q.device).masked_fill(
-        ~valid[:, None, None, :].to(q.device), -torch.inf)
-    total = k.new_zeros(c, length)
-    for start in range(0, length, chunk):
-        logits = (q[:, :, start:start + chunk] @ k.transpose(-1, -2)) * scale
-        weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
-        if valid is not None:
-            weights = weights * valid[:, None, start:start + chunk, None].to(q.device)
-        total += weights.sum(dim=2).mean(dim=1)
-    queries = torch.full((c, 1), float(length), device=q.device) if valid is None else valid.sum(-1, keepdim=True)
-    return total / queries.to(total.device).clamp_min(1)
+        return torch.softmax(weights, dim=-1)[:, :, 0, 1:].mean(dim=1)
+    if valid is not None and bool(valid.all()):
+        valid = None
+    if valid is not None:
+        weights = weights.masked_fill(~valid[:, None, None, :].to(q.device), -torch.inf)
+    weights = torch.softmax(weights, dim=-1)
+    if valid is None:
+        return weights.mean(dim=(1, 2))
+    asking = valid[:, rows].to(q.device)  # padded patches do not ask
+    weights = weights * asking[:, None, :, None]
+    return weights.sum(dim=2).mean(dim=1) / asking.sum(-1, keepdim=True).clamp_min(1)
 
 
 def pool_to_tokens(per_patch: Tensor, rows: int, cols: int, factor: int) -> Tensor:
@@ -204,13 +214,3 @@ def merging_forward(layer: nn.Module, state: dict, merge: Callable[[Tensor, Tens
 def dense_weights(module: nn.Module) -> int:
     """Parameters of the 2-D weight matrices in ``module`` (one multiply-add each per token)."""
     return sum(p.numel() for n, p in module.named_parameters() if n.endswith("weight") and p.ndim == 2)
-
-
-def hook_inputs(modules: nn.ModuleList, layers: set[int], record: dict, key: str = "layer_inputs") -> list:
-    """Forward pre-hooks storing the hidden-states input of each of ``layers`` in ``record[key][layer]``."""
-    def hook(index):
-        def store(module, args, kwargs):
-            record.setdefault(key, {})[index] = args[0] if args else kwargs["hidden_states"]
-        return store
-
-    return [modules[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in sorted(layers)]

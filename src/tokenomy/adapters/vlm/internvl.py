@@ -20,7 +20,7 @@ class InternVLAdapter(VLMAdapter):
 
     model_types = ("internvl",)
     has_cls = True
-    attention_name, norm_name = "attention", "layernorm_before"
+    attention_name = "attention"
 
     def __init__(self, vlm):
         super().__init__(vlm)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from tokenomy._validation import TokenomyError
-from tokenomy.adapters.vlm.base import ImageTokens, VLMAdapter, received_attention
+from tokenomy.adapters.vlm.base import ImageTokens, VLMAdapter, query_rows, received_attention
 from tokenomy.score.vision import ImageView
 
 
@@ -81,9 +81,9 @@ class QwenVLAdapter(VLMAdapter):
         out = torch.empty(length, device=hidden.device)
         bounds = segments.tolist()
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            segment = slice(start, stop)
-            out[segment] = received_attention(q[segment].transpose(0, 1)[None].float(),
-                                              k[segment].transpose(0, 1)[None].float(), attn.scaling, False)[0]
+            asked = start + query_rows(stop - start, False).to(hidden.device)
+            out[start:stop] = received_attention(q[asked].transpose(0, 1)[None].float(),
+                                                 k[start:stop].transpose(0, 1)[None].float(), attn.scaling, False)[0]
         return out
 
     def _order(self, inputs: dict) -> Tensor | None:

@@ -1,7 +1,7 @@
 from tokenomy.budget import RelevanceThreshold
 from tokenomy.registry import register
 from tokenomy.score.in_llm import InstructionAttention
-from tokenomy.sites.vision.in_llm import FromLayer, InLLM
+from tokenomy.sites.vision.in_llm import FromFraction, InLLM
 from tokenomy.sites.vision.prellm import SITE, Diverse, FirstAttended, PreLLM
 from tokenomy.sites.vision.session import VisualMethods
 
@@ -11,15 +11,15 @@ from tokenomy.sites.vision.session import VisualMethods
     site=SITE,
     paper="ToDRE: Visual Token Pruning via Diversity and Task Awareness (Li et al., 2025, arXiv:2505.18757)",
     summary="stage 1: greedy k-center over all crops' tokens from the one the tower attends to most; stage 2: "
-    "from layer `start` on, every visual token leaves once the question's attention to them falls below "
-    "`threshold`",
+    "in the layers from `start` (a fraction of the depth) on, every visual token leaves once the question's "
+    "attention to them falls below `threshold`",
 )
-def todre(keep: float = 0.11, per_crop: bool = False, merge: bool = False, start: int = 2,
-          threshold: float = 0.1) -> VisualMethods:
+def todre(keep: float = 0.11, per_crop: bool = False, merge: bool = False, start: float = 0.8,
+          threshold: float = 0.05) -> VisualMethods:
     """Stage 1 keeps ``keep`` of the visual tokens (k-center over the thumbnail's and every crop's tokens
     together; ``per_crop``: an even budget per crop, k-center within each). Stage 2 drops them all before the
-    first layer from ``start`` where the attention the text after the image pays them, summed, is below
-    ``threshold`` (0 turns stage 2 off; ``keep=1`` turns both off)."""
+    first layer from ``start`` (a fraction of the depth) where the attention the text after the image pays
+    them, summed, is below ``threshold`` (0 turns stage 2 off; ``keep=1`` turns both off)."""
     before = PreLLM(keep, Diverse(FirstAttended(), merge=merge), joint=not per_crop)
-    inside = InLLM(FromLayer(start), InstructionAttention(), RelevanceThreshold(threshold))
+    inside = InLLM(FromFraction(start), InstructionAttention(), RelevanceThreshold(threshold))
     return VisualMethods(before, inside if before.reduces and threshold > 0 else None)

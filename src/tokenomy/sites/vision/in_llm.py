@@ -78,6 +78,18 @@ class FromLayer:
         return tuple(range(self.start, depth, self.step))
 
 
+@dataclass(frozen=True)
+class FromFraction:
+    """Every layer from a fraction ``start`` of the depth on (ToDRE's relevance check in the late layers)."""
+
+    start: float = 0.8
+
+    def __call__(self, depth: int) -> tuple[int, ...]:
+        if isinstance(self.start, bool) or not isinstance(self.start, (int, float)) or not 0 < self.start < 1:
+            raise TokenomyError(f"start must be a fraction of the depth in (0, 1), got {self.start!r}")
+        return tuple(range(max(1, round(self.start * depth)), depth))
+
+
 class Choice(Protocol):
     """Which of one image's visual tokens survive: local indices into ``scores`` ``(n,)``, and optionally merged
     hidden states ``(m, d)`` for ``m`` of them (their local indices), or None."""
@@ -147,7 +159,7 @@ class InLLM:
     parameter (a fraction for `Keep`, the mass ``tau`` for `MassCoverage`, the threshold for
     `RelevanceThreshold`)."""
 
-    layers: AtLayers | EvenStages | AtFractions | FromLayer
+    layers: AtLayers | EvenStages | AtFractions | FromLayer | FromFraction
     score: DecoderScore
     budget: Keep | MassCoverage | RelevanceThreshold
     choose: Choice = field(default_factory=TopScoring)
