@@ -17,8 +17,9 @@ model's prefill FLOPs follow), one target per ``--keep`` value ``a``:
 
 Columns: accuracy, accuracy relative to full tokens on the same samples, visual tokens reaching the language
 model, visual tokens per layer on average (and as a fraction), analytical prefill GFLOPs (ViT over every
-crop, projector, and every decoder layer over the tokens it holds), measured prefill time (median over
-``repeats`` rounds in which every row runs once, in turn, on the same ``timing`` samples), speedup over full,
+crop, projector, and every decoder layer over the tokens it holds), measured prefill time (as ``generate``
+runs it: vision tower, selection, language model, the next token's logits; median over ``repeats`` rounds in
+which every row runs once, in turn, on the same ``timing`` samples), speedup over full,
 and the selection overhead (scoring and choosing) as a share of that prefill.
 
 With ``oracle``, a "label oracle" row per target answers with the visual tokens the generator's labels say
@@ -244,7 +245,7 @@ def run(vlm, processor, rows: list[Row], limit: int, seed: int, repeats: int, ti
                 inputs = processor(s.image, s.question)
                 with _session(config, vlm) as session, torch.no_grad():
                     tic = time.perf_counter()
-                    vlm(**inputs)
+                    vlm(**inputs, logits_to_keep=1)  # a generation prefill: the next token's logits only
                     seconds = time.perf_counter() - tic
                 label, target = (config, 1.0) if isinstance(config, str) else (config.label, config.target)
                 timings.append({"method": label, "target": target, "seconds": seconds,
@@ -295,16 +296,20 @@ def plot(results: list[dict], records: list[dict], path: Path, split: str = "tes
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, layers_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, layers_ax) = plt.subplots(1, 2, figsize=(13, 5))
     guides = {r["method"]: r["accuracy"] for r in results if r["method"] in ("full", "blank image")}
-    for method in dict.fromkeys(r["method"].split(" (")[0] for r in results if r["method"] not in guides):
-        points = sorted((r["layer_fraction"], r["accuracy"]) for r in results
-                        if r["method"].split(" (")[0] == method)
-        ax.plot(*zip(*points), marker="o", label=method)
+    colours = plt.get_cmap("tab20").colors
+    for index, method in enumerate(dict.fromkeys(r["method"].split(" (")[0] for r in results
+                                                 if r["method"] not in guides)):
+        mine = [r for r in results if r["method"].split(" (")[0] == method]
+        points = sorted((r["layer_fraction"], r["accuracy"]) for r in mine)
+        inside = any(r["layer_tokens"][-1] < r["layer_tokens"][0] for r in mine)  # tokens leave between layers
+        ax.plot(*zip(*points), marker="os^Dv"[index % 5], color=colours[index % len(colours)],
+                linestyle="--" if inside else "-", label=method)
     for name, style in (("full", "-"), ("blank image", ":")):
         if name in guides:
             ax.axhline(guides[name], color="black", linestyle=style, linewidth=1, label=f"{name} ({guides[name]:.2f})")
-    ax.set_xlabel("visual tokens per decoder layer (fraction, average over layers)")
+    ax.set_xlabel("visual tokens per decoder layer (fraction, average over layers; dashed: in-LLM)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reference VLM, synthetic VQA {split} split")
     ax.legend(fontsize=7, ncol=2)

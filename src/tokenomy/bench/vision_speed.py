@@ -13,8 +13,9 @@ random-weight models with the shapes of real ones and times one prefill of a pro
 
 Depth can be cut (``llm_layers``, ``vit_layers``) where the 2-core CPU forces it; the table says what ran.
 Columns: the language model's prefill (the decoder's forward, the site's selection included — what the
-methods shorten), the whole forward (vision tower included, which no method here shortens), their speedups
-over the full model, and the selection overhead as a share of the language model's prefill.
+methods shorten), the whole prefill as ``generate`` runs it (vision tower included, which no method here
+shortens; logits of the last position only), their speedups over the full model, and the selection overhead
+as a share of the language model's prefill.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def _time(model, inputs: dict, method) -> tuple[float, float, float]:
                    stack.register_forward_hook(mark("stop"), with_kwargs=True)]
         try:
             tic = time.perf_counter()
-            model(**inputs)
+            model(**inputs, logits_to_keep=1)  # a generation prefill: the next token's logits only
             total = time.perf_counter() - tic
         finally:
             for handle in handles:

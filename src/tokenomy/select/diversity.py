@@ -35,22 +35,29 @@ def k_center(features: Tensor, k: int, first: int | Sequence[int]) -> Tensor:
     a sequence of distinct starting indices (at most ``k``), all selected before the traversal continues.
     ``features`` is ``(n, d)``, ``k`` in ``[1, n]``. Returns the ``k`` selected indices in increasing order.
     """
-    dist = cosine_distance(features)
-    n = dist.shape[0]
+    n = features.shape[0]
+    if features.ndim != 2:
+        raise TokenomyError(f"features must have shape (n, d), got {tuple(features.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise TokenomyError(f"k must be an integer in [1, {n}], got {k!r}")
     starts = list(first) if isinstance(first, Sequence) else [first]
     valid = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in starts)
     if not valid or not 1 <= len(starts) <= k or len(set(starts)) != len(starts):
         raise TokenomyError(f"first must be an index in [0, {n - 1}] or 1..{k} distinct ones, got {first!r}")
-    chosen = torch.empty(k, dtype=torch.long, device=dist.device)
+    # Distances from each new centre only (k rows of the matrix, not all n: a k x n x d traversal, not n x n x d).
+    unit = F.normalize(features.float(), dim=-1)
+
+    def distances(rows) -> Tensor:
+        return (1.0 - unit[rows] @ unit.T).clamp_min(0.0)
+
+    chosen = torch.empty(k, dtype=torch.long, device=features.device)
     chosen[: len(starts)] = torch.tensor(starts)
-    nearest = dist[starts].amin(0)  # distance of every point to its nearest selected point
+    nearest = distances(starts).amin(0)  # distance of every point to its nearest selected point
     nearest[starts] = -torch.inf  # selected points never win again, even against exact duplicates
     for step in range(len(starts), k):
         pick = nearest.argmax()  # first maximal index on ties
         chosen[step] = pick
-        nearest = torch.minimum(nearest, dist[pick])
+        nearest = torch.minimum(nearest, distances(pick.view(1))[0])
         nearest[pick] = -torch.inf
     return chosen.sort().values
 
