@@ -287,3 +287,49 @@ def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
 
     assert main(["bench", "vision", "--methods", spec]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- the tower's attention, as the adapters read it ------------------------------------------------------------
+@pytest.mark.parametrize("name, with_cls", [("llava", True), ("gemma3", False), ("internvl", True),
+                                            ("qwen2_vl", False)])
+def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls):
+    """[CLS]'s attention row, or the mean row every patch pays (tiny towers: every patch asks), equals what the
+    tower's eager attention computes."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from vlm_families import FAMILIES
+
+    from tokenomy.adapters.vlm import vlm_adapter
+
+    build, make = FAMILIES[name]
+    model = build()
+    inputs = make(model, "one")
+    adapter = vlm_adapter(model)
+    assert adapter.has_cls == with_cls
+    record: dict = {}
+    handles = adapter.capture(record, {len(adapter.layers) - 1})
+    with torch.no_grad():
+        model(**inputs)
+    for handle in handles:
+        handle.remove()
+    image = adapter.images(record, inputs)[0]
+    mine = image.view.attention(-1)
+    assert mine.shape == (image.view.features.shape[0],)
+    assert torch.isfinite(mine).all() and bool((mine >= 0).all())
+    if name == "llava":  # against CLIP's own eager weights: [CLS] row, CLS column dropped, mean over heads
+        tower = model.model.vision_tower
+        tower.config._attn_implementation = "eager"
+        with torch.no_grad():
+            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
+        tower.config._attn_implementation = "sdpa"
+        torch.testing.assert_close(mine, weights[:, :, 0, 1:].mean(1).flatten(), rtol=1e-4, atol=1e-6)
+    if name == "gemma3":  # the mean over every patch as a query, summed over each token's 2x2 pooling window
+        tower = model.model.vision_tower
+        tower.config._attn_implementation = "eager"
+        with torch.no_grad():
+            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
+        tower.config._attn_implementation = "sdpa"
+        received = weights.mean(dim=(1, 2))[0].view(1, 1, 4, 4)
+        expected = torch.nn.functional.avg_pool2d(received, 2).flatten() * 4
+        torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)

@@ -40,8 +40,8 @@ COLUMNS = [
     ("keep", "keep", ".2f"),
     ("llm_ms", "LM prefill ms", ".1f"),
     ("llm_speedup", "LM speedup", ".2f"),
-    ("total_ms", "forward ms", ".1f"),
-    ("total_speedup", "forward speedup", ".2f"),
+    ("total_ms", "prefill ms", ".1f"),
+    ("total_speedup", "prefill speedup", ".2f"),
     ("overhead", "selection share", ".3f"),
 ]
 IMAGE, START, GLOBAL, ROW = 49190, 49189, 49152, 49153  # SmolVLM's <image>, <fake_token_around_image>, ...

@@ -42,19 +42,27 @@ class QwenVLAdapter(VLMAdapter):
         return max(1, self.deepstack)
 
     def capture(self, record: dict, layers: set[int]) -> list:
-        """The merger's input, and each asked block's attention input with its segments and rotary tables."""
+        """The merger's input, and for each asked block the queries/keys/values its attention projected (reused,
+        not recomputed) with the segments and rotary tables it applied them with."""
         def features(module, args):
             record["features"] = args[0]
 
-        def attention(index):
-            def store(module, args, kwargs):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                record.setdefault("attention_inputs", {})[index] = (hidden, kwargs["cu_seqlens"],
-                                                                    kwargs["position_embeddings"])
+        def projections(index):
+            def store(module, args, output):
+                record.setdefault("qkv", {})[index] = output
             return store
 
-        return [self.merger.register_forward_pre_hook(features),
-                *[self.blocks[i].attn.register_forward_pre_hook(attention(i), with_kwargs=True) for i in sorted(layers)]]
+        def segments(index):
+            def store(module, args, kwargs):
+                record.setdefault("segments", {})[index] = (kwargs["cu_seqlens"], kwargs["position_embeddings"])
+            return store
+
+        handles = [self.merger.register_forward_pre_hook(features)]
+        for i in sorted(layers):
+            attention = self.blocks[i].attn
+            handles.append(attention.qkv.register_forward_hook(projections(i)))
+            handles.append(attention.register_forward_pre_hook(segments(i), with_kwargs=True))
+        return handles
 
     def _token_features(self, rows: Tensor) -> Tensor:
         """The merger's per-token input: each patch normalised, four patches side by side ``(tokens, 4 d)``."""
@@ -72,16 +80,17 @@ class QwenVLAdapter(VLMAdapter):
 
     def _received(self, index: int, record: dict) -> Tensor:
         """Attention each patch receives in ViT block ``index`` ``(patches,)``, within its image (or window)."""
-        hidden, segments, rope = record["attention_inputs"][index]
+        projected = record["qkv"][index]
+        segments, rope = record["segments"][index]
         attn = self.blocks[index].attn
         rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
-        length = hidden.shape[0]
-        q, k, _ = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        length = projected.shape[0]
+        q, k, _ = projected.reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         q, k = rotate(q, k, *rope)
-        out = torch.empty(length, device=hidden.device)
+        out = torch.empty(length, device=projected.device)
         bounds = segments.tolist()
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            asked = start + query_rows(stop - start, False).to(hidden.device)
+            asked = start + query_rows(stop - start, False).to(projected.device)
             out[start:stop] = received_attention(q[asked].transpose(0, 1)[None].float(),
                                                  k[start:stop].transpose(0, 1)[None].float(), attn.scaling, False)[0]
         return out

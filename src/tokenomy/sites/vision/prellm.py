@@ -19,7 +19,7 @@ from tokenomy._validation import TokenomyError, check_fraction
 from tokenomy.adapters.vlm.base import ImageTokens, VLMAdapter
 from tokenomy.budget import kept_count, split_budget
 from tokenomy.score.vision import ImageView
-from tokenomy.select import average_pool, k_center, merge_into_nearest, most_isolated, pool_representatives, top_k
+from tokenomy.select import average_pool, cosine_distance, k_center, merge_into_nearest, most_isolated, pool_representatives, top_k
 from tokenomy.sites.vision.session import Reduction, VisualMethods, VisualSession
 
 SITE = "pre-llm"
@@ -29,6 +29,13 @@ def _rows(view: ImageView, crop: int | None) -> Tensor:
     """The view's rows of crop ``crop`` (None: every crop)."""
     n = view.features.shape[0]
     return torch.arange(n) if crop is None else torch.arange(n)[view.crop(crop)]
+
+
+def _distance(view: ImageView, crop: int | None) -> Tensor:
+    """Cosine distances between the tokens of crop ``crop`` (None: every crop), once per view: a start rule and
+    the traversal share them."""
+    return view.remember(("distance", crop), lambda: cosine_distance(view.features[_rows(view, crop).to(
+        view.features.device)]))
 
 
 def vision_layers_of(*parts) -> set[int]:
@@ -99,7 +106,7 @@ class Diverse:
     def __call__(self, view: ImageView, crop: int | None, k: int) -> Reduction:
         rows = _rows(view, crop)
         features = view.features[rows.to(view.features.device)]
-        local = k_center(features, k, self.start(view, crop))
+        local = k_center(features, k, self.start(view, crop), _distance(view, crop))
         merged = merge_into_nearest(features, local, features) if self.merge else None
         return Reduction(rows[local.cpu()], merged)
 
@@ -119,7 +126,7 @@ class Pooled:
 
 def first_isolated(view: ImageView, crop: int | None) -> int:
     """DivPrune's start: the token whose nearest neighbour is farthest (of the crop, or of every crop)."""
-    return most_isolated(view.features[_rows(view, crop).to(view.features.device)])
+    return most_isolated(view.features[_rows(view, crop).to(view.features.device)], _distance(view, crop))
 
 
 @dataclass(frozen=True)
