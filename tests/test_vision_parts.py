@@ -248,7 +248,7 @@ def test_training_batches_do_not_depend_on_the_workers_rendering_them():
     from tokenomy.models.reference_vlm.model import LAYOUT as REFERENCE
     from tokenomy.models.reference_vlm.train import _Batches
 
-    batches = _Batches(ReferenceProcessor(None, REFERENCE, CROP, IMAGE), "encoder", steps=3, batch=2)
+    batches = _Batches([ReferenceProcessor(None, REFERENCE, CROP, IMAGE)], scenes.FLAT, "encoder", steps=3, batch=2)
     parallel = list(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=2))
     assert len(parallel) == 3
     for step in (0, 2):
@@ -265,7 +265,7 @@ def test_training_refuses_bad_settings_before_loading_anything(options, message)
     from tokenomy.models.reference_vlm.train import train
 
     with pytest.raises(tokenomy.TokenomyError, match=message):
-        train("/nonexistent/weights.safetensors", **options)
+        train("reference-vlm-v1", "/nonexistent/weights.safetensors", **options)
 
 
 def test_bench_method_specs_carry_options():
@@ -290,8 +290,8 @@ def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
 
 
 # -- the tower's attention, as the adapters read it ------------------------------------------------------------
-@pytest.mark.parametrize("name, with_cls", [("llava", True), ("gemma3", False), ("internvl", True),
-                                            ("qwen2_vl", False)])
+@pytest.mark.parametrize("name, with_cls", [("llava", True), ("reference_v2", True), ("gemma3", False),
+                                            ("internvl", True), ("qwen2_vl", False)])
 def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls):
     """[CLS]'s attention row, or the mean row every patch pays (tiny towers: every patch asks), equals what the
     tower's eager attention computes."""
@@ -317,7 +317,7 @@ def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls
     mine = image.view.attention(-1)
     assert mine.shape == (image.view.features.shape[0],)
     assert torch.isfinite(mine).all() and bool((mine >= 0).all())
-    if name == "llava":  # against CLIP's own eager weights: [CLS] row, CLS column dropped, mean over heads
+    if name in ("llava", "reference_v2"):  # against CLIP's (DINOv2's) own eager weights: [CLS] row, CLS column dropped, mean over heads
         tower = model.model.vision_tower
         tower.config._attn_implementation = "eager"
         with torch.no_grad():

@@ -13,6 +13,7 @@ import math
 import torch
 from transformers import (
     CLIPVisionConfig,
+    Dinov2Config,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
     Idefics3Config,
@@ -92,6 +93,17 @@ def reference_like(seed=0):
     config = LlavaConfig(vision_config=_vision(CLIPVisionConfig), text_config=_text_config(), image_token_id=IMAGE,
                          vision_feature_layer=-1, vision_feature_select_strategy="default")
     config.crop_layout = {"thumbnail": True, "rows": 2, "cols": 2, "side": 4}
+    return _finish(LlavaForConditionalGeneration(config))
+
+
+def reference_v2_like(seed=0):
+    """The second reference VLM's shape: a DINOv2 tower ([CLS], layer scale, no attention mask) read at its last
+    layer, one crop per image."""
+    torch.manual_seed(seed)
+    vision = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2, image_size=16,
+                          patch_size=4)
+    config = LlavaConfig(vision_config=vision, text_config=_text_config(), image_token_id=IMAGE,
+                         vision_feature_layer=-1, vision_feature_select_strategy="default")
     return _finish(LlavaForConditionalGeneration(config))
 
 
@@ -313,6 +325,7 @@ def internvl_inputs(model, kind="one", seed=0):
 FAMILIES = {
     "llava": (llava, _llava_inputs(1)),
     "reference": (reference_like, _llava_inputs(5)),
+    "reference_v2": (reference_v2_like, _llava_inputs(1)),
     "llava_next": (llava_next, _anyres_inputs([(8, 40), (40, 30)])),
     "llava_onevision": (llava_onevision, _anyres_inputs([(16, 40), (64, 60)])),
     "qwen2_vl": (qwen2_vl, qwen_inputs),

@@ -22,15 +22,15 @@ REFERENCE_VLM = "reference-vlm"
 
 def load(name_or_path: str, *, dtype=None, device: str = "cpu"):
     """Load ``(model, tokenizer)`` from a packaged name (offline: ``smollm2-135m``, ``gemma3-270m``), a local
-    folder or a Hugging Face hub id; ``reference-vlm`` gives ``(vlm, processor)``, the LLaVA tokenomy trains to
-    measure visual-token methods (`tokenomy.models.reference_vlm`)."""
+    folder or a Hugging Face hub id; ``reference-vlm`` (``-v1``, ``-v2``, ``-v2-anyres``) gives ``(vlm,
+    processor)``, a LLaVA tokenomy trains to measure visual-token methods (`tokenomy.models.reference_vlm`)."""
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
-    if name_or_path == REFERENCE_VLM:
+    if name_or_path.startswith(REFERENCE_VLM):
         from tokenomy.models.reference_vlm import load_reference_vlm
 
-        return load_reference_vlm(dtype=dtype)
+        return load_reference_vlm(name_or_path, dtype=dtype)
     return _load_lm(name_or_path, dtype=dtype, device=device)
 
 

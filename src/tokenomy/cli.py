@@ -260,6 +260,7 @@ def cmd_bench_vision(args) -> int:
     from tokenomy.adapters.lm import decoder
     from tokenomy.bench import vision as bench
     from tokenomy.bench.report import command_line, environment, table, write_json
+    from tokenomy.models.reference_vlm import variant
     from tokenomy._validation import check_fraction, check_int
 
     check_int("--limit", args.limit, minimum=1)
@@ -270,21 +271,23 @@ def cmd_bench_vision(args) -> int:
     every = [m.name for m in tokenomy.methods() if m.site in bench.VISUAL_SITES]
     specs = list(dict.fromkeys(name for spec in args.methods for name in (every if spec == "all" else [spec])))
     bench.check_specs(specs)
-    vlm, processor = tokenomy.load("reference-vlm")
+    chosen = variant(args.model)
+    vlm, processor = tokenomy.load(chosen.name)
     rows = bench.rows_for(specs, targets, adaptive, len(decoder(vlm).layers))
     oracle = targets if args.oracle else []
     timing = min(args.timing, args.limit)
     total = args.limit * (2 + len(rows) + len(oracle)) + args.repeats * timing * (1 + len(rows))
     with tqdm(total=total, desc="bench vision", unit="run", file=sys.stderr) as bar:
         records, timings = bench.run(vlm, processor, rows, args.limit, args.seed, args.repeats, timing,
-                                     progress=bar.update, split=args.split, oracle=oracle)
+                                     progress=bar.update, split=args.split, oracle=oracle, style=chosen.style)
     results = bench.summarize(vlm, processor, records, timings)
     print(table(results, bench.COLUMNS))
     if args.json:
         payload = {"suite": "vision", "command": command_line(), "config": vars(args) | {"func": None},
                    "environment": environment(), "results": results, "samples": records, "timings": timings}
         path = write_json(args.json, payload)
-        print(f"wrote {path} and {bench.plot(results, records, Path(path).with_suffix('.png'), args.split)}")
+        figure = bench.plot(results, records, Path(path).with_suffix(".png"), args.split, chosen.name)
+        print(f"wrote {path} and {figure}")
     return 0
 
 
@@ -317,9 +320,11 @@ def cmd_bench_vision_speed(args) -> int:
 def cmd_train_vlm(args) -> int:
     from tokenomy.models.reference_vlm.train import train
 
-    out = train(args.output, encoder_steps=args.encoder_steps, align_steps=args.align_steps, batch=args.batch,
-                seed=args.seed, device=args.device, workers=args.workers)
-    print(f"wrote {out}")
+    out = train(args.model, args.output, encoder_steps=args.encoder_steps, align_steps=args.align_steps,
+                batch=args.batch, seed=args.seed, device=args.device, workers=args.workers,
+                checkpoint=args.checkpoint, max_minutes=args.max_minutes, check=args.check)
+    if out is not None:
+        print(f"wrote {out}")
     return 0
 
 
@@ -495,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_ensemble)
 
     p = bench.add_parser("vision", help="visual-token methods on the reference VLM (accuracy, tokens, prefill)")
+    p.add_argument("--model", default="reference-vlm",
+                   help="reference-vlm (= v1), reference-vlm-v1, reference-vlm-v2 (576 tokens) or reference-vlm-v2-anyres")
     p.add_argument("--methods", type=_csv(str), default=["all"],
                    help="comma list of visual methods, each optionally with options (divprune:per_crop=True) or "
                         "stacked before+inside (divprune+fastv:K=2); 'all' stands for every visual method")
@@ -527,8 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the rows and every timing here")
     p.set_defaults(func=cmd_bench_vision_speed)
 
-    p = sub.add_parser("train-vlm", help="train the reference VLM (ViT + projector + LoRA on SmolLM2)")
-    p.add_argument("-o", "--output", default=None, help="checkpoint path (default: the one shipped in the package)")
+    p = sub.add_parser("train-vlm", help="train a reference VLM (projector + LoRA on SmolLM2; v1: its ViT too)")
+    p.add_argument("--model", default="reference-vlm-v1",
+                   help="reference-vlm-v1 (ViT from scratch) or reference-vlm-v2 (DINOv2; trains v2-anyres with it)")
+    p.add_argument("-o", "--output", default=None, help="weights path (default: the one shipped in the package)")
     p.add_argument("--encoder-steps", type=int, default=800,
                    help="stage-1 steps of 4 x batch images (the shipped checkpoint: 1000)")
     p.add_argument("--align-steps", type=int, default=300,
@@ -538,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: a GPU when there is one)")
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches in parallel")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes and save a checkpoint; the same command resumes it")
+    p.add_argument("--checkpoint", default=None, help="where to save and resume (default: OUTPUT.checkpoint)")
+    p.add_argument("--check", type=int, default=50, help="validation questions answered after each stage (0: none)")
     p.set_defaults(func=cmd_train_vlm)
 
     p = sub.add_parser("ensemble", help="generate with two or more models that have different tokenizers")

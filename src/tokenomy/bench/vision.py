@@ -44,6 +44,7 @@ from torch import Tensor
 
 from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import decoder
+from tokenomy.adapters.vlm import vlm_adapter
 from tokenomy.adapters.vlm.base import dense_weights
 from tokenomy.budget import Keep, kept_count
 from tokenomy.models.reference_vlm import scenes
@@ -159,9 +160,9 @@ def _build(parts: list[str], keeps: tuple[float, ...]) -> VisualMethods:
     return VisualMethods(built[0].before, built[1].inside)
 
 
-def prefill_flops(vlm, text_tokens: int, layer_visual: list[float], patches: int) -> float:
-    """Multiply-adds x 2 of one prefill: ViT over every crop, the projector over every patch token, and each
-    decoder layer over the tokens it holds (its weights, and causal attention)."""
+def prefill_flops(vlm, text_tokens: int, layer_visual: list[float], patches: int, per_crop: int) -> float:
+    """Multiply-adds x 2 of one prefill: ViT over every crop of ``per_crop`` patches, the projector over every
+    patch token, and each decoder layer over the tokens it holds (its weights, and causal attention)."""
     stack = decoder(vlm)
     text = vlm.config.text_config
     llm = 0.0
@@ -169,9 +170,7 @@ def prefill_flops(vlm, text_tokens: int, layer_visual: list[float], patches: int
         n = text_tokens + visual
         llm += 2 * n * dense_weights(layer) + 2 * n * n * text.hidden_size
     vision = vlm.config.vision_config
-    tower = vlm.model.vision_tower
-    layers = getattr(tower, "vision_model", tower).encoder.layers
-    per_crop = (vision.image_size // vision.patch_size) ** 2
+    layers = vlm_adapter(vlm).layers
     crops, tokens = patches // per_crop, per_crop + 1  # + [CLS]
     vit = 2 * crops * tokens * dense_weights(layers) + 4 * crops * tokens**2 * vision.hidden_size * len(layers)
     return float(llm + vit + 2 * patches * dense_weights(vlm.model.multi_modal_projector))
@@ -181,7 +180,7 @@ def relevance(processor, sample: scenes.Sample) -> Tensor:
     """Fraction of each visual token's pixels showing an object or the large word, ``(crops * patches,)`` in
     the model's token order: the generator's labels cut into crops exactly as the processor cuts the image."""
     mask = np.isin(sample.labels[0], RELEVANT_KINDS).astype(np.uint8) * 255
-    crops = (processor.crops(Image.fromarray(mask))[:, 0] + 1) / 2  # (crops, crop, crop) in [0, 1]
+    crops = processor.crops(Image.fromarray(mask))[:, 0] * processor.std[0] + processor.mean[0]  # in [0, 1]
     side = processor.layout.side
     patch = processor.crop // side
     return crops.reshape(-1, side, patch, side, patch).mean((2, 4)).flatten()
@@ -214,11 +213,11 @@ def _record(session) -> dict:
 
 
 def run(vlm, processor, rows: list[Row], limit: int, seed: int, repeats: int, timing: int,
-        progress: Callable[[int], Any] = lambda n: None, split: str = "test", oracle: list[float] | None = None
-        ) -> tuple[list[dict], list[dict]]:
-    """Answer every sample with every row; then time the prefills (not the blank image's or the oracle's:
-    theirs is the full model's and a method's). Returns (per-sample records, timings)."""
-    samples = [scenes.sample(split, seed * 1_000_000 + i) for i in range(limit)]
+        progress: Callable[[int], Any] = lambda n: None, split: str = "test", oracle: list[float] | None = None,
+        style: scenes.Style = scenes.FLAT) -> tuple[list[dict], list[dict]]:
+    """Answer every sample (drawn in ``style``, the model's) with every row; then time the prefills (not the blank
+    image's or the oracle's: theirs is the full model's and a method's). Returns (per-sample records, timings)."""
+    samples = [scenes.sample(split, seed * 1_000_000 + i, style) for i in range(limit)]
     configs: list = ["full", "blank image", *rows]
     configs += [Row(ORACLE, target, None) for target in oracle or ()]
     patches = processor.layout.num_crops * processor.layout.tokens_per_crop
@@ -277,7 +276,7 @@ def summarize(vlm, processor, records: list[dict], timings: list[dict]) -> list[
             "relative": accuracy / full_accuracy if full_accuracy else None,
             "visual_tokens": statistics.mean(r["visual_tokens"] for r in mine),
             "layer_tokens": layers, "layer_fraction": statistics.mean(layers) / patches,
-            "gflops": prefill_flops(vlm, round(text), layers, patches) / 1e9,
+            "gflops": prefill_flops(vlm, round(text), layers, patches, processor.layout.tokens_per_crop) / 1e9,
             "prefill_ms": None if seconds is None else seconds * 1e3,
             "speedup": None if seconds is None or not full_ms else full_ms / seconds,
             "overhead": None if seconds is None or method == "full" else selection / seconds,
@@ -287,7 +286,8 @@ def summarize(vlm, processor, records: list[dict], timings: list[dict]) -> list[
     return out
 
 
-def plot(results: list[dict], records: list[dict], path: Path, split: str = "test") -> Path:
+def plot(results: list[dict], records: list[dict], path: Path, split: str = "test",
+         model: str = "reference-vlm") -> Path:
     """Left: accuracy against the average fraction of visual tokens per decoder layer, one line per method
     (full and blank-image accuracy as guides). Right: visual tokens entering each decoder layer for every
     adaptive row, averaged over easy images (scenes of one or two objects) and dense ones (pages of text)."""
@@ -311,7 +311,7 @@ def plot(results: list[dict], records: list[dict], path: Path, split: str = "tes
             ax.axhline(guides[name], color="black", linestyle=style, linewidth=1, label=f"{name} ({guides[name]:.2f})")
     ax.set_xlabel("visual tokens per decoder layer (fraction, average over layers; dashed: in-LLM)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reference VLM, synthetic VQA {split} split")
+    ax.set_title(f"{model}, synthetic VQA {split} split")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     adaptive = [r["method"] for r in results if " (" in r["method"]]

@@ -85,12 +85,19 @@ class VLMAdapter:
 
         handles = [self.features_at.register_forward_pre_hook(features), *self.extra_capture(record)]
         for layer in sorted(layers):
-            attention = getattr(self.layers[layer], self.attention_name)
-            normed = getattr(attention, "q_norm", None) is not None and not isinstance(attention.q_norm, nn.Identity)
-            for kind, name in (("queries", "q"), ("keys", "k")):
-                module = getattr(attention, f"{name}_norm" if normed else f"{name}_proj")
-                handles.append(module.register_forward_hook(store(kind, layer)))
+            queries, keys, _, _ = self.attention_parts(layer)
+            handles.append(queries.register_forward_hook(store("queries", layer)))
+            handles.append(keys.register_forward_hook(store("keys", layer)))
         return handles
+
+    def attention_parts(self, layer: int) -> tuple[nn.Module, nn.Module, int, float]:
+        """ViT ``layer``'s attention: the modules whose outputs are its queries and keys ``(crops, n, heads * d)``
+        (after q/k norms where the tower has them), its number of heads and its softmax scale."""
+        attention = getattr(self.layers[layer], self.attention_name)
+        normed = getattr(attention, "q_norm", None) is not None and not isinstance(attention.q_norm, nn.Identity)
+        suffix = "norm" if normed else "proj"
+        queries, keys = getattr(attention, f"q_{suffix}"), getattr(attention, f"k_{suffix}")
+        return queries, keys, attention.num_heads, attention.scale
 
     def extra_capture(self, record: dict) -> list:
         """Hooks for what else a family's images need (its [CLS] features, a patch mask)."""
@@ -100,12 +107,12 @@ class VLMAdapter:
         """Attention each patch of the crops ``rows`` receives in ViT ``layer`` ``(crops, patches)``: from [CLS]
         where the tower has one, else the mean over the crop's (``valid``) patches (`received_attention`),
         from the queries and keys the tower computed."""
-        attention = getattr(self.layers[layer], self.attention_name)
+        _, _, heads, scale = self.attention_parts(layer)
         keys = record["keys"][layer][rows]
         asked = query_rows(keys.shape[1], self.has_cls).to(keys.device)
-        q, k = (t.view(*t.shape[:2], attention.num_heads, -1).transpose(1, 2).float()
+        q, k = (t.view(*t.shape[:2], heads, -1).transpose(1, 2).float()
                 for t in (record["queries"][layer][rows][:, asked], keys))
-        return received_attention(q, k, attention.scale, self.has_cls, valid, asked)
+        return received_attention(q, k, scale, self.has_cls, valid, asked)
 
     # -- shared defaults ----------------------------------------------------------------------------------
     @property
@@ -194,17 +201,28 @@ def merging_forward(layer: nn.Module, state: dict, merge: Callable[[Tensor, Tens
     """
     attn = layer.self_attn
 
-    def forward(hidden_states: Tensor, attention_mask: Tensor | None = None, *args, **kwargs) -> Tensor:
+    def attend(hidden_states: Tensor, bias: Tensor | None, attention_mask: Tensor | None = None, *args, **kwargs):
         b, n, _ = hidden_states.shape
-        size = state["size"] if state["size"] is not None else hidden_states.new_ones(b, n, 1)
         x = layer.layer_norm1(hidden_states)
-        if bool((size != 1).any()):  # a token of size s counts s times
-            bias = size.log().transpose(1, 2).unsqueeze(1).to(x.dtype)  # (b, 1, 1, n)
+        if bias is not None:
             attention_mask = bias if attention_mask is None else attention_mask + bias
         out, _ = attn(hidden_states=x, attention_mask=attention_mask, **kwargs)
-        keys = attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).mean(dim=2)
-        hidden, state["size"] = merge(hidden_states + out, keys, size)
-        out = hidden + layer.mlp(layer.layer_norm2(hidden))
+        return hidden_states + out, attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).mean(dim=2)
+
+    return merging(state, merge, attend, lambda hidden: hidden + layer.mlp(layer.layer_norm2(hidden)))
+
+
+def merging(state: dict, merge: Callable, attend: Callable, feed_forward: Callable):
+    """The layer forward `merging_forward` describes, from a family's two halves: ``attend(hidden_states,
+    bias, *args, **kwargs) -> (hidden after attention, keys averaged over heads)``, with ``bias`` the
+    ``(b, 1, 1, n)`` proportional-attention term (None while every size is one), and ``feed_forward(hidden)``."""
+    def forward(hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        b, n, _ = hidden_states.shape
+        size = state["size"] if state["size"] is not None else hidden_states.new_ones(b, n, 1)
+        bias = size.log().transpose(1, 2).unsqueeze(1).to(hidden_states.dtype) if bool((size != 1).any()) else None
+        hidden, keys = attend(hidden_states, bias, *args, **kwargs)  # a token of size s counts s times
+        hidden, state["size"] = merge(hidden, keys, size)
+        out = feed_forward(hidden)
         finish = state.pop("finish", None)
         return out if finish is None else finish(out)
 

@@ -1,6 +1,7 @@
-"""LLaVA-1.5 (`LlavaForConditionalGeneration`) and tokenomy's reference VLM, which is one.
+"""LLaVA-1.5 (`LlavaForConditionalGeneration`) and tokenomy's reference VLMs, which are ones.
 
-A CLIP tower with [CLS] (or a SigLIP one without), the patch features of one layer (``vision_feature_layer``,
+A CLIP tower with [CLS] (or a SigLIP one without, or DINOv2 with [CLS] as in the second reference VLM), the
+patch features of one layer (``vision_feature_layer``,
 [CLS] dropped by the ``default`` strategy), a per-token MLP projector: every patch becomes one language-model
 token, in raster order. The reference VLM's ``config.crop_layout`` adds a thumbnail and a grid of crops
 (each crop a row of ``pixel_values``, the thumbnail first).
@@ -9,9 +10,11 @@ token, in raster order. The reference VLM's ``config.crop_layout`` adds a thumbn
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from tokenomy._validation import TokenomyError
-from tokenomy.adapters.vlm.base import ImageTokens, VLMAdapter, merging_forward
+from tokenomy.adapters.vlm.base import ImageTokens, VLMAdapter, merging, merging_forward
 from tokenomy.score.vision import ImageView
 
 
@@ -27,8 +30,9 @@ class LlavaAdapter(VLMAdapter):
         self.tower, self.projector = inner.vision_tower, inner.multi_modal_projector
         self.features_at = self.projector
         vision_model = getattr(self.tower, "vision_model", self.tower)
-        self.layers = vision_model.encoder.layers
-        self.has_cls = hasattr(getattr(vision_model, "embeddings", None), "class_embedding")
+        self.dinov2 = self.config.vision_config.model_type == "dinov2"
+        self.layers = vision_model.encoder.layer if self.dinov2 else vision_model.encoder.layers
+        self.has_cls = self.dinov2 or hasattr(getattr(vision_model, "embeddings", None), "class_embedding")
         self.drops_cls = self.config.vision_feature_select_strategy == "default"
         if self.has_cls and not self.drops_cls:
             raise TokenomyError("LLaVA models that hand [CLS] to the language model (vision_feature_select_strategy="
@@ -66,6 +70,30 @@ class LlavaAdapter(VLMAdapter):
             images.append(ImageTokens(view, torch.arange(c * n), project))
         return images
 
+    def attention_parts(self, layer: int) -> tuple[nn.Module, nn.Module, int, float]:
+        if not self.dinov2:
+            return super().attention_parts(layer)
+        attention = self.layers[layer].attention.attention
+        return attention.query, attention.key, attention.num_attention_heads, attention.scaling
+
     def merging_layers(self):
         depth = self.feature_layer % (len(self.layers) + 1)  # the layers whose output the model reads
-        return self.layers, merging_forward, depth, self.crops, int(self.has_cls)
+        forward = dinov2_merging_forward if self.dinov2 else merging_forward
+        return self.layers, forward, depth, self.crops, int(self.has_cls)
+
+
+def dinov2_merging_forward(layer: nn.Module, state: dict, merge):
+    """`merging_forward` for a DINOv2 layer: layer scale on both branches; its attention takes no mask, so the
+    proportional-attention bias goes through SDPA on the layer's own projections."""
+    attn, output = layer.attention.attention, layer.attention.output
+
+    def attend(hidden_states: torch.Tensor, bias: torch.Tensor | None, *args, **kwargs):
+        b, n, _ = hidden_states.shape
+        x = layer.norm1(hidden_states)
+        q, k, v = (proj(x).view(b, n, attn.num_attention_heads, -1).transpose(1, 2)
+                   for proj in (attn.query, attn.key, attn.value))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scaling)
+        out = output.dense(out.transpose(1, 2).reshape(b, n, -1))
+        return hidden_states + layer.layer_scale1(out), k.mean(dim=1)
+
+    return merging(state, merge, attend, lambda hidden: hidden + layer.layer_scale2(layer.mlp(layer.norm2(hidden))))

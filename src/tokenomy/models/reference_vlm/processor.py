@@ -62,15 +62,18 @@ class CropLayout:
 
 @dataclass
 class ReferenceProcessor:
-    """Tokenizes questions and cuts images into the crops the reference VLM expects."""
+    """Tokenizes questions and cuts images into the crops the reference VLM expects; pixels in [0, 1] are
+    normalised per channel with ``mean`` and ``std`` (the tower's training statistics)."""
 
     tokenizer: object
     layout: CropLayout
     crop: int
     image_token_id: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def crops(self, image) -> torch.Tensor:
-        """``(num_crops, 3, crop, crop)`` pixel values in [-1, 1]: thumbnail first, then the grid."""
+        """``(num_crops, 3, crop, crop)`` normalised pixel values: thumbnail first, then the grid."""
         square = to_rgb_square(image)
         full = square.resize((self.layout.cols * self.crop, self.layout.rows * self.crop), Image.BICUBIC)
         tiles = [full.resize((self.crop, self.crop), Image.BICUBIC)] if self.layout.thumbnail else []
@@ -78,8 +81,9 @@ class ReferenceProcessor:
             for c in range(self.layout.cols):
                 box = (c * self.crop, r * self.crop, (c + 1) * self.crop, (r + 1) * self.crop)
                 tiles.append(full.crop(box))
-        pixels = torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in tiles]))
-        return (pixels.permute(0, 3, 1, 2) / 127.5) - 1.0
+        pixels = torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in tiles])).permute(0, 3, 1, 2)
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return (pixels / 255 - mean) / std
 
     def prompt_ids(self, question: str) -> list[int]:
         """Chat-formatted prompt with one placeholder per visual token, ending where the answer starts."""

@@ -1,26 +1,32 @@
-"""Train the reference VLM in one reproducible command (``tokenomy train-vlm``), on the CPU or a GPU.
+"""Train a reference VLM in one reproducible, resumable command (``tokenomy train-vlm``), on the CPU or a GPU.
 
 Two stages, both seeded and with a fixed number of steps:
 
-1. Encoder pre-training (cheap, no language model): the ViT learns what is where. Every patch token
-   predicts the kind (background, shape, filler text, large word), colour and word under it, thumbnail
-   patches also the number of objects; the [CLS] token predicts which (shape, colour) pairs and which
-   word its crop contains — so [CLS] attention means something, as it does in CLIP.
+1. Encoder probes (cheap, no language model): every patch token predicts the kind (background, shape,
+   filler text, large word), colour and word under it, the first crop's patches (it sees the whole image)
+   also the number of objects; the [CLS] token predicts which (shape, colour) pairs and which word its crop
+   contains. v1's ViT is trained from scratch this way (so its [CLS] attention means something, as in
+   CLIP); v2's pretrained DINOv2 stays frozen and only the probes learn.
 2. Alignment: the projector starts out *semantic* — its first layer holds stage 1's probes and its
    second maps each probe class to the embedding of the word that names it ("red", "circle", "cat",
    "3"), so a visual token first reads to SmolLM2 like the words for what it shows — and then the
-   projector (and, slowly, the ViT) learns from the cross-entropy of the answer tokens. SmolLM2's weights stay frozen (bfloat16); a rank-8 LoRA on its query and value
-   projections (LoRA: Hu et al., 2021, arXiv:2106.09685) lets it learn to read visual tokens. The LoRA
-   deltas ship with the checkpoint and are merged into the weights at load time, so the served model is
-   a plain LLaVA again.
+   projector (and, slowly, v1's ViT) learns from the cross-entropy of the answer tokens. SmolLM2's weights
+   stay frozen (bfloat16); a rank-8 LoRA on its query and value projections (LoRA: Hu et al., 2021,
+   arXiv:2106.09685) lets it learn to read visual tokens. The LoRA deltas ship with the checkpoint and are
+   merged into the weights at load time, so the served model is a plain LLaVA again.
 
-Batches depend only on (stage, step), so worker processes that render them in parallel and the device
-the steps run on change speed, not the data a step sees.
+Variants that share a checkpoint (v2 and v2-anyres) are trained together: step ``i`` uses the ``i mod k``-th
+of their layouts. Batches depend only on (stage, step), so worker processes that render them in parallel,
+the device, and where a run was interrupted change speed, not the data a step sees. With ``max_minutes`` a
+run stops at the time limit and saves a checkpoint (the stage, the step, every trained tensor and the
+optimiser); the same command with the same checkpoint path resumes from there.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +36,23 @@ from tqdm.auto import tqdm
 
 from tokenomy._validation import TokenomyError, check_int
 from tokenomy.models.reference_vlm import scenes
-from tokenomy.models.reference_vlm.model import LAYOUT, LORA_PREFIX, WEIGHTS, build, trained_parameters
+from tokenomy.models.reference_vlm.model import (
+    DINOV2_TOWER,
+    LORA_PREFIX,
+    VARIANTS,
+    CropLayout,
+    Variant,
+    build,
+    trained_parameters,
+    variant,
+)
 
 
-def patch_targets(labels: np.ndarray, side: int = LAYOUT.side) -> np.ndarray:
-    """Per-pixel labels ``(3, 96, 96)`` -> per-patch labels ``(num_crops, 3, side*side)``: the most common
+def patch_targets(labels: np.ndarray, layout: CropLayout) -> np.ndarray:
+    """Per-pixel labels ``(3, H, W)`` -> per-patch labels ``(num_crops, 3, side*side)``: the most common
     non-zero label of a patch when at least 15% of it is labelled, else 0. Crops as the processor cuts them."""
+    side = layout.side
+
     def pooled(block: np.ndarray) -> np.ndarray:  # (3, H, W) -> (3, side*side)
         c, h, w = block.shape
         p = h // side
@@ -45,9 +62,9 @@ def patch_targets(labels: np.ndarray, side: int = LAYOUT.side) -> np.ndarray:
         best = counts.argmax(-1)
         return np.where(counts.max(-1) >= 0.15 * p * p, best, 0)
 
-    rows, cols = LAYOUT.rows, LAYOUT.cols
+    rows, cols = layout.rows, layout.cols
     h, w = labels.shape[1] // rows, labels.shape[2] // cols
-    crops = [pooled(labels)] if LAYOUT.thumbnail else []
+    crops = [pooled(labels)] if layout.thumbnail else []
     crops += [pooled(labels[:, r * h:(r + 1) * h, c * w:(c + 1) * w]) for r in range(rows) for c in range(cols)]
     return np.stack(crops)
 
@@ -83,8 +100,8 @@ class EncoderHeads(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, presence: torch.Tensor, counts: torch.Tensor):
         cls, patches = hidden[:, 0], hidden[:, 1:]
-        count = torch.zeros_like(targets[:, 0]).view(-1, LAYOUT.num_crops, patches.shape[1])
-        count[:, 0] = counts.unsqueeze(1)  # the thumbnail sees every object
+        count = torch.zeros_like(targets[:, 0]).view(len(counts), -1, patches.shape[1])
+        count[:, 0] = counts.unsqueeze(1)  # the first crop (thumbnail, or the only one) sees every object
         labels = [targets[:, 0], targets[:, 1], targets[:, 2], count.flatten(0, 1)]
         loss = sum(nn.functional.cross_entropy(head(patches).flatten(0, 1), label.flatten())
                    for head, label in zip(self.probes, labels))
@@ -92,31 +109,37 @@ class EncoderHeads(nn.Module):
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Step ``i`` of a stage -> its whole batch, rendered in a DataLoader worker."""
+    """Step ``i`` of a stage -> its whole batch, rendered in a DataLoader worker; steps from ``first`` on. Step
+    ``i`` cuts its images as ``processors[i % len(processors)]`` does."""
 
-    def __init__(self, processor, stage: str, steps: int, batch: int):
-        self.processor, self.stage, self.steps, self.batch = processor, stage, steps, batch
+    def __init__(self, processors, style: scenes.Style, stage: str, steps: int, batch: int, first: int = 0):
+        self.processors, self.style, self.stage = processors, style, stage
+        self.steps, self.batch, self.first = steps, batch, first
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.first
 
-    def __getitem__(self, step: int):
+    def __getitem__(self, index: int):
+        step = self.first + index
+        processor = self.processors[step % len(self.processors)]
         if self.stage == "encoder":
-            samples = [scenes.sample("train", 10_000_000 + step * self.batch + i) for i in range(self.batch)]
-            targets = np.stack([patch_targets(s.labels) for s in samples])  # (b, crops, 3, n)
+            base = 10_000_000 + step * self.batch
+            samples = [scenes.sample("train", base + i, self.style) for i in range(self.batch)]
+            targets = np.stack([patch_targets(s.labels, processor.layout) for s in samples])  # (b, crops, 3, n)
             presence = np.stack([crop_presence(t) for t in targets])
-            return (torch.cat([self.processor.crops(s.image) for s in samples]),
+            return (torch.cat([processor.crops(s.image) for s in samples]),
                     torch.from_numpy(targets).flatten(0, 1).long(), torch.from_numpy(presence).flatten(0, 1),
                     torch.tensor([s.count for s in samples]))
-        samples = [scenes.sample("train", step * self.batch + i) for i in range(self.batch)]
-        return self.processor([s.image for s in samples], [s.question for s in samples],
-                              [s.answer for s in samples])
+        samples = [scenes.sample("train", step * self.batch + i, self.style) for i in range(self.batch)]
+        return processor([s.image for s in samples], [s.question for s in samples], [s.answer for s in samples])
 
 
-def _batches(processor, stage: str, steps: int, batch: int, workers: int):
-    loader = torch.utils.data.DataLoader(_Batches(processor, stage, steps, batch), batch_size=None,
-                                         num_workers=workers, prefetch_factor=4 if workers else None)
-    return tqdm(loader, desc="stage 1: encoder" if stage == "encoder" else "stage 2: alignment", unit="step")
+def _batches(run: _Run, stage: str, steps: int, batch: int, first: int):
+    dataset = _Batches(run.processors, run.variant.style, stage, steps, batch, first)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=run.workers,
+                                         prefetch_factor=4 if run.workers else None)
+    name = "stage 1: encoder" if stage == "encoder" else "stage 2: alignment"
+    return tqdm(loader, desc=name, unit="step", initial=first, total=steps)
 
 
 def _device(device) -> torch.device:
@@ -132,29 +155,100 @@ def _device(device) -> torch.device:
     return chosen
 
 
-def pretrain_encoder(vlm, processor, steps: int, batch: int, lr: float = 1e-3, workers: int = 0) -> EncoderHeads:
-    tower = vlm.model.vision_tower
-    device = tower.device
-    heads = EncoderHeads(tower.config.hidden_size).to(device)
-    params = list(tower.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    tower.train()
-    bar = _batches(processor, "encoder", steps, batch, workers)
-    for pixels, targets, presence, counts in bar:
-        hidden = tower(pixels.to(device), output_hidden_states=True).hidden_states[-1]
-        loss = heads.loss(hidden, targets.to(device), presence.to(device), counts.to(device))
+class _Run:
+    """What a training run carries between its stages: the model, the processors of its layouts, the
+    checkpoint (resumed from, saved to) and the clock."""
+
+    def __init__(self, vlm, processors, chosen: Variant, settings: dict, workers: int, checkpoint: Path | None,
+                 saved: dict | None, max_minutes: float | None):
+        self.vlm, self.processors, self.variant, self.settings = vlm, processors, chosen, settings
+        self.workers, self.checkpoint, self.saved = workers, checkpoint, saved
+        self.started = time.perf_counter()
+        self.deadline = None if max_minutes is None else self.started + 60 * max_minutes
+
+    @staticmethod
+    def load(checkpoint: Path | None, settings: dict) -> dict | None:
+        """The saved state to resume from (None: start afresh); refused when made with other settings."""
+        if checkpoint is None or not checkpoint.exists():
+            return None
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if saved.get("settings") != settings:
+            raise TokenomyError(f"checkpoint {checkpoint} was made with {saved.get('settings')}, not {settings}: "
+                                "rerun with those settings or another checkpoint path")
+        return saved
+
+    @property
+    def stage(self) -> str:
+        return self.saved["stage"] if self.saved else "encoder"
+
+    @property
+    def minutes(self) -> float:
+        """Minutes spent training, over every resumed run."""
+        return (self.saved["minutes"] if self.saved else 0.0) + (time.perf_counter() - self.started) / 60
+
+    def resume(self, stage: str, modules: dict, opt, sched) -> int:
+        """Load the checkpoint's tensors into ``modules``, ``opt`` and ``sched`` when it was saved in ``stage``;
+        the step to start from."""
+        if not self.saved or self.saved["stage"] != stage:
+            return 0
+        for name, module in modules.items():
+            module.load_state_dict(self.saved["modules"][name])
+        opt.load_state_dict(self.saved["optimizer"])
+        sched.load_state_dict(self.saved["scheduler"])
+        return self.saved["step"]
+
+    def save(self, stage: str, step: int, modules: dict, opt, sched) -> None:
+        state = {"settings": self.settings, "stage": stage, "step": step, "minutes": self.minutes,
+                 "modules": {name: module.state_dict() for name, module in modules.items()},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.checkpoint.with_name(f".{self.checkpoint.name}.partial")
+        torch.save(state, scratch)
+        os.replace(scratch, self.checkpoint)
+
+
+def _loop(run: _Run, stage: str, steps: int, batch: int, modules: dict, opt, sched, loss_of) -> bool:
+    """Run ``stage``'s steps from where the checkpoint left it; False when the time ran out first (saved)."""
+    first = run.resume(stage, modules, opt, sched)
+    bar = _batches(run, stage, steps, batch, first)
+    for step, inputs in enumerate(bar, start=first):
+        loss = loss_of(inputs)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if run.deadline is not None and time.perf_counter() > run.deadline and step + 1 < steps:
+            bar.close()
+            run.save(stage, step + 1, modules, opt, sched)
+            return False
+    return True
+
+
+def pretrain_encoder(run: _Run, heads: EncoderHeads, steps: int, batch: int, lr: float = 1e-3) -> bool:
+    """Stage 1 (see the module docstring); False when the run stopped at its time limit."""
+    tower = run.vlm.model.vision_tower
+    device = tower.device
+    frozen = run.variant.tower == DINOV2_TOWER
+    params = list(heads.parameters()) + ([] if frozen else list(tower.parameters()))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    tower.train(not frozen)
+
+    def loss_of(batch_tensors):
+        pixels, targets, presence, counts = (t.to(device) for t in batch_tensors)
+        with torch.set_grad_enabled(not frozen):
+            hidden = tower(pixels, output_hidden_states=True).hidden_states[-1]
+        return heads.loss(hidden, targets, presence, counts)
+
+    modules = {"heads": heads} if frozen else {"heads": heads, "tower": tower}
+    done = _loop(run, "encoder", steps, batch, modules, opt, sched, loss_of)
     tower.eval()
-    return heads
+    return done
 
 
 @torch.no_grad()
-def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
+def semantic_projector(vlm, processor, heads: EncoderHeads, style: scenes.Style) -> None:
     """Projector layer 1 := the patch probes (other units shrunk); layer 2 maps each probe class to the
     embedding of its word, scaled so a confident class yields about one embedding."""
     proj, tokenizer = vlm.model.multi_modal_projector, processor.tokenizer
@@ -162,7 +256,7 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
     weight = torch.cat([p.weight for p in heads.probes])
     bias = torch.cat([p.bias for p in heads.probes])
     classes = weight.shape[0]
-    samples = [scenes.sample("train", 20_000_000 + i) for i in range(16)]
+    samples = [scenes.sample("train", 20_000_000 + i, style) for i in range(16)]
     pixels = torch.cat([processor.crops(s.image) for s in samples]).to(embed.device)
     features = vlm.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
     top = torch.stack([p(features).amax(-1) for p in heads.probes]).flatten()
@@ -181,13 +275,13 @@ def semantic_projector(vlm, processor, heads: EncoderHeads) -> None:
 
 
 @torch.no_grad()
-def evaluate(vlm, processor, count: int, blank: bool = False) -> dict[str, float]:
+def evaluate(vlm, processor, count: int, style: scenes.Style, blank: bool = False) -> dict[str, float]:
     """Accuracy per question type on the first ``count`` validation samples (greedy, first word)."""
     from tokenomy.models.reference_vlm.answers import answer, blank_like, first_word
 
     right: dict[str, list[bool]] = {}
     for i in range(count):
-        s = scenes.sample("val", i)
+        s = scenes.sample("val", i, style)
         text = answer(vlm, processor, processor(blank_like(s.image) if blank else s.image, s.question))
         right.setdefault(s.qtype, []).append(first_word(text) == s.answer)
     scores = {q: sum(v) / len(v) for q, v in right.items()}
@@ -236,60 +330,94 @@ def merge_lora(language_model, wrapped: dict[str, LoRALinear]) -> dict[str, torc
     return factors
 
 
-def align(vlm, processor, steps: int, batch: int, lr: float = 3e-4, rank: int = 8,
-          workers: int = 0) -> dict[str, torch.Tensor]:
+def align(run: _Run, steps: int, batch: int, lr: float = 3e-4, rank: int = 8) -> dict[str, torch.Tensor] | None:
+    """Stage 2 (see the module docstring): the LoRA factors to save, or None when the run stopped at its time
+    limit."""
+    vlm = run.vlm
     lm = vlm.model.language_model
     lm.to(torch.bfloat16).requires_grad_(False)
     vlm.lm_head.to(torch.bfloat16).requires_grad_(False)
     wrapped = add_lora(lm, rank, alpha=2.0 * rank)
-    lora_params = [p for lora in wrapped.values() for p in (lora.A, lora.B)]
-    rates = [lr, 3 * lr, lr / 10]  # projector, LoRA, ViT
-    groups = [{"params": vlm.model.multi_modal_projector.parameters()}, {"params": lora_params},
-              {"params": vlm.model.vision_tower.parameters()}]
+    lora = nn.ParameterDict({f"{key}.{n}".replace(".", "_"): getattr(layer, n)
+                             for key, layer in wrapped.items() for n in ("A", "B")})
+    projector, tower = vlm.model.multi_modal_projector, vlm.model.vision_tower
+    groups = [{"params": projector.parameters(), "lr": lr}, {"params": lora.parameters(), "lr": 3 * lr}]
+    modules = {"projector": projector, "lora": lora}
+    if run.variant.tower != DINOV2_TOWER:  # a tower trained from scratch keeps learning, slowly
+        groups.append({"params": tower.parameters(), "lr": lr / 10})
+        modules["tower"] = tower
+        tower.train()
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.05)
-    vlm.model.vision_tower.train()
-    bar = _batches(processor, "alignment", steps, batch, workers)
-    for inputs in bar:
-        loss = vlm(**{k: v.to(vlm.device) for k, v in inputs.items()}).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    vlm.model.vision_tower.eval()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [g["lr"] for g in groups], total_steps=steps, pct_start=0.05)
+    loss_of = lambda inputs: vlm(**{k: v.to(vlm.device) for k, v in inputs.items()}).loss
+    done = _loop(run, "align", steps, batch, modules, opt, sched, loss_of)
+    tower.eval()
+    if not done:
+        return None
     lm.to(torch.float32)
     vlm.lm_head.to(torch.float32)
     return merge_lora(lm, wrapped)
 
 
-def train(out: str | Path | None = None, encoder_steps: int = 800, align_steps: int = 300, batch: int = 16,
-          seed: int = 0, device: str = "auto", workers: int = 0, log=print) -> Path:
-    """Train from scratch and save the vision tower, projector and LoRA factors (fp16 safetensors) to
-    ``out``. ``workers`` processes render batches in parallel; ``device`` ``"auto"`` takes a GPU if any."""
+def train(model: str = "reference-vlm-v1", out: str | Path | None = None, encoder_steps: int = 800,
+          align_steps: int = 300, batch: int = 16, seed: int = 0, device: str = "auto", workers: int = 0,
+          checkpoint: str | Path | None = None, max_minutes: float | None = None, check: int = 50,
+          log=print) -> Path | None:
+    """Train ``model``'s checkpoint from scratch (with every variant that shares it) and save the trained
+    tensors and LoRA factors (fp16 safetensors) to ``out`` (default: the packaged path). ``workers``
+    processes render batches in parallel; ``device`` ``"auto"`` takes a GPU if any. With ``max_minutes`` the
+    run stops at that limit and saves ``checkpoint`` (default: next to ``out``); the same call resumes it.
+    ``check`` validation questions are answered and logged after each stage (0: none). Returns ``out``, or None
+    when the run stopped before the end."""
     from safetensors.torch import save_file
 
     from tokenomy.models.loader import load
 
+    chosen = variant(model)
     for name, value in (("encoder_steps", encoder_steps), ("align_steps", align_steps), ("batch", batch)):
         check_int(name, value, minimum=1)
     check_int("workers", workers)
+    check_int("check", check)
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not max_minutes > 0):
+        raise TokenomyError(f"max_minutes must be a positive number of minutes, got {max_minutes!r}")
     device = _device(device)
+    out = Path(out) if out is not None else chosen.weights
+    if checkpoint is None and max_minutes is not None:
+        checkpoint = out.with_name(out.name + ".checkpoint")
+    siblings = [v for v in VARIANTS.values() if v.weights == chosen.weights]
+    settings = {"variants": [v.name for v in siblings], "encoder_steps": encoder_steps,
+                "align_steps": align_steps, "batch": batch, "seed": seed}
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    saved = _Run.load(checkpoint, settings)
     torch.manual_seed(seed)
     language_model, tokenizer = load("smollm2-135m")
-    vlm, processor = build(language_model, tokenizer)
+    vlm, processor = build(language_model, tokenizer, chosen)
+    processors = [processor] + [replace(processor, layout=v.layout, crop=v.crop) for v in siblings if v is not chosen]
+    if chosen.tower == DINOV2_TOWER:
+        vlm.model.vision_tower.requires_grad_(False)
     vlm.to(device)
-    start = time.perf_counter()
-    heads = pretrain_encoder(vlm, processor, encoder_steps, batch * 4, workers=workers)
-    semantic_projector(vlm, processor, heads)
-    log(f"semantic projector, before alignment (val, 25 samples): {evaluate(vlm, processor, 25)}")
-    deltas = align(vlm, processor, align_steps, batch, workers=workers)
-    log(f"trained (val, 50 samples): {evaluate(vlm, processor, 50)}")
-    log(f"trained, image blanked (val, 50 samples): {evaluate(vlm, processor, 50, blank=True)}")
-    out = Path(out) if out is not None else WEIGHTS
-    tensors = {**trained_parameters(vlm), **deltas}
+    run = _Run(vlm, processors, chosen, settings, workers, checkpoint, saved, max_minutes)
+    style = chosen.style
+    if run.stage == "encoder":
+        heads = EncoderHeads(vlm.model.vision_tower.config.hidden_size).to(device)
+        if not pretrain_encoder(run, heads, encoder_steps, batch * 4):
+            log(f"stopped in stage 1 after {run.minutes:.1f} min; checkpoint {checkpoint}: run again to resume")
+            return None
+        semantic_projector(vlm, processor, heads, style)
+        if check:
+            log(f"semantic projector, before alignment (val, {check} samples): {evaluate(vlm, processor, check, style)}")
+    deltas = align(run, align_steps, batch)
+    if deltas is None:
+        log(f"stopped in stage 2 after {run.minutes:.1f} min; checkpoint {checkpoint}: run again to resume")
+        return None
+    if check:
+        for each in processors:
+            log(f"trained, {each.layout.num_crops} crop(s) (val, {check} samples): {evaluate(vlm, each, check, style)}")
+        log(f"trained, image blanked (val, {check} samples): {evaluate(vlm, processor, check, style, blank=True)}")
+    tensors = {**trained_parameters(vlm, chosen), **deltas}
     save_file({k: v.half().cpu().contiguous() for k, v in tensors.items()}, str(out),
-              metadata={"encoder_steps": str(encoder_steps), "align_steps": str(align_steps),
-                        "batch": str(batch), "seed": str(seed), "device": str(device),
-                        "minutes": f"{(time.perf_counter() - start) / 60:.1f}"})
+              metadata={"tower": chosen.tower, **{k: str(v) for k, v in settings.items()},
+                        "device": str(device), "minutes": f"{run.minutes:.1f}"})
+    if run.checkpoint is not None:
+        run.checkpoint.unlink(missing_ok=True)  # done: the same command trains afresh
     return out
