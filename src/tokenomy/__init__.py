@@ -60,4 +60,53 @@ def apply(model, method: str | list[str], **options):
                          for spec, k in zip(specs, keeps)})
 
 
-__all__ = ["MethodInfo", "TokenomyError", "apply", "get", "load", "methods", "__version__"]
+def compress_prompt(context, method: str = "llmlingua", rate: float = 0.33, question: str = "", *,
+                    model="smollm2-135m", target=None, force_tokens=(), **options):
+    """Compress a prompt's ``context`` (text, or a list of documents) with the registered prompt ``method`` so
+    the whole prompt (context, then ``question``, never compressed) keeps ``rate`` of its tokens.
+
+    ``model`` scores the tokens: a packaged name or path (loaded once per process) or a ``(model, tokenizer)``
+    pair; ``target`` (a tokenizer, or a name/pair whose tokenizer is used) counts the tokens the reading model
+    pays (default: the compressor's). ``force_tokens``: strings whose words are always kept. Returns a
+    `tokenomy.sites.prompt.CompressedPrompt` (``compressed_prompt``, ``origin_tokens``,
+    ``compressed_tokens``, ``ratio``, ``rate``, ``kept``); ``restore_prompt`` inverts ``method="lossless"``."""
+    info = get(method)
+    if info.site != "prompt":
+        raise TokenomyError(f"{method!r} is a {info.site} method; prompt methods: "
+                            f"{', '.join(m.name for m in methods('prompt'))}")
+    if not isinstance(question, str) or isinstance(force_tokens, str):
+        raise TokenomyError("question must be a string and force_tokens a list of strings")
+    compressor = info.create(rate=rate, **options) if "rate" in info.options() else info.create(**options)
+    texts = [context] if isinstance(context, str) else list(context) if isinstance(context, (list, tuple)) else None
+    if texts is None or not all(isinstance(t, str) for t in texts):
+        raise TokenomyError(f"context must be a string or a list of strings, got {type(context).__name__}")
+    if not any(t.strip() for t in texts):
+        raise TokenomyError("the prompt is empty: nothing to compress")
+    scorer, tokenizer = _prompt_model(model)
+    target_tokenizer = target if target is None or not isinstance(target, (str, tuple)) else _prompt_model(target)[1]
+    return compressor.compress(context, question, model=scorer, tokenizer=tokenizer, target_tokenizer=target_tokenizer,
+                               force_tokens=tuple(force_tokens), name=method)
+
+
+def restore_prompt(text: str) -> str:
+    """The original of a ``method="lossless"`` compressed context (exact)."""
+    from tokenomy.sites.prompt import restore
+
+    return restore(text)
+
+
+_LOADED: dict = {}
+
+
+def _prompt_model(model):
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    if not isinstance(model, str):
+        raise TokenomyError(f"model must be a packaged name, a path or a (model, tokenizer) pair, got {model!r}")
+    if model not in _LOADED:
+        _LOADED[model] = load(model)
+    return _LOADED[model]
+
+
+__all__ = ["MethodInfo", "TokenomyError", "apply", "compress_prompt", "get", "load", "methods", "restore_prompt",
+           "__version__"]

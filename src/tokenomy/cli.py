@@ -317,6 +317,70 @@ def cmd_bench_vision_speed(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    import tokenomy
+
+    text = _read_input(args.file).decode("utf-8")
+    if args.restore:
+        sys.stdout.write(tokenomy.restore_prompt(text))
+        return 0
+    options = {}
+    if args.method != "lossless":
+        options["rate"] = args.rate
+    tokenomy.get(args.method)  # an unknown method fails before the model loads
+    done = tokenomy.compress_prompt(text, args.method, question=args.question, model=args.model,
+                                    force_tokens=args.force, **options)
+    sys.stdout.write(done.compressed_context)  # exactly: `--restore` must get back the input byte for byte
+    print(f"tokenomy: {done.origin_tokens} -> {done.compressed_tokens} tokens ({done.ratio:.2f}x, question included"
+          f"{'; context scored in ' + str(done.windows) + ' windows' if done.windows > 1 else ''}"
+          f"{'; force tokens not found: ' + ', '.join(done.forced_missing) if done.forced_missing else ''})",
+          file=sys.stderr)
+    if args.json:
+        from tokenomy.bench.report import write_json
+
+        write_json(args.json, {"method": args.method, "rate": args.rate, "question": args.question,
+                               "compressed_prompt": done.compressed_prompt, "origin_tokens": done.origin_tokens,
+                               "compressed_tokens": done.compressed_tokens, "ratio": done.ratio, "kept": done.kept})
+    return 0
+
+
+def cmd_bench_prompt(args) -> int:
+    from tqdm.auto import tqdm
+
+    import tokenomy
+    from tokenomy._validation import check_fraction, check_int
+    from tokenomy.bench import prompt as bench
+    from tokenomy.bench.report import command_line, environment, table, write_json
+    from tokenomy.bench.tasks import read_jsonl
+    from tokenomy.registry import method_spec
+
+    check_int("--limit", args.limit, minimum=1)
+    rates = [check_fraction("rate", r) for r in args.rate]
+    every = [m.name for m in tokenomy.methods("prompt")]
+    specs = list(dict.fromkeys(s for spec in args.methods for s in (every if spec == "all" else [spec])))
+    for spec in specs:
+        tokenomy.get(method_spec(spec)[0])
+    if not 0 <= args.unanswerable <= 1:
+        raise tokenomy.TokenomyError(f"--unanswerable must be in [0, 1], got {args.unanswerable}")
+    compressor, tokenizer = tokenomy._prompt_model(args.compressor)
+    target, target_tokenizer = tokenomy._prompt_model(args.target)
+    samples = read_jsonl(args.data) if args.data else bench.samples_for(
+        args.task, target_tokenizer, args.limit, args.seed, args.length, args.distractors, args.unanswerable)
+    samples = samples[: args.limit]
+    rows = bench.rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
+    with tqdm(total=len(samples) * (1 + len(rows)), desc="bench prompt", unit="answer", file=sys.stderr) as bar:
+        records = bench.run(target, target_tokenizer, samples, rows, args.max_new_tokens, progress=bar.update)
+    results = bench.summarize(records)
+    print(table(results, bench.COLUMNS))
+    print(f"task {args.data or args.task}, {len(samples)} samples, seed {args.seed}; target {args.target}, "
+          f"compressor {args.compressor}")
+    if args.json:
+        payload = {"suite": "prompt", "command": command_line(), "config": vars(args) | {"func": None},
+                   "environment": environment(), "results": results, "samples": records}
+        print(f"wrote {write_json(args.json, payload)}")
+    return 0
+
+
 def cmd_train_vlm(args) -> int:
     from tokenomy.models.reference_vlm.train import train
 
@@ -533,6 +597,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vit-layers", type=int, default=None, help="cut the vision tower to this many layers")
     p.add_argument("--json", help="write the rows and every timing here")
     p.set_defaults(func=cmd_bench_vision_speed)
+
+    p = bench.add_parser("prompt", help="prompt compressors, judged by the model that reads their output")
+    p.add_argument("--methods", type=_csv(str), default=["all"],
+                   help="comma list of prompt methods (with options, method:option=value); 'all': every one")
+    p.add_argument("--rate", type=_csv(float), default=[0.33], help="comma list of asked rates (kept share)")
+    p.add_argument("--task", choices=("squad", "niah", "boolq"), default="squad")
+    p.add_argument("--data", help="JSONL with context, question, answers (and answer_prefix): instead of --task")
+    p.add_argument("--limit", type=int, default=40, help="samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--length", type=int, default=2000, help="niah: context tokens")
+    p.add_argument("--distractors", type=int, default=8, help="squad: paragraphs besides the one asked about")
+    p.add_argument("--unanswerable", type=float, default=0.25, help="squad: share of questions the documents "
+                   "do not answer")
+    p.add_argument("--target", default="smollm2-135m", help="the model that answers (gemma3-270m, a path, ...)")
+    p.add_argument("--compressor", default="smollm2-135m", help="the model the compressors score with")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--json", help="write the rows and every sample's reply here")
+    p.set_defaults(func=cmd_bench_prompt)
+
+    p = sub.add_parser("compress", help="compress a prompt (text in, text out)")
+    p.add_argument("file", help="the context to compress (- for stdin)")
+    p.add_argument("--method", default="llmlingua", help="a prompt method (tokenomy methods --site prompt)")
+    p.add_argument("--rate", type=float, default=0.33, help="share of the prompt's tokens kept (question included)")
+    p.add_argument("--question", default="", help="the question asked after the context (never compressed)")
+    p.add_argument("--model", default="smollm2-135m", help="the compressor model")
+    p.add_argument("--force", type=_csv(str), default=[], help="comma list of strings whose words are always kept")
+    p.add_argument("--restore", action="store_true", help="undo --method lossless (exact)")
+    p.add_argument("--json", help="also write the record (kept mask, token counts) here")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("train-vlm", help="train a reference VLM (projector + LoRA on SmolLM2; v1: its ViT too)")
     p.add_argument("--model", default="reference-vlm-v1",

@@ -2,4 +2,4 @@
 
 Importing this package registers them all."""
 
-from tokenomy.recipes import kv, vision  # noqa: F401
+from tokenomy.recipes import kv, prompt, vision  # noqa: F401

@@ -1,0 +1,218 @@
+"""`tokenomy bench prompt`: prompt compressors side by side, judged by the model that reads their output.
+
+Tasks (each sample: a context, a question after it, accepted answers):
+
+* ``squad``: multi-document QA from SQuAD 2.0's dev set (``../shared/data/squad``): the paragraph that answers
+  (or, for an ``--unanswerable`` share, a paragraph of the same article that does not: the reply must then be
+  "unanswerable") among ``--distractors`` paragraphs of other articles, at a seeded position.
+* ``niah``: RULER's needle in a haystack (the KV benchmark's generator), at ``--length`` tokens.
+* ``boolq``: BoolQ passages (``../shared/data/qa_small/boolq``), yes/no.
+* ``--data FILE.jsonl``: ``context``, ``question``, ``answers`` (and optionally ``answer_prefix``).
+
+Every sample is answered greedily by the target model from the original prompt and from each compressor's
+output at each rate, in the same process. A reply is right when it holds an accepted answer (case and
+punctuation ignored; for yes/no and "unanswerable", its first word must be it). Times: the compressor's, and
+end to end (compression, then the target's prefill and decode).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import statistics
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenomy._validation import TokenomyError
+from tokenomy.bench.prompts import build_prompt, stop_ids
+from tokenomy.bench.tasks import Sample, niah, shared_data_dir
+
+TASKS = ("squad", "niah", "boolq")
+UNANSWERABLE = "unanswerable"
+ORIGINAL = "original"
+COLUMNS = [
+    ("method", "method", ""), ("rate", "asked rate", ".2f"), ("ratio", "achieved ratio", ".2f"),
+    ("accuracy", "accuracy", ".3f"), ("relative", "vs original", ".3f"), ("compress_ms", "compressor ms", ".0f"),
+    ("end_to_end_ms", "end-to-end ms", ".0f"), ("samples", "samples", "d"),
+]
+
+
+def _data(relative: str) -> Path:
+    root = shared_data_dir()
+    path = None if root is None else root / relative
+    if path is None or not path.exists():
+        raise TokenomyError(f"this task reads ../shared/data/{relative}, which is not here; use --task niah or "
+                            "--data FILE.jsonl")
+    return path
+
+
+def squad(limit: int, seed: int, distractors: int = 8, unanswerable: float = 0.25) -> list[Sample]:
+    """Multi-document QA from SQuAD 2.0 (see the module docstring)."""
+    articles = json.loads(_data("squad/dev-v2.0.json").read_text())["data"]
+    rng = random.Random(seed)
+    samples = []
+    while len(samples) < limit:
+        a = rng.randrange(len(articles))
+        paragraphs = articles[a]["paragraphs"]
+        p = rng.randrange(len(paragraphs))
+        questions = paragraphs[p]["qas"]
+        absent = rng.random() < unanswerable
+        if absent:  # a question whose paragraph is left out: the documents do not answer it
+            pool = [q for q in questions if not q["is_impossible"]]
+            others = [x for i, x in enumerate(paragraphs) if i != p]
+            if not pool or not others:
+                continue
+            question, shown, answers = rng.choice(pool), rng.choice(others)["context"], [UNANSWERABLE]
+        else:
+            pool = [q for q in questions if not q["is_impossible"]]
+            if not pool:
+                continue
+            question = rng.choice(pool)
+            shown, answers = paragraphs[p]["context"], sorted({x["text"] for x in question["answers"]})
+        others = [i for i in range(len(articles)) if i != a]
+        documents = [rng.choice(articles[i]["paragraphs"])["context"] for i in rng.sample(others, distractors)]
+        documents.insert(rng.randrange(len(documents) + 1), shown)
+        context = "\n\n".join(f"Document {k + 1}: {d}" for k, d in enumerate(documents))
+        ask = (f"\n\nQuestion: {question['question']}\nAnswer in at most five words. If the documents do not "
+               f"answer it, reply \"{UNANSWERABLE}\".")
+        samples.append(Sample(context, ask, answers, "", meta={"task": "squad", "answerable": not absent}))
+    return samples
+
+
+def boolq(limit: int, seed: int) -> list[Sample]:
+    """BoolQ passages with their yes/no questions, a seeded subset."""
+    lines = _data("qa_small/boolq/boolq.jsonl").read_text().splitlines()
+    rng = random.Random(seed)
+    samples = []
+    for line in rng.sample(lines, min(limit, len(lines))):
+        item = json.loads(line)
+        passage, _, question = item["query"].partition("\nQuestion: ")
+        passage = passage.removeprefix("Passage: ")
+        samples.append(Sample(passage, f"\n\nQuestion: {question.strip()}? Answer yes or no.",
+                              [item["choices"][item["gold"]]], "Answer:", meta={"task": "boolq"}))
+    return samples
+
+
+def samples_for(task: str, tokenizer, limit: int, seed: int, length: int, distractors: int,
+                unanswerable: float) -> list[Sample]:
+    """``limit`` samples of a built-in ``task``."""
+    if task == "squad":
+        return squad(limit, seed, distractors, unanswerable)
+    if task == "boolq":
+        return boolq(limit, seed)
+    if task == "niah":
+        return niah(tokenizer, [length], limit, seed)
+    raise TokenomyError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+
+
+def _normal(text: str) -> str:
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def correct(reply: str, answers: list[str]) -> bool:
+    """Whether ``reply`` holds an accepted answer (first word for yes/no and "unanswerable")."""
+    said = _normal(reply)
+    first = said.split()[0] if said.split() else ""
+    for answer in answers:
+        wanted = _normal(answer)
+        if wanted in ("yes", "no", UNANSWERABLE):
+            if first == wanted:
+                return True
+        elif wanted and re.search(rf"(?<![a-z0-9]){re.escape(wanted)}(?![a-z0-9])", said):
+            return True
+    return False
+
+
+@dataclass
+class Row:
+    """One compressor at one asked rate (``method`` is a registered name with options: ``name:opt=value``), or
+    a peer's."""
+
+    method: str
+    rate: float
+    compress: Callable[[Sample], tuple[str, Any]]  # sample -> (compressed context, extra record fields)
+
+
+@torch.no_grad()
+def answer(model, tokenizer, sample: Sample, max_new_tokens: int) -> tuple[str, float, int]:
+    """The target's greedy reply to ``sample``, the seconds its prefill and decode took, its prompt tokens."""
+    prompt = build_prompt(tokenizer, sample).full
+    start = time.perf_counter()
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=sorted(stop_ids(model, tokenizer)),
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    seconds = time.perf_counter() - start
+    return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True), seconds, prompt.shape[1]
+
+
+def run(model, tokenizer, samples: list[Sample], rows: list[Row], max_new_tokens: int,
+        progress: Callable[[int], Any] = lambda n: None) -> list[dict]:
+    """Answer every sample from its original prompt and from every row's compression; per-sample records."""
+    records = []
+    for index, sample in enumerate(samples):
+        reply, seconds, tokens = answer(model, tokenizer, sample, max_new_tokens)
+        base = {"sample": index, "answers": sample.answers, **sample.meta}
+        records.append(base | {"method": ORIGINAL, "rate": 1.0, "reply": reply, "correct": correct(reply, sample.answers),
+                               "prompt_tokens": tokens, "compress_s": 0.0, "answer_s": seconds})
+        progress(1)
+        for row in rows:
+            start = time.perf_counter()
+            context, extra = row.compress(sample)
+            compress_s = time.perf_counter() - start
+            shorter = Sample(context, sample.question, sample.answers, sample.answer_prefix, meta=sample.meta)
+            reply, seconds, tokens = answer(model, tokenizer, shorter, max_new_tokens)
+            records.append(base | {"method": row.method, "rate": row.rate, "reply": reply, "prompt_tokens": tokens,
+                                   "correct": correct(reply, sample.answers), "compress_s": compress_s,
+                                   "answer_s": seconds, **extra})
+            progress(1)
+    return records
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (method, rate): achieved ratio (the target's prompt tokens, original over compressed, on the
+    same samples), accuracy, accuracy relative to the original prompt's, median compressor and end-to-end ms."""
+    original = {r["sample"]: r for r in records if r["method"] == ORIGINAL}
+    base_accuracy = statistics.mean(r["correct"] for r in original.values())
+    out = []
+    for method, rate in dict.fromkeys((r["method"], r["rate"]) for r in records):
+        mine = [r for r in records if r["method"] == method and r["rate"] == rate]
+        accuracy = statistics.mean(r["correct"] for r in mine)
+        out.append({
+            "method": method, "rate": rate, "samples": len(mine), "accuracy": accuracy,
+            "relative": accuracy / base_accuracy if base_accuracy else None,
+            "ratio": sum(original[r["sample"]]["prompt_tokens"] for r in mine) / sum(r["prompt_tokens"] for r in mine),
+            "compress_ms": 1e3 * statistics.median(r["compress_s"] for r in mine),
+            "end_to_end_ms": 1e3 * statistics.median(r["compress_s"] + r["answer_s"] for r in mine),
+        })
+    return out
+
+
+def rows_for(specs: list[str], rates: list[float], model, tokenizer, target_tokenizer) -> list[Row]:
+    """A row per (method spec, rate) — once for a method without a rate (lossless) — each compressing with the
+    compressor ``model`` and counting the target's tokens."""
+    from tokenomy.catalog import create_spec, get
+    from tokenomy.registry import method_spec
+
+    rows = []
+    for spec in specs:
+        info = get(method_spec(spec)[0])
+        if info.site != "prompt":
+            raise TokenomyError(f"{spec!r} is a {info.site} method, not a prompt method")
+        for rate in rates if "rate" in info.options() else [1.0]:
+            compressor = create_spec(spec, rate=rate) if "rate" in info.options() else create_spec(spec)
+
+            def compress(sample: Sample, compressor=compressor, name=info.name):
+                done = compressor.compress(sample.context, sample.question.strip(), model=model, tokenizer=tokenizer,
+                                           target_tokenizer=target_tokenizer, name=name)
+                return done.compressed_context, {"compressor_ratio": done.ratio, "windows": done.windows}
+
+            rows.append(Row(spec, rate, compress))
+    return rows

@@ -1,0 +1,211 @@
+"""Scores for prompt compression: how much each context token (or each document) matters, read off a small
+causal LM (the compressor model) — no surgery, one or two forwards.
+
+Token scores (higher = keep), each ``score(view) -> (n,)`` over ``view.context``:
+
+* `SelfInformation`: ``-log p(x_i | prefix, x_<i)`` — surprising tokens carry the information (Selective
+  Context, Li et al., 2023, arXiv:2310.06201; LLMLingua's token level, Jiang et al., 2023, arXiv:2310.05736).
+* `QuestionGain`: ``log p(x_i | question, x_<i) - log p(x_i | x_<i)`` — what the question makes likelier is
+  what answers it (LongLLMLingua's contrastive perplexity, Jiang et al., 2024, arXiv:2310.06839).
+* `EvaluatorHeads`: the attention a few early heads of the model pay from the question to each token, in a
+  forward that stops after those layers ("Efficient Prompt Compression with Evaluator Heads", EHPC, 2025). The heads are the ones that find a planted
+  fact best on synthetic retrieval prompts (calibration, once per model).
+
+Document scores, ``rank(view, documents) -> (d,)``: `Perplexity` (mean self-information, LLMLingua's coarse
+level) and `QuestionLikelihood` (``log p(question | document)``, LongLLMLingua's coarse level).
+
+Long inputs are scored in windows of at most ``view.window`` tokens, each conditioned on the quarter window
+before it; nothing is truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from tokenomy._validation import check_int
+from tokenomy.adapters.lm import attention_modules, decoder, rotated_keys, rotated_queries, softmax_scale
+
+
+@dataclass
+class PromptView:
+    """What a prompt score sees: the compressor model and tokenizer, the token ids ``(n,)`` of the context
+    part being scored, the ids before it that condition it (``prefix``: what was kept so far), the
+    question's ids, and the longest window the model is run on."""
+
+    model: object
+    tokenizer: object
+    context: Tensor
+    question: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    prefix: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    window: int = 2048
+
+
+def _start_id(tokenizer) -> int:
+    """A token to condition the very first token on (BOS, else end-of-sequence)."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0):
+        if token is not None:
+            return int(token)
+    return 0
+
+
+@torch.no_grad()
+def token_logprobs(model, tokenizer, ids: Tensor, prefix: Tensor, window: int) -> Tensor:
+    """``log p(ids[i] | prefix, ids[:i])`` for every ``i`` ``(n,)``, in windows of at most ``window`` tokens;
+    a window's tokens see the quarter window before them (and the prefix's tail) as context."""
+    prefix = prefix if prefix.numel() else torch.tensor([_start_id(tokenizer)])
+    history = max(1, window // 4)
+    out = []
+    start = 0
+    while start < ids.numel():
+        step = window - history
+        before = torch.cat([prefix, ids[:start]])[-history:]
+        chunk = ids[start:start + step]
+        tokens = torch.cat([before, chunk]).unsqueeze(0)
+        logits = model(input_ids=tokens.to(model.device), use_cache=False).logits[0].float()
+        logp = torch.log_softmax(logits[len(before) - 1:-1], dim=-1)
+        out.append(logp.gather(1, chunk.to(logp.device).unsqueeze(1)).squeeze(1).cpu())
+        start += step
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@dataclass
+class SelfInformation:
+    """``-log p(x_i | prefix, x_<i)`` under the compressor model."""
+
+    def __call__(self, view: PromptView) -> Tensor:
+        return -token_logprobs(view.model, view.tokenizer, view.context, view.prefix, view.window)
+
+
+@dataclass
+class QuestionGain:
+    """``log p(x_i | question, x_<i) - log p(x_i | x_<i)`` (LongLLMLingua's contrastive perplexity); without a
+    question, plain self-information."""
+
+    def __call__(self, view: PromptView) -> Tensor:
+        plain = token_logprobs(view.model, view.tokenizer, view.context, view.prefix, view.window)
+        if not view.question.numel():
+            return -plain
+        asked = token_logprobs(view.model, view.tokenizer, view.context,
+                               torch.cat([view.prefix, view.question]), view.window)
+        return asked - plain
+
+
+class _StopForward(Exception):
+    """Raised after the last layer a score reads: the rest of the forward is not needed."""
+
+
+def _question_attention(model, ids: Tensor, asking: int, layers: int) -> Tensor:
+    """Attention ``(layers, heads, n)`` that the last ``asking`` tokens pay each token (mean over them, causal
+    softmax), in the first ``layers`` decoder layers; the forward stops after them."""
+    modules = attention_modules(model)[:layers]
+    rows: list[Tensor] = []
+
+    def capture(module, args, kwargs):
+        hidden, rope = kwargs["hidden_states"], kwargs["position_embeddings"]
+        q = rotated_queries(module, hidden[:, -asking:], tuple(t[:, -asking:] for t in rope)).float()
+        k = rotated_keys(module, hidden, rope).float()
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        logits = (q @ k.transpose(-1, -2)) * softmax_scale(module)  # (1, h, asking, n)
+        n = k.shape[2]
+        causal = torch.arange(n)[None, :] > torch.arange(n - asking, n)[:, None]
+        weights = torch.softmax(logits.masked_fill(causal, -torch.inf), dim=-1)
+        rows.append(weights[0].mean(dim=1))
+        if len(rows) == layers:
+            raise _StopForward
+
+    handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids.unsqueeze(0).to(model.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(rows).cpu()
+
+
+_CALIBRATION_SEED = 20_250_121  # synthetic retrieval prompts, never a benchmark's samples
+
+
+@lru_cache(maxsize=8)
+def evaluator_heads(model, tokenizer, layers: int, heads: int, samples: int = 8) -> tuple[tuple[int, int], ...]:
+    """The ``heads`` (layer, head) pairs of the first ``layers`` layers that pay the most attention from the
+    question to a planted fact, on ``samples`` synthetic needle-in-a-haystack prompts (EHPC's selection)."""
+    from tokenomy.bench.tasks import niah
+
+    found = None
+    for sample in niah(tokenizer, [1024], samples, _CALIBRATION_SEED):
+        needle = sample.answers[0]
+        context = tokenizer(sample.context, add_special_tokens=False, return_offsets_mapping=True)
+        at = sample.context.index(needle)
+        marked = torch.tensor([s < at + len(needle) and e > at for s, e in context["offset_mapping"]])
+        question = tokenizer(sample.question, add_special_tokens=False).input_ids
+        ids = torch.tensor(context["input_ids"] + question)
+        paid = _question_attention(model, ids, len(question), layers)[..., : len(marked)][..., marked].sum(-1)
+        found = paid if found is None else found + paid
+    order = torch.argsort(found.flatten(), descending=True)[:heads]
+    width = found.shape[1]
+    return tuple((int(i) // width, int(i) % width) for i in order)
+
+
+@dataclass
+class EvaluatorHeads:
+    """Attention from the question to each context token in the model's evaluator heads (`evaluator_heads`),
+    max-pooled over ``kernel`` neighbours so a word's tokens stay together; without a question, the last
+    ``layers``'s attention from the context's own last tokens."""
+
+    layers: int = 8
+    heads: int = 8
+    kernel: int = 3
+
+    def __post_init__(self):
+        check_int("layers", self.layers, minimum=1)
+        check_int("heads", self.heads, minimum=1)
+        check_int("kernel", self.kernel, minimum=1)
+
+    def __call__(self, view: PromptView) -> Tensor:
+        depth = len(decoder(view.model).layers)
+        layers = min(self.layers, depth)
+        chosen = evaluator_heads(view.model, view.tokenizer, layers, self.heads)
+        question = view.question if view.question.numel() else view.context[-16:]
+        n = view.context.numel()
+        out = torch.zeros(n)
+        step = max(1, view.window - question.numel())
+        for start in range(0, n, step):  # each window asks the question after its part of the context
+            part = view.context[start:start + step]
+            paid = _question_attention(view.model, torch.cat([part, question]), question.numel(), layers)
+            out[start:start + part.numel()] = torch.stack([paid[layer, head, : part.numel()]
+                                                           for layer, head in chosen]).mean(0)
+        pooled = torch.nn.functional.max_pool1d(out.view(1, 1, -1), self.kernel, 1, self.kernel // 2)
+        return pooled.view(-1)[:n]
+
+
+@dataclass
+class Perplexity:
+    """A document's mean self-information: the least predictable documents carry the most (LLMLingua's
+    budget controller)."""
+
+    def rank(self, view: PromptView, documents: list[Tensor]) -> Tensor:
+        return torch.stack([-token_logprobs(view.model, view.tokenizer, d, view.prefix, view.window).mean()
+                            for d in documents])
+
+
+@dataclass
+class QuestionLikelihood:
+    """``log p(question | document)`` per question token, with LongLLMLingua's restrictive instruction after
+    the question; without a question, `Perplexity`."""
+
+    instruction: str = " We can get the answer to this question in the given documents."
+
+    def rank(self, view: PromptView, documents: list[Tensor]) -> Tensor:
+        if not view.question.numel():
+            return Perplexity().rank(view, documents)
+        asked = torch.cat([view.question, torch.tensor(view.tokenizer(self.instruction,
+                                                                      add_special_tokens=False).input_ids)])
+        return torch.stack([token_logprobs(view.model, view.tokenizer, asked, d[-view.window // 2:], view.window).mean()
+                            for d in documents])
