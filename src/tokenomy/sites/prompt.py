@@ -67,8 +67,9 @@ class _Units:
 
     text: str
     spans: list[tuple[int, int]]
-    token_unit: Tensor  # (n_tokens,) the unit each compressor token starts in
+    token_unit: Tensor  # (n_tokens,) the unit each compressor token belongs to
     ids: Tensor  # (n_tokens,) the compressor's token ids
+    offsets: Tensor  # (n_tokens, 2) each token's character span in ``text``
 
     @classmethod
     def of(cls, text: str, tokenizer) -> _Units:
@@ -77,7 +78,9 @@ class _Units:
         starts = torch.tensor([s for s, _ in spans] or [0])
         last = torch.tensor([max(s, e - 1) for s, e in encoded["offset_mapping"]] or [0])  # a token's last character
         unit = (torch.searchsorted(starts, last, right=True) - 1).clamp_min(0)
-        return cls(text, spans, unit[: len(encoded["input_ids"])], torch.tensor(encoded["input_ids"], dtype=torch.long))
+        n = len(encoded["input_ids"])
+        offsets = torch.tensor(encoded["offset_mapping"], dtype=torch.long).view(n, 2)
+        return cls(text, spans, unit[:n], torch.tensor(encoded["input_ids"], dtype=torch.long), offsets)
 
     def costs(self) -> Tensor:
         """Compressor tokens per unit (a unit holding none costs nothing)."""
@@ -218,9 +221,9 @@ class PromptCompression:
                                 f"{self.rate} of this {context_tokens + question_ids.numel()}-token prompt; "
                                 "raise the rate or shorten the question")
 
-        def view(ids: Tensor, prefix: Tensor | None = None) -> PromptView:
+        def view(ids: Tensor, prefix: Tensor | None = None, text: str = "", spans: Tensor | None = None) -> PromptView:
             prefix = torch.zeros(0, dtype=torch.long) if prefix is None else prefix
-            return PromptView(model, tokenizer, ids, question_ids, prefix, self.window)
+            return PromptView(model, tokenizer, ids, question_ids, prefix, self.window, text, spans)
 
         order = list(range(len(documents)))
         kept_documents = [True] * len(documents)
@@ -252,10 +255,11 @@ class PromptCompression:
             total = max(1, int(costs.sum()))
             for piece in pieces:
                 tokens = torch.isin(units.token_unit, piece)
-                token_scores = self.score(view(units.ids[tokens], prefix))
+                token_scores = self.score(view(units.ids[tokens], prefix, units.text, units.offsets[tokens]))
                 windows = max(windows, -(-int(tokens.sum()) // self.window))
                 local = _Units(units.text, [units.spans[i] for i in piece.tolist()],
-                               torch.searchsorted(piece, units.token_unit[tokens]), units.ids[tokens])
+                               torch.searchsorted(piece, units.token_unit[tokens]), units.ids[tokens],
+                               units.offsets[tokens])
                 scores[index][piece] = local.unit_scores(token_scores)
                 piece_budget = round(share * int(costs[piece].sum()) / total)
                 chosen = _choose(scores[index][piece], costs[piece], forced[piece], piece_budget)

@@ -1,4 +1,11 @@
 """Prompt methods: each is a `PromptCompression` recipe (token score, optional document stage, budget) or,
 for lossless compression, `MetaTokens`."""
 
-from tokenomy.recipes.prompt import ehpc, llmlingua, longllmlingua, lossless, selective_context  # noqa: F401
+from tokenomy.recipes.prompt import (  # noqa: F401
+    distilled,
+    ehpc,
+    llmlingua,
+    longllmlingua,
+    lossless,
+    selective_context,
+)
