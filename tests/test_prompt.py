@@ -79,6 +79,17 @@ def test_digits_and_forced_words_survive(tiny, method):
     assert done.forced_missing == ["Jabberwock"]  # a forced string that occurs nowhere is reported, not an error
 
 
+def test_question_words_survive_where_a_method_protects_them(tiny):
+    model, tokenizer = tiny
+    context = _text(6, 200).replace("garden", "orangery")
+    base = tokenomy.get("selective-context").create(rate=0.4)
+    for protect in (False, True):
+        method = dataclasses.replace(base, question_words=protect)
+        done = method.compress(context, "Who sat in the orangery?", model=model, tokenizer=tokenizer)
+        kept = done.compressed_context.lower().count("orangery")
+        assert kept == context.lower().count("orangery") if protect else kept < context.lower().count("orangery")
+
+
 @pytest.mark.parametrize("method", LOSSY)
 def test_text_without_spaces_is_cut_between_characters_never_inside_one(tiny, method):
     context = "不思議の国のアリスは白いウサギを追いかけて穴に落ちました。" * 6 + " Приключения Алисы в Стране чудес."

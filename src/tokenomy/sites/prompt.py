@@ -11,17 +11,20 @@ A method (`PromptCompression`) is a score, a budget and a selection:
    ``reorder`` the kept documents come most relevant first (LongLLMLingua), else in their order.
 3. Token stage: units are kept by score until the prompt holds ``rate`` of its tokens, question included
    (the question is never compressed). Forced units — those with a digit, or holding a ``force_tokens``
-   string — are kept first. With ``segment``, the score is taken segment by segment, each conditioned on
-   what was kept before it (LLMLingua's iterative compression); ``dynamic`` gives higher-ranked documents
-   more of the budget (LongLLMLingua's dynamic compression ratio).
+   string, and with ``question_words`` the question's rarer words — are kept first. With ``segment``, the
+   score is taken segment by segment, each conditioned on what was kept before it (LLMLingua's iterative
+   compression); ``dynamic`` gives higher-ranked documents more of the budget (LongLLMLingua's dynamic
+   compression ratio).
 
-Budgets count the compressor's tokens; the record reports the target tokenizer's counts too, so the achieved
-ratio is what the model that reads the prompt pays.
+Selection counts the compressor's tokens; the rendered prompt is then measured with the tokenizer of the model
+that will read it (``target_tokenizer``, default the compressor's) and trimmed, weakest words first, until it
+holds at most ``floor(rate * original + 1/2)`` of them — the achieved ratio is what that model pays.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -158,10 +161,35 @@ def _counter(tokenizer) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
 
-def _forced(units: _Units, force_tokens: tuple[str, ...], digits: bool) -> Tensor:
+def _forced(units: _Units, force_tokens: tuple[str, ...], digits: bool, asked: set[str]) -> Tensor:
     words = [units.text[s:e] for s, e in units.spans]
     return torch.tensor([(digits and any(c.isdigit() for c in w)) or any(f in w for f in force_tokens)
-                         for w in words], dtype=torch.bool)
+                         or _word(w) in asked for w in words], dtype=torch.bool)
+
+
+def _word(text: str) -> str:
+    return text.strip(string.punctuation + "\u201c\u201d\u2018\u2019").lower()
+
+
+def _question_words(question: str, documents: list[_Units], budget: int) -> set[str]:
+    """The question's words (four letters or more) that the context holds, rarest in the context first, as
+    many as half the budget pays for wherever they occur."""
+    asked = {_word(w) for w in _UNITS.findall(question)}
+    asked = {w for w in asked if len(w) >= 4}
+    cost: dict[str, int] = {}
+    for units in documents:
+        costs = units.costs().tolist()
+        for (s, e), c in zip(units.spans, costs):
+            word = _word(units.text[s:e])
+            if word in asked:
+                cost[word] = cost.get(word, 0) + c
+    chosen, spent = set(), 0
+    for word in sorted(cost, key=lambda w: (cost[w], w)):
+        if spent + cost[word] > budget // 2:
+            break
+        chosen.add(word)
+        spent += cost[word]
+    return chosen
 
 
 def _choose(scores: Tensor, costs: Tensor, forced: Tensor, budget: int) -> Tensor:
@@ -185,14 +213,15 @@ class PromptCompression:
     compressor tokens; ``coarse.rank(view, documents) -> (d,)`` rates whole documents."""
 
     score: Callable[[PromptView], Tensor]
-    rate: float = 0.33
-    coarse: object | None = None
-    coarse_share: float = 2.0
-    reorder: bool = False
-    segment: int | None = None
-    dynamic: float = 0.0
-    force_digits: bool = True
-    window: int = 2048
+    rate: float = 0.33  # share of the prompt's tokens (context and question) kept
+    coarse: object | None = None  # document stage: ``rank(view, documents)``; None keeps every document
+    coarse_share: float = 2.0  # the document stage keeps min(1, coarse_share * rate) of the context
+    reorder: bool = False  # kept documents most relevant first
+    segment: int | None = None  # score segment by segment, conditioned on what was kept (None: one pass)
+    dynamic: float = 0.0  # how much more budget better-ranked documents get, in [0, 1)
+    force_digits: bool = True  # words holding a digit are always kept
+    question_words: bool = False  # the question's rarer words are kept wherever the context holds them
+    window: int = 2048  # the longest run of tokens the compressor model reads at once
 
     def __post_init__(self):
         self.rate = check_fraction("rate", self.rate)
@@ -245,13 +274,14 @@ class PromptCompression:
                 order = sorted(order)
         order = [i for i in order if kept_documents[i]]
         budgets = self._document_budgets(order, per_document, budget, ranking)
+        asked = _question_words(question, [per_document[i] for i in order], budget) if self.question_words else set()
 
         keeps, scores, forced_units = {}, {}, {}
         prefix = torch.zeros(0, dtype=torch.long)
         windows = 1
         for index, share in zip(order, budgets):
             units = per_document[index]
-            forced = forced_units[index] = _forced(units, force_tokens, self.force_digits)
+            forced = forced_units[index] = _forced(units, force_tokens, self.force_digits, asked)
             keep = keeps[index] = torch.zeros(len(units.spans), dtype=torch.bool)
             scores[index] = torch.zeros(len(units.spans))
             pieces = self._segments(units) if self.segment else [torch.arange(len(units.spans))]
