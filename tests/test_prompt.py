@@ -79,6 +79,12 @@ def test_digits_and_forced_words_survive(tiny, method):
     assert done.forced_missing == ["Jabberwock"]  # a forced string that occurs nowhere is reported, not an error
 
 
+def test_the_budget_wins_over_forced_words_that_alone_exceed_it(tiny):
+    context = " ".join(f"row {n} cat {n * 7}" for n in range(200))  # more digits than a fifth of the prompt
+    done = compress(tiny, context, "selective-context", rate=0.2)
+    assert done.compressed_tokens <= int(0.2 * done.origin_tokens + 0.5)
+
+
 def test_question_words_survive_where_a_method_protects_them(tiny):
     model, tokenizer = tiny
     context = _text(6, 200).replace("garden", "orangery")

@@ -111,7 +111,7 @@ def cmd_bench_kv(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from tokenomy.bench import codec, ensemble, kv, vision, vision_speed
+    from tokenomy.bench import codec, ensemble, kv, prompt, vision, vision_speed
 
     try:
         payload = json.loads(open(args.json).read())
@@ -119,7 +119,8 @@ def cmd_report(args) -> int:
         raise TokenomyError(f"cannot read benchmark JSON {args.json}: {err}") from err
     suite = payload.get("suite") or ("kv" if "aggregate" in payload else "codec")
     render = {"kv": kv.render, "codec": codec.render, "ensemble": ensemble.render,
-              "vision": vision.render, "vision-speed": vision_speed.render}[suite]
+              "vision": vision.render, "vision-speed": vision_speed.render, "prompt": prompt.render,
+              "lossless": prompt.render}[suite]
     print(render(payload, markdown=args.markdown))
     print(f"\n`{payload['command']}`")
     return 0

@@ -349,6 +349,14 @@ LOSSLESS_MODULES = ("transformers.models.llama.modeling_llama", "torch.nn.module
                     "tqdm.std", "json.decoder")
 
 
+def render(payload: dict, markdown: bool = False) -> str:
+    """The table of a ``bench prompt`` or ``bench lossless`` JSON (``tokenomy report``)."""
+    from tokenomy.bench.report import table
+
+    columns = LOSSLESS_COLUMNS if payload.get("suite") == "lossless" else COLUMNS
+    return table(payload["results"], columns, markdown=markdown)
+
+
 def lossless_inputs(seed: int = 0) -> dict[str, str]:
     """Named texts for `lossless_savings`: the sources of `LOSSLESS_MODULES`, a generated log (`logs`) and a
     JSON export of records with the same keys."""

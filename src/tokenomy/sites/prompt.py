@@ -11,7 +11,8 @@ A method (`PromptCompression`) is a score, a budget and a selection:
    ``reorder`` the kept documents come most relevant first (LongLLMLingua), else in their order.
 3. Token stage: units are kept by score until the prompt holds ``rate`` of its tokens, question included
    (the question is never compressed). Forced units — those with a digit, or holding a ``force_tokens``
-   string, and with ``question_words`` the question's rarer words — are kept first. With ``segment``, the
+   string, and with ``question_words`` the question's rarer words — are kept first (and dropped last when they
+   alone exceed the budget). With ``segment``, the
    score is taken segment by segment, each conditioned on what was kept before it (LLMLingua's iterative
    compression); ``dynamic`` gives higher-ranked documents more of the budget (LongLLMLingua's dynamic
    compression ratio).
@@ -304,15 +305,16 @@ class PromptCompression:
         ask = "\n\n" + question if question else ""
         original = count(text + ask)
         allowed = int(torch.floor(torch.tensor(self.rate * original + 0.5)))
-        for _ in range(8):  # the rendered prompt (separators, the target's tokens) may exceed: trim the weakest
+        for _ in range(16):  # the rendered prompt (separators, the target's tokens) may exceed: trim the weakest,
+            # forced words last (when they alone exceed the budget, the budget wins)
             compressed_context = _join(text, spans, order, {i: per_document[i].render(keeps[i]) for i in order})
             excess = count(compressed_context + ask) - allowed
-            weakest = sorted((float(scores[i][u]), i, u) for i in order
-                             for u in torch.nonzero(keeps[i] & ~forced_units[i]).flatten().tolist())
+            weakest = sorted((bool(forced_units[i][u]), float(scores[i][u]), i, u) for i in order
+                             for u in torch.nonzero(keeps[i]).flatten().tolist())
             if excess <= 0 or not weakest:
                 break
             dropped = 0
-            for _, i, u in weakest:
+            for _, _, i, u in weakest:
                 keeps[i][u] = False
                 dropped += int(per_document[i].costs()[u])
                 if dropped >= excess:
