@@ -96,6 +96,15 @@ def test_question_words_survive_where_a_method_protects_them(tiny):
         assert kept == context.lower().count("orangery") if protect else kept < context.lower().count("orangery")
 
 
+def test_words_around_a_question_word_survive_with_it(tiny):
+    model, tokenizer = tiny
+    context = _text(12, 200) + " The vault code for the orangery is kept by the hatter. " + _text(13, 200)
+    method = dataclasses.replace(tokenomy.get("selective-context").create(rate=0.2), question_words=True,
+                                 question_window=3)
+    done = method.compress(context, "Who keeps the orangery code?", model=model, tokenizer=tokenizer)
+    assert "code for the orangery is kept by" in done.compressed_context
+
+
 @pytest.mark.parametrize("method", LOSSY)
 def test_text_without_spaces_is_cut_between_characters_never_inside_one(tiny, method):
     context = "不思議の国のアリスは白いウサギを追いかけて穴に落ちました。" * 6 + " Приключения Алисы в Стране чудес."

@@ -162,10 +162,14 @@ def _counter(tokenizer) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
 
-def _forced(units: _Units, force_tokens: tuple[str, ...], digits: bool, asked: set[str]) -> Tensor:
+def _forced(units: _Units, force_tokens: tuple[str, ...], digits: bool, asked: set[str], around: int) -> Tensor:
     words = [units.text[s:e] for s, e in units.spans]
-    return torch.tensor([(digits and any(c.isdigit() for c in w)) or any(f in w for f in force_tokens)
-                         or _word(w) in asked for w in words], dtype=torch.bool)
+    forced = torch.tensor([(digits and any(c.isdigit() for c in w)) or any(f in w for f in force_tokens)
+                           for w in words], dtype=torch.bool)
+    for index, word in enumerate(words):  # a question word, with `around` words on each side
+        if _word(word) in asked:
+            forced[max(0, index - around):index + around + 1] = True
+    return forced
 
 
 def _word(text: str) -> str:
@@ -222,6 +226,7 @@ class PromptCompression:
     dynamic: float = 0.0  # how much more budget better-ranked documents get, in [0, 1)
     force_digits: bool = True  # words holding a digit are always kept
     question_words: bool = False  # the question's rarer words are kept wherever the context holds them
+    question_window: int = 0  # and this many words on each side of them
     window: int = 2048  # the longest run of tokens the compressor model reads at once
 
     def __post_init__(self):
@@ -282,7 +287,7 @@ class PromptCompression:
         windows = 1
         for index, share in zip(order, budgets):
             units = per_document[index]
-            forced = forced_units[index] = _forced(units, force_tokens, self.force_digits, asked)
+            forced = forced_units[index] = _forced(units, force_tokens, self.force_digits, asked, self.question_window)
             keep = keeps[index] = torch.zeros(len(units.spans), dtype=torch.bool)
             scores[index] = torch.zeros(len(units.spans))
             pieces = self._segments(units) if self.segment else [torch.arange(len(units.spans))]

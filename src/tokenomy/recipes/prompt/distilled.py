@@ -12,7 +12,8 @@ from tokenomy.sites.prompt import SITE, PromptCompression
             "bidirectional pass, and the words the question names",
     query_aware=True,
 )
-def distilled(rate: float = 0.33) -> PromptCompression:
+def distilled(rate: float = 0.33, question_window: int = 3) -> PromptCompression:
     from tokenomy.models.keep_classifier import load_keep_classifier
 
-    return PromptCompression(score=TokenClassifier(load_keep_classifier()), rate=rate, question_words=True)
+    return PromptCompression(score=TokenClassifier(load_keep_classifier()), rate=rate, question_words=True,
+                             question_window=question_window)
