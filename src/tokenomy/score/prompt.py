@@ -27,7 +27,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -129,8 +128,7 @@ def _calibration_prompts(tokenizer, count: int, length: int = 600) -> list[tuple
     return prompts
 
 
-@lru_cache(maxsize=8)
-def _evaluator_heads(attention, tokenizer, layers: int, heads: int, samples: int = 8) -> tuple[tuple[int, int], ...]:
+def _choose_heads(attention, tokenizer, layers: int, heads: int, samples: int = 8) -> tuple[tuple[int, int], ...]:
     found = None
     for context, marked, question in _calibration_prompts(tokenizer, samples):
         rows = attention(torch.tensor(context + question), len(question), layers)  # (layers, heads, n)
@@ -143,25 +141,13 @@ def _evaluator_heads(attention, tokenizer, layers: int, heads: int, samples: int
 
 def evaluator_heads(view: PromptView, layers: int, heads: int) -> tuple[tuple[int, int], ...]:
     """The ``heads`` (layer, head) pairs of the model's first ``layers`` layers that pay the most attention from
-    a question to the planted fact it asks about, on synthetic retrieval prompts (EHPC's selection; once per
-    model and setting)."""
-    return _evaluator_heads(_ByModel(view.model, view.attention), view.tokenizer, layers, heads)
-
-
-class _ByModel:
-    """An attention callable keyed by its model (a fresh partial per call must hit the same cache entry)."""
-
-    def __init__(self, model, attention):
-        self.model, self.attention = model, attention
-
-    def __call__(self, *args):
-        return self.attention(*args)
-
-    def __hash__(self) -> int:
-        return id(self.model)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _ByModel) and other.model is self.model
+    a question to the planted fact it asks about, on synthetic retrieval prompts (EHPC's selection); chosen
+    once per model and setting, and kept on the model."""
+    chosen = view.model.__dict__.setdefault("_tokenomy_evaluator_heads", {})
+    key = (layers, heads, id(view.tokenizer))
+    if key not in chosen:
+        chosen[key] = _choose_heads(view.attention, view.tokenizer, layers, heads)
+    return chosen[key]
 
 
 @dataclass
@@ -227,7 +213,8 @@ class Perplexity:
 @dataclass
 class QuestionLikelihood:
     """``log p(question | document)`` per question token, with LongLLMLingua's restrictive instruction after
-    the question; without a question, `Perplexity`."""
+    the question, conditioned on the document's last half window of tokens (a longer document is ranked by
+    its end; it is never cut from the prompt); without a question, `Perplexity`."""
 
     instruction: str = " We can get the answer to this question in the given documents."
 

@@ -309,6 +309,7 @@ class PromptCompression:
 
         ask = "\n\n" + question if question else ""
         original = count(text + ask)
+        unit_costs = {i: per_document[i].costs().tolist() for i in order}
         allowed = int(torch.floor(torch.tensor(self.rate * original + 0.5)))
         for _ in range(16):  # the rendered prompt (separators, the target's tokens) may exceed: trim the weakest,
             # forced words last (when they alone exceed the budget, the budget wins)
@@ -321,7 +322,7 @@ class PromptCompression:
             dropped = 0
             for _, _, i, u in weakest:
                 keeps[i][u] = False
-                dropped += int(per_document[i].costs()[u])
+                dropped += int(unit_costs[i][u])
                 if dropped >= excess:
                     break
         kept = [flag for i in range(len(documents))
