@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenomy import TokenomyError
-from tokenomy.codec import container
+from tokenomy.codec import blocks, container
 from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
 from tokenomy.codec.core import MIN_WINDOW_BITS, Codec, compress, decompress
 from tokenomy.codec.engine import _OneDNNLinear, exact
 from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at
+from tokenomy.codec.online import Learner
 from tokenomy.codec.tokens import ByteTokenizer
 
 
@@ -226,16 +228,17 @@ SAMPLES = [b"", b"a", b"hello world", "Grüße 😀\n\tend".encode() + b"\xff\xf
            b"the cat sat on the mat. " * 40]
 
 
-@pytest.mark.parametrize("window_bits", [0, 32, 64])
-@pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"{len(d)}B")
-def test_round_trip_is_exact(codec, data, window_bits):
-    blob = compress(codec, data, window_bits=window_bits, segment_tokens=50, batch=4)
+@pytest.mark.parametrize("level, window_bits", [(0, 0), (0, 32), (0, 64), (1, 0), (2, 0)])
+@pytest.mark.parametrize("data", SAMPLES + [b"text, then binary: " * 80 + bytes(range(256)) * 12 + b" and text " * 90],
+                         ids=lambda d: f"{len(d)}B")
+def test_round_trip_is_exact(codec, data, level, window_bits):
+    blob = compress(codec, data, level=level, window_bits=window_bits, segment_tokens=50, batch=4)
     assert decompress(codec, blob, batch=3) == data
 
 
 def test_equal_info_windows_are_exactly_that_many_bits_and_decode_alone(codec):
     data = b"the cat sat on the mat. " * 30
-    blob = compress(codec, data, window_bits=64, segment_tokens=1000, batch=4)
+    blob = compress(codec, data, level=0, window_bits=64, segment_tokens=1000, batch=4)
     archive = container.loads(blob)
     assert archive.units > 3 and set(archive.stream_bits) == {64}
     pieces = [decompress(codec, blob, window=k) for k in range(archive.units)]
@@ -244,7 +247,110 @@ def test_equal_info_windows_are_exactly_that_many_bits_and_decode_alone(codec):
 
 def test_window_bits_below_one_token_are_refused(codec):
     with pytest.raises(TokenomyError, match=f">= {MIN_WINDOW_BITS}"):
-        compress(codec, b"abc", window_bits=16)
+        compress(codec, b"abc", level=0, window_bits=16)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"level": 3}, r"--level 3 does not exist; valid levels: 0 \(model\), 1 \(fast\), 2 \(best\)"),
+    ({"level": -1}, "--level -1 does not exist"),
+    ({"level": 1, "window_bits": 64}, "--window-bits needs --level 0"),
+    ({"segment_tokens": 0}, "segment tokens and batch must be >= 1"),
+])
+def test_bad_options_are_refused_before_loading_a_model(options, message):
+    with pytest.raises(TokenomyError, match=message):
+        compress("no-such-model", b"text that would need the model", **options)
+
+
+def test_learning_levels_code_repetitive_text_smaller_than_the_model_alone(codec):
+    data = b"Twinkle, twinkle, little bat! How I wonder what you're at! " * 12
+    sizes = [len(compress(codec, data, level=level, segment_tokens=60, batch=4)) for level in (0, 1)]
+    assert sizes[1] < 0.7 * sizes[0], sizes
+
+
+def test_a_learning_levels_units_do_not_decode_alone(codec):
+    blob = compress(codec, b"some text " * 20, level=1, segment_tokens=30, batch=4)
+    with pytest.raises(TokenomyError, match="units depend on each other"):
+        decompress(codec, blob, window=0)
+
+
+def test_binary_input_is_stored_without_loading_the_model():
+    data = os.urandom(50_000)
+    blob = compress("no-such-model", data)  # a model name that would fail to load
+    archive = container.loads(blob)
+    assert [b.coder for b in archive.blocks] == [blocks.STORED] and archive.units == 0
+    assert len(blob) - len(data) < 150
+    assert decompress(None, blob) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 255), st.booleans())
+def test_fuzzed_archives_are_refused_with_no_output(position, flip, truncate):
+    blob = bytearray(_BINARY_ARCHIVE)
+    position %= len(blob)
+    if truncate:
+        blob = blob[:position]
+    else:
+        blob[position] ^= flip
+    with pytest.raises(TokenomyError):
+        decompress("no-such-model", bytes(blob))
+
+
+_BINARY_ARCHIVE = compress("no-such-model", bytes(range(256)) * 30 + os.urandom(3000))
+
+
+def test_text_and_binary_go_each_to_their_coder(codec):
+    text = b"It was the best of times, it was the worst of times. " * 60
+    binary = bytes(range(256)) * 40  # compressible binary: a classical coder, not the model
+    data = text + binary + text
+    archive = container.loads(compress(codec, data, segment_tokens=200, batch=4))
+    coders = [b.coder for b in archive.blocks]
+    assert coders[0] == coders[-1] == blocks.MODEL and blocks.STORED not in coders[1:-1] and len(coders) == 3
+    assert sum(b.length for b in archive.blocks) == len(data)
+
+
+@pytest.mark.parametrize("chunk, expected", [
+    ("plain words\n".encode(), True), ("Grüße 😀".encode()[3:], True), ("Grüße 😀".encode()[:-2], True),
+    (bytes(range(256)), False), (b"\x00\x01" * 100, False), (b"words " * 100 + b"\x00", True),
+])
+def test_text_is_utf8_with_few_control_characters(chunk, expected):
+    assert blocks.is_text(chunk) is expected
+
+
+def _version_2(archive: container.Archive) -> bytes:
+    """The previous format's layout, written independently of the reader (container docstring, version 2)."""
+    v = container._varint
+    name = archive.model.encode()
+    table = zlib.compress(b"".join(v(c) + v(b) for c, b in zip(archive.token_counts, archive.stream_bits)))
+    body = b"".join([b"TKZ", bytes([2]), v(len(name)), name, archive.model_fingerprint,
+                     archive.arithmetic_fingerprint, v(archive.window_bits), v(archive.segment_tokens),
+                     v(archive.original_size), archive.sha256, v(archive.units), v(len(table)), table,
+                     v(len(archive.payload)), archive.payload])
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("window_bits", [0, 64])
+def test_archives_of_the_previous_format_still_decode(codec, window_bits):
+    data = b"An archive written by the previous release. " * 8
+    archive = container.loads(compress(codec, data, level=0, window_bits=window_bits, segment_tokens=40, batch=4))
+    assert decompress(codec, _version_2(archive)) == data
+
+
+def test_unknown_versions_are_refused_naming_the_readable_ones(codec):
+    blob = bytearray(compress(codec, b"abc", level=0, batch=4))
+    blob[3] = 9
+    with pytest.raises(TokenomyError, match="version 9 is not supported .* versions 2, 3"):
+        decompress(codec, bytes(blob))
+
+
+def test_learner_tables_are_exact_totals_and_learning_raises_the_coded_symbol():
+    learner = Learner(1000)
+    logits = torch.randn(3, 1000, dtype=torch.float64)
+    weights = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+    before = learner.tables(weights.clone(), [[1, 2], [], [5]])
+    assert torch.equal(before.sum(dim=-1), torch.full((3,), TOTAL)) and int(before.min()) >= 1
+    learner.learn([7, 7, 7])
+    after = learner.tables(weights.clone(), [[1, 2], [], [5]])
+    assert (after[:, 7] > before[:, 7]).all()
 
 
 def test_segments_longer_than_the_model_context_are_refused(codec):
@@ -280,14 +386,14 @@ def test_another_machines_arithmetic_is_refused(codec, known):
 
 
 def test_window_out_of_range_is_refused(codec):
-    blob = compress(codec, b"some text", batch=4)
+    blob = compress(codec, b"some text", level=0, batch=4)
     with pytest.raises(TokenomyError, match="window 5 is out of range: this archive has 1"):
         decompress(codec, blob, window=5)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "magic", "empty"])
 def test_damaged_archives_fail_clearly(codec, damage):
-    blob = bytearray(compress(codec, b"some text to protect", batch=4))
+    blob = bytearray(compress(codec, b"some text to protect" + bytes(range(256)) * 8, segment_tokens=8, batch=4))
     if damage == "truncate":
         blob = blob[:-7]
     elif damage == "flip":
@@ -309,23 +415,26 @@ _CHILD = textwrap.dedent("""
     from tokenomy.models.loader import converted_dir
     from tokenomy.codec.core import Codec, compress, decompress
     codec = Codec(tiny_lm(49152), AutoTokenizer.from_pretrained(converted_dir("smollm2-135m")), "tiny-random")
-    if sys.argv[2] == "zip":
-        data = open(sys.argv[3], "rb").read()
-        sys.stdout.buffer.write(compress(codec, data, window_bits=64, segment_tokens=40, batch=2))
+    if sys.argv[2].startswith("zip"):
+        data, level = open(sys.argv[3], "rb").read(), int(sys.argv[2][3:])
+        windows = 0 if level else 64
+        sys.stdout.buffer.write(compress(codec, data, level=level, window_bits=windows, segment_tokens=40, batch=2))
     else:
         sys.stdout.buffer.write(decompress(codec, open(sys.argv[3], "rb").read(), batch=int(sys.argv[2])))
 """)
 
 
-def test_decoding_is_bit_exact_across_processes_threads_and_batch_sizes(tmp_path):
-    """Floating-point results move with thread counts and batch shapes; the codec must not."""
+@pytest.mark.parametrize("level", [0, 1])
+def test_decoding_is_bit_exact_across_processes_threads_and_batch_sizes(tmp_path, level):
+    """Floating-point results move with thread counts and batch shapes; the codec must not (a learning
+    level's decoder replays the encoder's lanes whatever batch it is given)."""
     source = tmp_path / "in.txt"
     source.write_bytes(("Alice was beginning to get very tired of sitting by her sister on the bank. " * 6).encode())
     child = tmp_path / "child.py"
     child.write_text(_CHILD)
     here = os.path.dirname(__file__)
     env = os.environ | {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    blob = subprocess.run([sys.executable, str(child), "1", "zip", str(source), here], capture_output=True,
+    blob = subprocess.run([sys.executable, str(child), "1", f"zip{level}", str(source), here], capture_output=True,
                           check=True, env=env).stdout
     archive = tmp_path / "in.tkz"
     archive.write_bytes(blob)

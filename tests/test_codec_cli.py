@@ -37,7 +37,7 @@ def test_windows_decode_one_at_a_time(tmp_path, capsys):
     source = tmp_path / "b.txt"
     source.write_bytes(TEXT)
     archive = tmp_path / "b.tkz"
-    assert run(["zip", str(source), "-o", str(archive), "--window-bits", "64"], capsys)[0] == 0
+    assert run(["zip", str(source), "-o", str(archive), "--window-bits", "64", "--level", "0"], capsys)[0] == 0
     pieces = []
     k = 0
     while True:
@@ -81,6 +81,7 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
     [
         (["zip", "/no/such/file"], "cannot read /no/such/file"),
         (["zip", "{src}", "--window-bits", "16"], "--window-bits must be 0 (no windows) or >= 32"),
+        (["zip", "{src}", "--level", "5"], "--level 5 does not exist; valid levels: 0 (model)"),
         (["unzip", "{src}", "-o", "{out}"], "not a tokenomy archive"),
         (["unzip", "{bad}", "-o", "{out}"], "corrupted or truncated archive"),
         (["unzip", "{src}"], "give -o OUTPUT"),

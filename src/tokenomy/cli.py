@@ -132,27 +132,30 @@ def cmd_bench_codec(args) -> int:
     from tokenomy.bench.codec import COLUMNS, classic, default_files, read_inputs, run_classic, run_tokenomy, summarize
     from tokenomy.bench.report import command_line, environment, table, write_json
     from tokenomy.codec import load_codec
-    from tokenomy.codec.defaults import MIN_WINDOW_BITS
+    from tokenomy.codec.blocks import split
+    from tokenomy.codec.core import check_options
 
     paths = args.files or [str(p) for p in default_files()]
     if not paths:
         from importlib import resources
 
         paths = [str(resources.files("tokenomy").joinpath("data/alice29.txt.gz"))]
-    for bits in args.window_bits:
-        if bits and bits < MIN_WINDOW_BITS:
-            raise TokenomyError(f"--window-bits must be 0 (no windows) or >= {MIN_WINDOW_BITS}, got {bits}")
+    settings = [(level, 0) for level in args.levels] + [(0, bits) for bits in args.window_bits if bits]
+    for level, bits in settings:
+        check_options(level, bits, args.segment_tokens, args.batch)
     inputs = read_inputs(paths, args.max_bytes)
     codec = load_codec(args.model)
     results = []
-    total = sum(len(codec.bytes.encode(data)) for _, data in inputs) * len(args.window_bits) * 2
+    texts = [b"".join(data[a:b] for is_text, a, b in split(data) if is_text) for _, data in inputs]
+    total = sum(len(codec.bytes.encode(text)) for text in texts) * len(settings) * 2  # the model's steps
     with tqdm(total=total, desc="bench codec", unit="tok", file=sys.stderr) as bar:
         for path, data in inputs:
             name = path.rsplit("/", 1)[-1]
             for method in classic():
                 results.append(run_classic(method, name, data, args.repeats))
-            for bits in args.window_bits:
-                results.append(run_tokenomy(codec, name, data, bits, args.segment_tokens, args.batch, bar.update))
+            for level, bits in settings:
+                results.append(run_tokenomy(codec, name, data, level, bits, args.segment_tokens, args.batch,
+                                            bar.update))
     rows = summarize(results)
     print(table(rows, COLUMNS))
     bad = [r for r in results if not r.round_trip]
@@ -479,12 +482,13 @@ def _progress(total: int, desc: str):
 
 
 def cmd_zip(args) -> int:
-    from tokenomy.codec import compress, load_codec
+    from tokenomy.codec import compress
+    from tokenomy.codec.core import check_options
 
+    check_options(args.level, args.window_bits, args.segment_tokens, args.batch)
     output = args.output or ("-" if args.input == "-" else args.input + ".tkz")
     _refuse_existing(output, args.force)
     data = _read_input(args.input)
-    codec = load_codec(args.model)
     bar = None
 
     def on_tokens(n: int) -> None:
@@ -492,8 +496,9 @@ def cmd_zip(args) -> int:
         bar = _progress(n, "zip")
 
     try:
-        blob = compress(codec, data, window_bits=args.window_bits, segment_tokens=args.segment_tokens,
-                        batch=args.batch, progress=lambda k: bar.update(k), on_tokens=on_tokens)
+        blob = compress(args.model, data, level=args.level, window_bits=args.window_bits,
+                        segment_tokens=args.segment_tokens, batch=args.batch, progress=lambda k: bar.update(k),
+                        on_tokens=on_tokens)
     finally:
         if bar is not None:
             bar.close()
@@ -506,7 +511,7 @@ def cmd_zip(args) -> int:
 
 
 def cmd_unzip(args) -> int:
-    from tokenomy.codec import decompress, load_codec, read_archive
+    from tokenomy.codec import decompress, read_archive
 
     if args.output is None:
         if args.input == "-" or not args.input.endswith(".tkz"):
@@ -517,17 +522,17 @@ def cmd_unzip(args) -> int:
     _refuse_existing(output, args.force)
     blob = _read_input(args.input)
     archive = read_archive(blob)
-    codec = load_codec(args.model or archive.model)
     selected = archive.units if args.window is None else 1
     counts = archive.token_counts if args.window is None else archive.token_counts[args.window : args.window + 1]
     bar = _progress(sum(counts), "unzip")
     try:
-        data = decompress(codec, blob, window=args.window, batch=args.batch, progress=bar.update)
+        data = decompress(args.model, blob, window=args.window, batch=args.batch, progress=bar.update)
     finally:
         bar.close()
     _write_output(output, data)
     if output != "-":
-        print(f"{args.input}: {selected} unit(s), {len(data)} bytes -> {output}", file=sys.stderr)
+        print(f"{args.input}: {len(archive.blocks)} block(s), {selected} model unit(s), {len(data)} bytes -> "
+              f"{output}", file=sys.stderr)
     return 0
 
 
@@ -541,7 +546,10 @@ def _byte_level_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
+    from tokenomy.codec.defaults import BATCH, DEFAULT_LEVEL, LEVELS, MIN_WINDOW_BITS
+
+    levels = "; ".join(f"{i} {level.name}: {level.summary}, {level.segment_tokens}-token segments"
+                       for i, level in enumerate(LEVELS))
 
     parser = argparse.ArgumentParser(prog="tokenomy", description="Make transformer models spend fewer tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -573,11 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("codec", help="LM + arithmetic coding vs gzip, bzip2, xz, zstd, brotli")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--files", type=_csv(str), help="comma list of files (default: the texts in ../shared/data/text)")
-    p.add_argument("--window-bits", type=_csv(int), default=[0, 32, 64, 128, 512],
-                   help="Equal-Info Window sizes to measure (0: no windows)")
+    p.add_argument("--levels", type=_csv(int), default=list(range(len(LEVELS))),
+                   help=f"comma list of levels to measure ({levels})")
+    p.add_argument("--window-bits", type=_csv(int), default=[0],
+                   help="Equal-Info Window sizes to measure too, at level 0 (e.g. 32,64,128,512; 0: none)")
     p.add_argument("--max-bytes", type=int, default=32768,
                    help="measure the first N bytes of each file (0: whole files); reported in the output")
-    p.add_argument("--segment-tokens", type=int, default=SEGMENT_TOKENS)
+    p.add_argument("--segment-tokens", type=int, help="tokens per segment (default: each level's)")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--repeats", type=int, default=3, help="timing repeats for the classic compressors (median)")
     p.add_argument("--json", help="write all results to this JSON file")
@@ -733,12 +743,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="file to compress, or - for stdin")
     p.add_argument("-o", "--output", help="archive to write (default INPUT.tkz; - for stdout)")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"speed / ratio preset ({levels})")
     p.add_argument("--window-bits", type=int, default=0,
-                   help=f"Equal-Info Window size in bits (0: no windows; else >= {MIN_WINDOW_BITS})")
-    p.add_argument("--segment-tokens", type=int, default=SEGMENT_TOKENS,
-                   help="tokens per segment, one model context each (at most the model's context): longer ones "
-                        "compress better, shorter ones code more contexts side by side (faster)")
-    p.add_argument("--batch", type=int, default=BATCH, help="contexts run through the model at once")
+                   help=f"Equal-Info Window size in bits (0: no windows; else >= {MIN_WINDOW_BITS}, level 0 only)")
+    p.add_argument("--segment-tokens", type=int,
+                   help="tokens per segment, one model context each (default: the level's; at most the model's "
+                        "context): longer ones compress better, shorter ones code more contexts side by side")
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help="contexts run through the model at once (a learning level's decoder replays this)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_zip)
 
@@ -747,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (default: INPUT without .tkz; - for stdout)")
     p.add_argument("--window", type=int, help="decode only this window (or segment) of the archive")
     p.add_argument("--model", help="load this model instead of the one the archive names (must be identical)")
-    p.add_argument("--batch", type=int, default=BATCH, help="windows decoded at once")
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help="windows decoded at once (level 0; a learning level replays the encoder's)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_unzip)
     return parser

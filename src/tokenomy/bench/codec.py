@@ -1,9 +1,11 @@
 """`tokenomy bench codec`: LM + arithmetic coding against classic compressors on the same bytes.
 
-For each input and window size: compressed size, bits per byte, ratio, encode and decode throughput, and
-an exact round trip (checked, never assumed). The model's own cross-entropy in bits per byte — the size
-an ideal coder would reach with the same model calls — is reported next to the coded size. Classic
-compressors (gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -11 where installed) run on the same bytes.
+For each input and level (and window size, at level 0): compressed size, bits per byte, ratio, encode and
+decode throughput, and an exact round trip (checked, never assumed). The model's own cross-entropy in bits
+per byte — the size an ideal coder would reach with the model alone on the same contexts — is reported next
+to the coded size: learning levels code below it. Classic compressors (gzip -9, bzip2 -9, xz -9e, zstd -19,
+brotli -11 where installed) run on the same bytes. Besides files, generated inputs (`GENERATED`: random and
+already-compressed megabytes, text with binary inside, a server log, Python sources) are named ``gen:NAME``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +24,7 @@ from tokenomy._validation import TokenomyError
 from tokenomy.bench.report import table
 from tokenomy.bench.tasks import shared_data_dir
 from tokenomy.codec.core import Codec, compress, decompress
+from tokenomy.codec.defaults import LEVELS
 
 SHARED_TEXTS = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "wikitext-2/wiki.test.raw")
 
@@ -29,6 +33,45 @@ def default_files() -> list[Path]:
     """The public-domain/CC texts under ../shared/data/text when present, else the packaged Alice."""
     root = shared_data_dir()
     return [root / "text" / name for name in SHARED_TEXTS if (root / "text" / name).is_file()] if root else []
+
+
+def _packaged_alice() -> bytes:
+    from importlib import resources
+
+    return gzip.decompress(resources.files("tokenomy").joinpath("data/alice29.txt.gz").read_bytes())
+
+
+def _python_sources() -> bytes:
+    """The standard library's ``json`` package, file after file: real code from a Python install."""
+    import json
+
+    root = Path(json.__file__).parent
+    return b"".join(path.read_bytes() for path in sorted(root.glob("*.py")))
+
+
+def _words(size: int) -> bytes:
+    """``size`` bytes of the book's words in a seeded random order: text a classical coder halves."""
+    vocabulary = sorted(set(_packaged_alice().split()))
+    rng = random.Random(2)
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choices(vocabulary, k=256)) + b"\n"
+    return bytes(out[:size])
+
+
+def _server_log() -> bytes:
+    from tokenomy.bench.prompt import logs
+
+    return logs(1, 0, lines=400)[0].context.encode()
+
+
+GENERATED: dict[str, Callable[[], bytes]] = {
+    "random.bin": lambda: random.Random(0).randbytes(1 << 20),
+    "compressed.gz": lambda: gzip.compress(_words(3 << 20), 9, mtime=0)[: 1 << 20],
+    "mixed.bin": lambda: _packaged_alice()[:16384] + random.Random(1).randbytes(16384) + _packaged_alice()[16384:32768],
+    "server.log": _server_log,
+    "json-sources.py": _python_sources,
+}
 
 
 def classic() -> dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
@@ -89,35 +132,44 @@ def run_classic(name: str, path: str, data: bytes, repeats: int) -> Result:
                   back == data)
 
 
-def run_tokenomy(codec: Codec, path: str, data: bytes, window_bits: int, segment_tokens: int, batch: int,
-                 progress=None) -> Result:
+def run_tokenomy(codec: Codec, path: str, data: bytes, level: int, window_bits: int, segment_tokens: int | None,
+                 batch: int, progress=None) -> Result:
     stats: dict = {}
     start = time.perf_counter()
-    blob = compress(codec, data, window_bits=window_bits, segment_tokens=segment_tokens, batch=batch,
+    blob = compress(codec, data, level=level, window_bits=window_bits, segment_tokens=segment_tokens, batch=batch,
                     progress=progress, stats=stats)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     back = decompress(codec, blob, batch=batch, progress=progress)
     decode_s = time.perf_counter() - start
+    text = sum(n for coder, n in stats["blocks"].items() if coder == "model")
     return Result(
-        path, len(data), "tokenomy", window_bits, len(blob), 8 * len(blob) / len(data), len(data) / len(blob),
-        _rate(len(data), encode_s), _rate(len(data), decode_s), back == data,
-        model_bits_per_byte=stats["model_bits"] / len(data), units=stats["units"],
-        extra={"tokens": stats["tokens"], "payload_bytes": stats["payload_bytes"],
+        path, len(data), f"tokenomy {level} {LEVELS[level].name}", window_bits, len(blob), 8 * len(blob) / len(data),
+        len(data) / len(blob), _rate(len(data), encode_s), _rate(len(data), decode_s), back == data,
+        model_bits_per_byte=stats["model_bits"] / text if text else None, units=stats["units"],
+        extra={"level": level, "tokens": stats["tokens"], "payload_bytes": stats["payload_bytes"],
                "table_and_header_bytes": len(blob) - stats["payload_bytes"], "coded_bits": stats["coded_bits"],
-               "model_bits": stats["model_bits"]},
+               "model_bits": stats["model_bits"], "blocks": stats["blocks"],
+               "segment_tokens": segment_tokens or LEVELS[level].segment_tokens, "lanes": batch},
     )
 
 
 def read_inputs(paths: list[str], max_bytes: int | None) -> list[tuple[str, bytes]]:
+    """Each path's bytes (``.gz`` files decompressed; ``gen:NAME`` one of `GENERATED`), cut to ``max_bytes``."""
     inputs = []
     for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise TokenomyError(f"cannot read {path}: {err.strerror or err}") from err
-        if path.endswith(".gz"):
-            data = gzip.decompress(data)
+        if path.startswith("gen:"):
+            if path[4:] not in GENERATED:
+                raise TokenomyError(f"unknown generated input {path!r}; choose from: "
+                                    f"{', '.join('gen:' + name for name in GENERATED)}")
+            data = GENERATED[path[4:]]()
+        else:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as err:
+                raise TokenomyError(f"cannot read {path}: {err.strerror or err}") from err
+            if path.endswith(".gz"):
+                data = gzip.decompress(data)
         if not data:
             raise TokenomyError(f"{path} is empty: nothing to measure")
         inputs.append((path, data[:max_bytes] if max_bytes else data))
@@ -139,7 +191,10 @@ def summarize(results: list[Result]) -> list[dict]:
     for r in results:
         xz = next(x for x in results if x.file == r.file and x.method == "xz -9e")
         window = "-" if r.window_bits is None else ("none" if r.window_bits == 0 else str(r.window_bits))
-        excess = r.extra["coded_bits"] / r.extra["model_bits"] - 1 if r.extra.get("model_bits") else None
+        if r.extra.get("model_bits") and r.extra["coded_bits"]:
+            excess = r.extra["coded_bits"] / r.extra["model_bits"] - 1
+        else:
+            excess = None
         rows.append(asdict(r) | {
             "window": window, "vs_xz": xz.compressed / r.compressed, "coding_excess": excess,
             "encode_kbps": r.encode_bytes_per_second / 1000, "decode_kbps": r.decode_bytes_per_second / 1000,

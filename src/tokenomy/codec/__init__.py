@@ -1,7 +1,7 @@
 """Lossless compression with a language model driving an arithmetic coder (`tokenomy zip` / `unzip`).
 
     import tokenomy.codec as tc
-    blob = tc.zip_bytes(data)                 # packaged SmolLM2, no windows
+    blob = tc.zip_bytes(data, level=2)        # packaged SmolLM2; levels 0 (model alone) .. 2 (best)
     assert tc.unzip_bytes(blob) == data       # the archive names its model
 
 Submodules load on first use, so `tokenomy.codec.defaults` stays importable without torch.
@@ -31,22 +31,19 @@ def load_codec(model: str = "smollm2-135m"):
 
 
 def zip_bytes(data: bytes, model="smollm2-135m", **options) -> bytes:
-    """Compress ``data`` (``model``: a name or a `Codec`); options: ``window_bits`` (0 = no Equal-Info
-    Windows), ``segment_tokens``, ``batch``."""
-    from tokenomy.codec.core import Codec, compress
+    """Compress ``data`` (``model``: a name, loaded only if ``data`` has text, or a `Codec`); options:
+    ``level``, ``window_bits`` (0 = no Equal-Info Windows), ``segment_tokens``, ``batch``."""
+    from tokenomy.codec.core import compress
 
-    codec = model if isinstance(model, Codec) else load_codec(model)
-    return compress(codec, data, **options)
+    return compress(model, data, **options)
 
 
 def unzip_bytes(blob: bytes, model=None, **options) -> bytes:
-    """Decompress an archive (with the model it names unless a name or `Codec` is given); options:
-    ``window``, ``batch``."""
-    from tokenomy.codec.container import loads
-    from tokenomy.codec.core import Codec, decompress
+    """Decompress an archive (with the model it names unless a name or `Codec` is given; none is loaded
+    for an archive without text); options: ``window``, ``batch``."""
+    from tokenomy.codec.core import decompress
 
-    codec = model if isinstance(model, Codec) else load_codec(model or loads(blob).model)
-    return decompress(codec, blob, **options)
+    return decompress(model, blob, **options)
 
 
 __all__ = ["Codec", "compress", "decompress", "load_codec", "read_archive", "unzip_bytes", "zip_bytes"]

@@ -1,16 +1,20 @@
 """The .tkz container: everything needed to decode, and to refuse decoding what would come out wrong.
 
-Layout (integers are LEB128 varints unless sized)::
+Layout of version 3 (integers are LEB128 varints unless sized)::
 
     b"TKZ" version:u8
     model name (varint length + UTF-8) | model fingerprint: 8 bytes | arithmetic fingerprint: 8 bytes
-    window_bits | segment_tokens | original size | SHA-256 of the original: 32 bytes
-    unit count | table length + zlib(table)      table = per unit: token count, stream bits
+    level | lanes | window_bits | segment_tokens | original size | SHA-256 of the original: 32 bytes
+    block count | unit count | table length + zlib(table)
+        table = per block: coder, length, payload length; then per unit: token count, stream bits
     payload length + payload                      units' bit streams, back to back
+    classical payloads length + the classically coded blocks' payloads, back to back
     CRC-32 of everything before it: 4 bytes
 
-A *unit* is what decodes on its own: an Equal-Info Window (exactly ``window_bits`` bits), or a whole
-segment when ``window_bits`` is 0.
+A *block* is a stretch of the input (`blocks`): model blocks' bytes, concatenated, are one token stream cut
+into *units*; a unit is an Equal-Info Window (exactly ``window_bits`` bits) or a whole segment when
+``window_bits`` is 0. ``lanes``: how many segments were coded side by side, which a learning level's
+decoder must replay. Version 2 (one model block, level 0) still reads.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from tokenomy._validation import TokenomyError
+from tokenomy.codec.blocks import MODEL, NAMES, Block
 
 MAGIC = b"TKZ"
-VERSION = 2  # 2: the engine computes attention in padded blocks on oneDNN linears (other float results)
+VERSION = 3  # 3: blocks, levels; 2: the engine computes attention in padded blocks on oneDNN linears
+READS = (2, 3)
 
 
 @dataclass
@@ -37,6 +43,9 @@ class Archive:
     token_counts: list[int] = field(default_factory=list)
     stream_bits: list[int] = field(default_factory=list)
     payload: bytes = b""
+    level: int = 0
+    lanes: int = 0
+    blocks: list[Block] = field(default_factory=list)
 
     @property
     def units(self) -> int:
@@ -88,39 +97,48 @@ class _Reader:
 
 def dumps(archive: Archive) -> bytes:
     name = archive.model.encode("utf-8")
-    table = b"".join(_varint(c) + _varint(b) for c, b in zip(archive.token_counts, archive.stream_bits))
+    table = b"".join(_varint(b.coder) + _varint(b.length) + _varint(len(b.payload)) for b in archive.blocks)
+    table += b"".join(_varint(c) + _varint(b) for c, b in zip(archive.token_counts, archive.stream_bits))
     packed = zlib.compress(table, 9)
+    classical = b"".join(b.payload for b in archive.blocks)
     body = b"".join([
         MAGIC, bytes([VERSION]),
         _varint(len(name)), name, archive.model_fingerprint, archive.arithmetic_fingerprint,
+        _varint(archive.level), _varint(archive.lanes),
         _varint(archive.window_bits), _varint(archive.segment_tokens), _varint(archive.original_size),
         archive.sha256,
-        _varint(archive.units), _varint(len(packed)), packed,
-        _varint(len(archive.payload)), archive.payload,
+        _varint(len(archive.blocks)), _varint(archive.units), _varint(len(packed)), packed,
+        _varint(len(archive.payload)), archive.payload, _varint(len(classical)), classical,
     ])
     return body + zlib.crc32(body).to_bytes(4, "big")
 
 
 def loads(data: bytes) -> Archive:
-    """Parse and verify an archive; any damage is one clear TokenomyError."""
+    """Parse and verify an archive (this version or an older one it names in `READS`); any damage is one
+    clear TokenomyError."""
     if len(data) < 4 or data[:3] != MAGIC:
         raise TokenomyError("not a tokenomy archive (bad magic bytes)")
-    if data[3] != VERSION:
-        raise TokenomyError(f"archive format version {data[3]} is not supported (this tokenomy reads {VERSION})")
+    version = data[3]
+    if version not in READS:
+        raise TokenomyError(f"archive format version {version} is not supported (this tokenomy reads versions "
+                            f"{', '.join(map(str, READS))})")
     if len(data) < 8 or zlib.crc32(data[:-4]).to_bytes(4, "big") != data[-4:]:
         raise TokenomyError("corrupted or truncated archive (checksum mismatch)")
     reader = _Reader(data[:-4])
     reader.take(4)
     name = reader.take(reader.varint()).decode("utf-8", errors="replace")
     model_fp, arith_fp = reader.take(8), reader.take(8)
+    level, lanes = (reader.varint(), reader.varint()) if version >= 3 else (0, 0)
     window_bits, segment_tokens, size = reader.varint(), reader.varint(), reader.varint()
     sha = reader.take(32)
+    blocks = reader.varint() if version >= 3 else None
     units = reader.varint()
     try:
         table = zlib.decompress(reader.take(reader.varint()))
     except zlib.error as err:
         raise TokenomyError("corrupted archive: its window table does not decompress") from err
     table_reader = _Reader(table)
+    shapes = [(table_reader.varint(), table_reader.varint(), table_reader.varint()) for _ in range(blocks or 0)]
     counts, bits = [], []
     for _ in range(units):
         counts.append(table_reader.varint())
@@ -128,7 +146,17 @@ def loads(data: bytes) -> Archive:
     payload = reader.take(reader.varint())
     if sum(bits) > len(payload) * 8:
         raise TokenomyError("corrupted archive: the window table claims more bits than the payload holds")
-    return Archive(name, model_fp, arith_fp, window_bits, segment_tokens, size, sha, counts, bits, payload)
+    if blocks is None:  # version 2: the whole input is one model block
+        parts = [Block(MODEL, size)] if size else []
+    else:
+        classical = _Reader(reader.take(reader.varint()))
+        if any(coder not in NAMES for coder, _, _ in shapes) or sum(n for _, _, n in shapes) != len(classical.data):
+            raise TokenomyError("corrupted archive: its block table does not match its payloads")
+        parts = [Block(coder, length, classical.take(n)) for coder, length, n in shapes]
+    if sum(b.length for b in parts) != size:
+        raise TokenomyError("corrupted archive: its blocks do not add up to the original size")
+    return Archive(name, model_fp, arith_fp, window_bits, segment_tokens, size, sha, counts, bits, payload,
+                   level, lanes, parts)
 
 
 def sha256(data: bytes) -> bytes:

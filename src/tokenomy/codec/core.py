@@ -11,8 +11,13 @@ The bytes become tokens (`ByteTokenizer`), the tokens are cut into segments of a
   overflow the window starts the next one. The model sees only its window's tokens, which is what makes
   small windows cost compression (the price the paper pays for learnability).
 
-Each coded unit (window, or segment) records its token count; units decode independently and in
-parallel (batched through `Engine`, whose results do not depend on the batch or thread count).
+Each coded unit (window, or segment) records its token count; units decode in parallel (batched through
+`Engine`, whose results do not depend on the batch or thread count), and on their own at level 0.
+
+Levels (`defaults.LEVELS`) above 0 code every segment with the model's tables mixed with predictors that
+learn from what was coded so far (`online.Learner`), shared by the segments coded side by side; then the
+decoder replays the same lanes in the same order. Only text goes through the model: `blocks` sends binary
+stretches to a classical coder.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from typing import Callable, Iterable
 import torch
 
 from tokenomy._validation import TokenomyError
-from tokenomy.codec import container
+from tokenomy.codec import blocks, container
 from tokenomy.codec.arithmetic import Decoder, Encoder, pack_bits, unpack_bits
-from tokenomy.codec.defaults import BATCH, MIN_WINDOW_BITS, SEGMENT_TOKENS
+from tokenomy.codec.defaults import BATCH, DEFAULT_LEVEL, LEVELS, MIN_WINDOW_BITS
 from tokenomy.codec.engine import exact
-from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at
+from tokenomy.codec.frequencies import TOTAL, cumulative, frequencies, interval, symbol_at, weights
+from tokenomy.codec.online import Learner, ModelAlone
 from tokenomy.codec.tokens import ByteTokenizer
 from tokenomy.adapters.lm import context_length
 
@@ -57,6 +63,14 @@ class Codec:
         """Frequency tables over the whole alphabet (tokens, then byte escapes) and the logits'
         log-normalisers (`frequencies.frequencies`)."""
         return frequencies(logits, extra=self.bytes.alphabet - logits.shape[-1])
+
+    def weights(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float weights those tables are made from, and the log-normalisers (`frequencies.weights`)."""
+        return weights(logits, extra=self.bytes.alphabet - logits.shape[-1])
+
+    def predictor(self, level: int):
+        """What turns the model's weights into tables at ``level``: the model alone, or a fresh `Learner`."""
+        return Learner(self.bytes.alphabet) if LEVELS[level].learns else ModelAlone()
 
     def feed(self, symbol: int) -> int:
         """The token the model reads after ``symbol`` was coded (an escaped byte reads as a separator)."""
@@ -215,22 +229,24 @@ def _segments(tokens: list[int], size: int) -> list[list[int]]:
 
 
 def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tokens: int, batch: int,
-                  progress: Progress | None = None, stats: dict | None = None) -> list[_Unit]:
-    """Code ``tokens``; segments are coded in parallel, ``batch`` at a time, in order."""
+                  predictor, progress: Progress | None = None, stats: dict | None = None) -> list[_Unit]:
+    """Code ``tokens``; segments are coded side by side, ``batch`` at a time, in order."""
     pending = [_SegmentEncoder(s, window_bits) for s in _segments(tokens, segment_tokens)]
     with exact(codec.model) as engine:
         probe = _Probe.riding(codec, engine)
         active: dict[int, _SegmentEncoder] = {}
         queue = list(pending)
         while queue or active:
-            while queue and len(active) < batch - bool(probe):  # the probe takes a place of the batch
+            while queue and len(active) < batch:  # the probe rides as one more row: lanes stay ``batch``
                 active[engine.open()] = queue.pop(0)
             feeds = {row: codec.start if seg.last() is None else codec.feed(seg.last()) for row, seg in active.items()}
             step, probe = _step(engine, feeds, probe)
             if not active:
                 continue
             logits = torch.stack(list(step.values()))
-            tables, normalizers = codec.frequencies(logits)
+            row_weights, normalizers = codec.weights(logits)
+            tables = predictor.tables(row_weights, [seg.current for seg in active.values()])
+            symbols = [seg.tokens[seg.position] for seg in active.values()]
             for (row, seg), freq, row_logits, normalizer in zip(list(active.items()), tables, logits,
                                                                  normalizers.tolist()):
                 if seg.code(freq, row_logits, normalizer):
@@ -241,6 +257,7 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
                 if seg.done:
                     engine.close(row)
                     del active[row]
+            predictor.learn(symbols)
         if probe:
             probe.finish()
     if stats is not None:
@@ -248,10 +265,11 @@ def encode_tokens(codec: Codec, tokens: list[int], window_bits: int, segment_tok
     return [unit for seg in pending for unit in seg.units]
 
 
-def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: int,
+def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: int, predictor,
                  progress: Progress | None = None, arithmetic: bytes | None = None) -> list[list[int]]:
-    """Token ids of each (token count, bits) unit, decoded in parallel ``batch`` at a time; ``arithmetic``:
-    the fingerprint this machine must reproduce (checked beside the first steps)."""
+    """Token ids of each (token count, bits) unit, decoded side by side ``batch`` at a time (the encoder's
+    lanes, when ``predictor`` learns); ``arithmetic``: the fingerprint this machine must reproduce (checked
+    beside the first steps)."""
     units = list(units)
     results: list[list[int]] = [[] for _ in units]
     with exact(codec.model) as engine:
@@ -259,58 +277,98 @@ def decode_units(codec: Codec, units: Iterable[tuple[int, list[int]]], batch: in
         active: dict[int, tuple[int, Decoder]] = {}
         queue = [i for i, (count, _) in enumerate(units) if count]
         while queue or active:
-            while queue and len(active) < batch - bool(probe):
+            while queue and len(active) < batch:
                 i = queue.pop(0)
                 active[engine.open()] = (i, Decoder(units[i][1]))
             feeds = {row: codec.feed(results[i][-1]) if results[i] else codec.start for row, (i, _) in active.items()}
             step, probe = _step(engine, feeds, probe)
             if not active:
                 continue
-            cums = cumulative(codec.frequencies(torch.stack(list(step.values())))[0])
+            row_weights, _ = codec.weights(torch.stack(list(step.values())))
+            cums = cumulative(predictor.tables(row_weights, [results[i] for i, _ in active.values()]))
+            symbols = []
             for (row, (i, decoder)), cum in zip(list(active.items()), cums):
                 symbol = symbol_at(cum, decoder.target(TOTAL))
                 decoder.consume(int(cum[symbol]), int(cum[symbol + 1]), TOTAL)
                 results[i].append(symbol)
+                symbols.append(symbol)
                 if progress:
                     progress(1)
                 if len(results[i]) == units[i][0]:
                     engine.close(row)
                     del active[row]
+            predictor.learn(symbols)
         if probe:
             probe.finish()
     return results
 
 
-def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: int = SEGMENT_TOKENS, batch: int = BATCH,
-             progress: Progress | None = None, on_tokens: Callable[[int], None] | None = None,
-             stats: dict | None = None) -> bytes:
-    """Compress ``data`` into a self-describing archive. ``stats``, if given, receives token and unit
-    counts, the coded bits and the model's own cross-entropy in bits (``model_bits``)."""
+def check_options(level: int, window_bits: int, segment_tokens: int | None, batch: int) -> None:
+    """One clear error for bad coding options, before any model is loaded."""
+    if not 0 <= level < len(LEVELS):
+        valid = ", ".join(f"{i} ({lv.name})" for i, lv in enumerate(LEVELS))
+        raise TokenomyError(f"--level {level} does not exist; valid levels: {valid}")
     if window_bits and window_bits < MIN_WINDOW_BITS:
         raise TokenomyError(
-            f"--window-bits must be 0 (no windows) or >= {MIN_WINDOW_BITS}: with a {codec.bytes.alphabet}-symbol "
-            f"vocabulary a single token can need up to 28 bits (probabilities are resolved to 2^-28), plus 2 "
-            f"bits to terminate; got {window_bits}"
+            f"--window-bits must be 0 (no windows) or >= {MIN_WINDOW_BITS}: a single token can need up to 28 bits "
+            f"(probabilities are resolved to 2^-28), plus 2 bits to terminate; got {window_bits}"
         )
-    if segment_tokens < 1 or batch < 1:
-        raise TokenomyError("segment tokens and batch must be >= 1")
-    context = context_length(codec.model)
-    if context is not None and segment_tokens > context:  # a segment is one context: start token + all but its last
+    if window_bits and LEVELS[level].learns:
         raise TokenomyError(
-            f"--segment-tokens {segment_tokens} is longer than {codec.name}'s context of {context} tokens; "
-            f"use at most {context}"
+            f"--window-bits needs --level 0: Equal-Info Windows decode on their own, while level {level} "
+            f"({LEVELS[level].name}) codes each symbol with what every segment coded before it"
         )
-    tokens = codec.bytes.encode(data)
-    if on_tokens:
-        on_tokens(len(tokens))
-    units = encode_tokens(codec, tokens, window_bits, segment_tokens, batch, progress, stats)
+    if (segment_tokens is not None and segment_tokens < 1) or batch < 1:
+        raise TokenomyError("segment tokens and batch must be >= 1")
+
+
+def _load(codec: "Codec | str") -> Codec:
+    if isinstance(codec, Codec):
+        return codec
+    from tokenomy.codec import load_codec
+
+    return load_codec(codec)
+
+
+def compress(codec: "Codec | str", data: bytes, level: int = DEFAULT_LEVEL, window_bits: int = 0,
+             segment_tokens: int | None = None, batch: int = BATCH, progress: Progress | None = None,
+             on_tokens: Callable[[int], None] | None = None, stats: dict | None = None) -> bytes:
+    """Compress ``data`` into a self-describing archive. ``codec``: a `Codec`, or a model name loaded only
+    if ``data`` has text; ``segment_tokens``: the level's unless given. ``stats``, if given, receives token,
+    unit and block counts, the coded bits and the model's own cross-entropy in bits (``model_bits``)."""
+    check_options(level, window_bits, segment_tokens, batch)
+    segment_tokens = segment_tokens or LEVELS[level].segment_tokens
+    runs = blocks.split(data)
+    text = b"".join(data[start:end] for is_text, start, end in runs if is_text)
+    units: list[_Unit] = []
+    if text:
+        codec = _load(codec)
+        context = context_length(codec.model)
+        if context is not None and segment_tokens > context:  # a segment is one context
+            raise TokenomyError(
+                f"--segment-tokens {segment_tokens} is longer than {codec.name}'s context of {context} tokens; "
+                f"use at most {context}"
+            )
+        tokens = codec.bytes.encode(text)
+        if on_tokens:
+            on_tokens(len(tokens))
+        units = encode_tokens(codec, tokens, window_bits, segment_tokens, batch, codec.predictor(level), progress,
+                              stats)
+        if stats is not None:
+            stats["tokens"] = len(tokens)
+    parts = [blocks.Block(blocks.MODEL, end - start) if is_text else blocks.classic(data[start:end])
+             for is_text, start, end in runs]
     bits = [b for unit in units for b in unit.bits]
     if stats is not None:
-        stats.update(tokens=len(tokens), units=len(units), coded_bits=len(bits), payload_bytes=(len(bits) + 7) // 8)
+        stats.setdefault("tokens", 0)
+        stats.setdefault("model_bits", 0.0)
+        stats.update(units=len(units), coded_bits=len(bits), payload_bytes=(len(bits) + 7) // 8,
+                     blocks={blocks.NAMES[c]: sum(p.length for p in parts if p.coder == c) for c in blocks.NAMES})
+    model = codec if isinstance(codec, Codec) else None
     archive = container.Archive(
-        model=codec.name,
-        model_fingerprint=codec.model_fingerprint(),
-        arithmetic_fingerprint=codec.arithmetic_fingerprint(),
+        model=model.name if model else codec,
+        model_fingerprint=model.model_fingerprint() if model else bytes(8),
+        arithmetic_fingerprint=model.arithmetic_fingerprint() if model else bytes(8),
         window_bits=window_bits,
         segment_tokens=segment_tokens,
         original_size=len(data),
@@ -318,6 +376,9 @@ def compress(codec: Codec, data: bytes, window_bits: int = 0, segment_tokens: in
         token_counts=[len(u.tokens) for u in units],
         stream_bits=[len(u.bits) for u in units],
         payload=pack_bits(bits),
+        level=level,
+        lanes=batch,
+        blocks=parts,
     )
     return container.dumps(archive)
 
@@ -331,20 +392,52 @@ def check_compatible(codec: Codec, archive: container.Archive) -> None:
         )
 
 
-def decompress(codec: Codec, blob: bytes, window: int | None = None, batch: int = BATCH,
+def needs_model(archive: container.Archive) -> bool:
+    """Whether decoding ``archive`` runs a model (it has text blocks)."""
+    return any(block.coder == blocks.MODEL for block in archive.blocks)
+
+
+def decompress(codec: "Codec | str | None", blob: bytes, window: int | None = None, batch: int = BATCH,
                progress: Progress | None = None) -> bytes:
-    """The original bytes (all of them, or only unit ``window``'s)."""
+    """The original bytes (all of them, or only unit ``window``'s). ``codec``: a `Codec`, a model name, or
+    None for the archive's model; loaded only if the archive has text blocks. ``batch`` applies to level 0;
+    a learning level replays the encoder's lanes."""
     archive = container.loads(blob)
-    check_compatible(codec, archive)
-    offsets = archive.unit_offsets()
-    indices = range(archive.units)
+    if archive.level >= len(LEVELS):
+        raise TokenomyError(f"this archive was made at level {archive.level}, which this tokenomy does not know "
+                            f"(levels 0..{len(LEVELS) - 1}): decode it with the version that made it")
+    learns = LEVELS[archive.level].learns
     if window is not None:
+        if learns:
+            raise TokenomyError(
+                f"this archive was made at level {archive.level} ({LEVELS[archive.level].name}), whose units depend "
+                f"on each other (what was coded before teaches the next): decode it whole, or zip at --level 0 "
+                f"with --window-bits to decode windows on their own"
+            )
         if not 0 <= window < archive.units:
             raise TokenomyError(f"window {window} is out of range: this archive has {archive.units} (0..{archive.units - 1})")
-        indices = [window]
-    units = [(archive.token_counts[i], unpack_bits(archive.payload, offsets[i], archive.stream_bits[i])) for i in indices]
-    decoded = decode_units(codec, units, batch, progress, archive.arithmetic_fingerprint)
-    data = b"".join(codec.bytes.decode(ids) for ids in decoded)
-    if window is None and (len(data) != archive.original_size or container.sha256(data) != archive.sha256):
+    text = b""
+    if needs_model(archive):
+        codec = _load(codec or archive.model)
+        check_compatible(codec, archive)
+        offsets = archive.unit_offsets()
+        indices = range(archive.units) if window is None else [window]
+        units = [(archive.token_counts[i], unpack_bits(archive.payload, offsets[i], archive.stream_bits[i]))
+                 for i in indices]
+        lanes = archive.lanes if learns else batch
+        decoded = decode_units(codec, units, lanes, codec.predictor(archive.level), progress,
+                               archive.arithmetic_fingerprint)
+        text = b"".join(codec.bytes.decode(ids) for ids in decoded)
+        if window is not None:
+            return text
+    pieces, offset = [], 0
+    for block in archive.blocks:
+        if block.coder == blocks.MODEL:
+            pieces.append(text[offset : offset + block.length])
+            offset += block.length
+        else:
+            pieces.append(blocks.classic_decode(block))
+    data = b"".join(pieces)
+    if offset != len(text) or len(data) != archive.original_size or container.sha256(data) != archive.sha256:
         raise TokenomyError("decoded data does not match the archive's checksum: the archive is damaged")
     return data

@@ -21,8 +21,15 @@ _SCALE = 1 << 30  # resolution of the float -> integer step
 def frequencies(logits: Tensor, extra: int = 0) -> tuple[Tensor, Tensor]:
     """Frequencies ``(..., V + extra)`` int64, each >= 1, each row summing to exactly ``TOTAL``; the
     ``extra`` symbols after the logits' ``V`` (escapes the model never predicts) get the minimum frequency.
-    Also each row's log-normaliser, logsumexp of its logits (float64, for reporting the model's own
-    cross-entropy; unlike the tables it may differ in the last bits between runs)."""
+    Also each row's log-normaliser (see `weights`)."""
+    x, log_normalizers = weights(logits, extra)
+    return table(x, peaked=True), log_normalizers
+
+
+def weights(logits: Tensor, extra: int = 0) -> tuple[Tensor, Tensor]:
+    """``exp(logits - max)`` in float64 over ``V + extra`` symbols (escapes: 0), each row's largest exactly 1,
+    and each row's logsumexp of its logits (float64, for reporting the model's own cross-entropy; unlike the
+    weights it may differ in the last bits between runs)."""
     vocab = logits.shape[-1] + extra
     if vocab >= TOTAL:
         raise ValueError(f"vocabulary of {vocab} symbols does not fit a {TOTAL}-total table")
@@ -30,12 +37,22 @@ def frequencies(logits: Tensor, extra: int = 0) -> tuple[Tensor, Tensor]:
     x[..., : logits.shape[-1]] = logits
     peak = x.amax(dim=-1, keepdim=True)  # max is exact in any order
     x.sub_(peak).exp_()
-    log_normalizers = peak.squeeze(-1) + x.sum(dim=-1).log_()
-    raw = x.mul_(_SCALE).floor_().long()  # in [0, 2^30]
+    return x, peak.squeeze(-1) + x.sum(dim=-1).log_()
+
+
+def table(weights: Tensor, peaked: bool = False) -> Tensor:
+    """Exact integer table of non-negative float64 ``weights`` (any scale, each row's largest > 0): scaled so
+    the largest is ``2^30``, floored, then normalised with int64 arithmetic to sum to ``TOTAL`` with every
+    symbol >= 1. Elementwise float operations only, so any process computes the same table. ``weights`` is
+    overwritten; ``peaked``: its rows' largest value is already 1."""
+    vocab = weights.shape[-1]
+    if not peaked:
+        weights.div_(weights.amax(dim=-1, keepdim=True))
+    raw = weights.mul_(_SCALE).floor_().long()  # in [0, 2^30]
     raw_total = raw.sum(dim=-1, keepdim=True)  # int64: exact, order-free
     freq = raw.mul_(TOTAL - vocab).floor_divide_(raw_total).add_(1)  # each >= 1; sum <= TOTAL
     freq[..., 0] += TOTAL - freq.sum(dim=-1)  # hand the rounding remainder to one fixed symbol
-    return freq, log_normalizers
+    return freq
 
 
 def cumulative(freq: Tensor) -> Tensor:
