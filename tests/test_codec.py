@@ -311,6 +311,7 @@ def test_text_and_binary_go_each_to_their_coder(codec):
 @pytest.mark.parametrize("chunk, expected", [
     ("plain words\n".encode(), True), ("Grüße 😀".encode()[3:], True), ("Grüße 😀".encode()[:-2], True),
     (bytes(range(256)), False), (b"\x00\x01" * 100, False), (b"words " * 100 + b"\x00", True),
+    (b"words " * 100 + b"\x00\xff", True), (b"words " * 10 + b"\xff\xfe", False),
 ])
 def test_text_is_utf8_with_few_control_characters(chunk, expected):
     assert blocks.is_text(chunk) is expected
@@ -367,13 +368,20 @@ def test_wrong_model_is_refused(codec, tokenizer):
         decompress(other, blob)
 
 
-@pytest.mark.parametrize("data, batch", [(b"some text to code", 4), (b"some text to code", 1), (b"", 4)])
+@pytest.mark.parametrize("data, batch", [(b"some text to code", 4), (b"some text to code", 1)])
 def test_arithmetic_fingerprint_computed_beside_coding_equals_the_one_computed_alone(codec, data, batch):
     riding = Codec(codec.model, codec.tokenizer, codec.name)
     blob = compress(riding, data, batch=batch)
     alone = Codec(codec.model, codec.tokenizer, codec.name).arithmetic_fingerprint()
     assert container.loads(blob).arithmetic_fingerprint == riding.arithmetic_fingerprint() == alone
     assert decompress(Codec(codec.model, codec.tokenizer, codec.name), blob, batch=batch) == data
+
+
+@pytest.mark.parametrize("data", [b"", bytes(range(256)) * 8])
+def test_archive_without_text_needs_no_model(codec, data):
+    archive = container.loads(compress(codec, data))
+    assert archive.model_fingerprint == archive.arithmetic_fingerprint == bytes(8)
+    assert decompress("a-model-never-loaded", container.dumps(archive)) == data
 
 
 @pytest.mark.parametrize("known", [False, True], ids=["probed-while-decoding", "already-known"])

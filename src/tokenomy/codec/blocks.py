@@ -1,10 +1,10 @@
 """Not everything is text: which stretches of the input go through the model, and a classical coder for the rest.
 
-The input is read in `CHUNK`-byte chunks; a chunk is *text* when it is UTF-8 (a character cut at either end
-is allowed) with few control characters. Runs of text chunks are coded by the model (all of them as one
-token stream); every other run by whichever of stored / zlib / bz2 / xz is smallest for it. Incompressible
-runs (random, already compressed) are recognised by a fast zlib pass that saves < 1% and are stored at once,
-so they cost memory bandwidth, not model steps.
+The input is read in `CHUNK`-byte chunks; a chunk is *text* when at most 1% of its bytes are control characters
+or not valid UTF-8 (a character cut at either end is allowed), so a stray byte keeps a text file text. Runs of
+text chunks are coded by the model (all of them as one token stream); every other run by whichever of stored /
+zlib / bz2 / xz is smallest for it. Incompressible runs (random, already compressed) are recognised by a fast
+zlib pass that saves < 1% and are stored at once, so they cost memory bandwidth, not model steps.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import lzma
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ CHUNK = 1024
 MODEL, STORED, ZLIB, BZIP2, XZ = range(5)
 NAMES = {MODEL: "model", STORED: "stored", ZLIB: "zlib", BZIP2: "bzip2", XZ: "xz"}
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\f") + b"\x7f"
+_ESCAPED = re.compile("[\udc80-\udcff]")
 _CLASSIC = {
     ZLIB: (lambda d: zlib.compress(d, 9), zlib.decompress),
     BZIP2: (lambda d: bz2.compress(d, 9), bz2.decompress),
@@ -37,16 +39,16 @@ class Block:
 
 
 def is_text(chunk: bytes) -> bool:
-    """Whether ``chunk`` reads as text: valid UTF-8 apart from a character cut at its ends, and at most 1%
-    control characters (tab, newlines and form feed excepted)."""
+    """Whether ``chunk`` reads as text: at most 1% of its bytes are control characters (tab, newlines and form
+    feed excepted) or invalid UTF-8; a character cut at either end of the chunk is not counted."""
+    budget = len(chunk) // 100 - sum(chunk.count(c) for c in _CONTROL)
+    if budget < 0:
+        return False  # most binary data stops here, before any decoding
     head = 0
     while head < min(3, len(chunk)) and 0x80 <= chunk[head] < 0xC0:
         head += 1  # continuation bytes of a character that began in the previous chunk
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(chunk[head:], final=False)  # may end mid-character
-    except UnicodeDecodeError:
-        return False
-    return 100 * sum(chunk.count(c) for c in _CONTROL) <= len(chunk)
+    decoded = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(chunk[head:], final=False)
+    return len(_ESCAPED.findall(decoded)) <= budget  # one escape per byte that is not UTF-8
 
 
 def split(data: bytes) -> list[tuple[bool, int, int]]:

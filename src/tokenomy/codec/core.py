@@ -364,9 +364,9 @@ def compress(codec: "Codec | str", data: bytes, level: int = DEFAULT_LEVEL, wind
         stats.setdefault("model_bits", 0.0)
         stats.update(units=len(units), coded_bits=len(bits), payload_bytes=(len(bits) + 7) // 8,
                      blocks={blocks.NAMES[c]: sum(p.length for p in parts if p.coder == c) for c in blocks.NAMES})
-    model = codec if isinstance(codec, Codec) else None
+    model = codec if text else None  # loaded above; an archive without text needs no fingerprints
     archive = container.Archive(
-        model=model.name if model else codec,
+        model=model.name if model else (codec.name if isinstance(codec, Codec) else codec),
         model_fingerprint=model.model_fingerprint() if model else bytes(8),
         arithmetic_fingerprint=model.arithmetic_fingerprint() if model else bytes(8),
         window_bits=window_bits,
