@@ -354,6 +354,40 @@ def test_learner_tables_are_exact_totals_and_learning_raises_the_coded_symbol():
     assert (after[:, 7] > before[:, 7]).all()
 
 
+def _coded_probability(learner, history, symbol, alphabet=1000):
+    """The probability ``learner``'s table gives ``symbol`` after ``history`` (flat model weights), learned."""
+    tables = learner.tables(torch.ones(1, alphabet, dtype=torch.float64), [history])
+    learner.learn([symbol])
+    return int(tables[0, symbol]) / TOTAL
+
+
+def test_shape_model_reads_every_number_as_one_symbol():
+    """Lines ``A d d d B`` with random digits: the shape context ``A <number> <number> <number>`` is always
+    followed by ``B``; the token contexts of the last digits are followed by a digit as often, and the
+    whole line's context is seldom seen twice."""
+    digits, a, b = list(range(10)), 100, 101
+    lines = torch.randint(0, 10, (300, 3), generator=torch.Generator().manual_seed(0)).tolist()
+    end_of_line = {}
+    for name, learner in {"numbers": Learner(1000, numbers=digits), "tokens only": Learner(1000)}.items():
+        history, p_b = [], []
+        for number in lines:
+            for symbol in (a, *number, b):
+                p = _coded_probability(learner, history, symbol)
+                history.append(symbol)
+            p_b.append(p)
+        end_of_line[name] = sum(p_b[-100:]) / 100
+    assert end_of_line["numbers"] > 0.9 > 0.7 > end_of_line["tokens only"]
+
+
+def test_mixer_moves_to_the_ngram_where_it_is_right_and_stays_with_the_model_where_it_is_not():
+    learner = Learner(1000)
+    repeated = [_coded_probability(learner, [1, 2, 3], 4) for _ in range(200)]
+    assert repeated[-1] > 0.9 > repeated[0]
+    learner = Learner(1000)
+    novel = [_coded_probability(learner, [1, 2, 3], 100 + k) for k in range(200)]  # never the same twice
+    assert novel[-1] > 0.9 / 1000  # the flat model's 1/1000 keeps nearly all its weight
+
+
 def test_segments_longer_than_the_model_context_are_refused(codec):
     context = codec.model.config.max_position_embeddings
     assert compress(codec, b"abc", segment_tokens=context, batch=4)

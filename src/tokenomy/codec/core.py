@@ -70,7 +70,10 @@ class Codec:
 
     def predictor(self, level: int):
         """What turns the model's weights into tables at ``level``: the model alone, or a fresh `Learner`."""
-        return Learner(self.bytes.alphabet) if LEVELS[level].learns else ModelAlone()
+        if not LEVELS[level].learns:
+            return ModelAlone()
+        spelled = self.bytes.symbol_bytes[: self.bytes.vocab]
+        return Learner(self.bytes.alphabet, [symbol for symbol, text in enumerate(spelled) if text.isdigit()])
 
     def feed(self, symbol: int) -> int:
         """The token the model reads after ``symbol`` was coded (an escaped byte reads as a separator)."""
@@ -415,7 +418,8 @@ def decompress(codec: "Codec | str | None", blob: bytes, window: int | None = No
                 f"with --window-bits to decode windows on their own"
             )
         if not 0 <= window < archive.units:
-            raise TokenomyError(f"window {window} is out of range: this archive has {archive.units} (0..{archive.units - 1})")
+            raise TokenomyError(
+                f"window {window} is out of range: this archive has {archive.units} (0..{archive.units - 1})")
     text = b""
     if needs_model(archive):
         codec = _load(codec or archive.model)
