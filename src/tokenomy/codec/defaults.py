@@ -26,7 +26,7 @@ class Level:
 
 LEVELS = (
     Level("model", False, SEGMENT_TOKENS, "the model alone (Equal-Info Windows need it; units decode alone)"),
-    Level("fast", True, SEGMENT_TOKENS, "model + online bias head, n-gram model and mixer"),
+    Level("fast", True, SEGMENT_TOKENS, "model + online bias head, token and shape n-grams, Bayesian mixer"),
     Level("best", True, 4096, "as fast, with 4x longer contexts (fewer side by side: slower)"),
 )
 DEFAULT_LEVEL = 1
