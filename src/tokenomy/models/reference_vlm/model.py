@@ -63,7 +63,7 @@ VARIANTS = {v.name: v for v in (
     Variant("reference-vlm-v2-anyres", DINOV2_TOWER, CropLayout(thumbnail=True, rows=2, cols=2, side=12), 168,
             scenes.PHOTO, HERE / "weights-v2.safetensors"),
 )}
-# What `reference-vlm` means: v1 until v2's checkpoint is trained and meets its bar (README, visual tokens).
+# What `reference-vlm` means: v1 until v2's checkpoint is trained and meets its bar (docs/vision.md).
 DEFAULT = "reference-vlm-v1"
 WEIGHTS = VARIANTS[DEFAULT].weights
 
@@ -125,7 +125,7 @@ def trained_parameters(vlm, variant: Variant) -> dict[str, torch.Tensor]:
 
 
 def _training_command(variant: Variant) -> str:
-    return (f"tokenomy train-vlm --model {variant.name} on a GPU (README, visual tokens: the recipe runs in "
+    return (f"tokenomy train-vlm --model {variant.name} on a GPU (docs/vision.md: the recipe runs in "
             "resumable chunks)")
 
 
