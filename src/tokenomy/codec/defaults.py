@@ -7,7 +7,7 @@ from dataclasses import dataclass
 # 128 rows).
 BATCH = 64
 # Tokens per segment, one model context each. Segments are coded independently and side by side, so longer
-# ones predict better but leave fewer contexts to step at once (README: the whole book at 512 and 1024).
+# ones predict better but leave fewer contexts to step at once (docs/codec.md: the whole book at 512 and 1024).
 SEGMENT_TOKENS = 1024
 # The least Equal-Info Window that always fits one token: the rarest token costs 28 bits, termination 2.
 MIN_WINDOW_BITS = 32

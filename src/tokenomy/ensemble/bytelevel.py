@@ -31,7 +31,7 @@ from tokenomy.ensemble.lm import Branch
 from tokenomy.ensemble.vocab import END, SYMBOLS, Vocabulary
 
 MAX_HYPOTHESES = 4  # default cap on the tokenizations kept per byte
-PRUNE = 3e-3  # default floor: a tokenization below this share of the best is dropped (README: its cost)
+PRUNE = 3e-3  # default floor: a tokenization below this share of the best is dropped (docs/ensemble.md: its cost)
 
 
 @dataclass
