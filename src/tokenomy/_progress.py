@@ -1,0 +1,13 @@
+"""Progress bars for long work: on stderr, drawn only when stderr is a terminal (quiet in logs and CI),
+and off whenever TQDM_DISABLE is set."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(iterable=None, **options) -> tqdm:
+    """A tqdm bar on stderr that disables itself when stderr is not a terminal (``options`` go to tqdm)."""
+    return tqdm(iterable, file=sys.stderr, disable=None, dynamic_ncols=True, **options)
