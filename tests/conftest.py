@@ -3,6 +3,10 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if "TOKENOMY_RESULTS" not in os.environ:  # benchmarks run by tests write their default JSON outside the checkout
+    import tempfile
+
+    os.environ["TOKENOMY_RESULTS"] = tempfile.mkdtemp(prefix="tokenomy-results-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

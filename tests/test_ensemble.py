@@ -471,3 +471,21 @@ def test_next_byte_table_spells_every_token_then_end():
     table = _byte_table([b"", b"ab", b"b", b"\xffa\x00"])
     assert table.tolist() == [[END, 97, 98, 255], [END, 98, END, 97], [END, END, END, 0], [END, END, END, END]]
     assert _byte_table([b"", b""]).tolist() == [[END, END]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ensemble", ""], "non-empty strings"),
+    (["ensemble", "hi", "--max-new-bytes", "0"], "max_new_bytes"),
+    (["ensemble", "hi", "--stop", ""], "stop strings must be non-empty"),
+    (["ensemble", "hi", "--weights", "1,2,3"], "weights"),
+])
+def test_cli_refuses_bad_requests_before_loading_any_model(argv, message, capsys, monkeypatch):
+    import tokenomy.models.loader as loader
+    from tokenomy.cli import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the request was checked")
+
+    monkeypatch.setattr(loader, "load", no_loading)
+    assert main(argv + ["--models", "smollm2-135m,gemma3-270m"]) == 2
+    assert message in capsys.readouterr().err

@@ -135,7 +135,7 @@ def test_iterative_scores_condition_on_what_was_kept(tiny):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    ({"rate": 0.0}, "rate"), ({"rate": 1.5}, "rate"), ({"method": "snapkv"}, "prompt methods"),
+    ({"rate": 0.0}, "rate"), ({"rate": 1.5}, "rate"), ({"method": "snapkv"}, "works at site 'kv-cache'"),
     ({"method": "llmlinguaa"}, "choose one of"), ({"context": "   "}, "empty"), ({"context": 3}, "string"),
     ({"segment": 2}, "segment"),
 ])

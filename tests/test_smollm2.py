@@ -101,12 +101,16 @@ def test_kvpress_runs_side_by_side_with_identical_streamingllm(smollm2, needle):
 def test_cli_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "kv.json"
     code = main(["bench", "kv", "--limit", "1", "--length", "300", "--methods", "knorm,snapkv,tokenselect", "--keep",
-                 "0.5", "--json", str(out)])
+                 "0.5", "--setting", "aware,agnostic", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "snapkv" in printed and "overhead" in printed
-    assert "tokenselect at keep 0.50 stores every entry (kept 1.000); each decoding forward attends to 50%" in printed
-    assert main(["report", str(out)]) == 0 and "tokenselect at keep 0.50 stores every entry" in capsys.readouterr().out
+    assert "snapkv" in printed and "overhead" in printed and printed.startswith("task niah, context 300 tokens, 1 sample\n")
+    for setting in ("aware", "agnostic"):
+        assert (f"tokenselect ({setting}) at keep 0.50 stores every entry (kept 1.000); each decoding forward attends "
+                "to 50%") in printed
+    assert f"report: {out.with_suffix('.html')}" in printed and out.with_suffix(".html").exists()
+    assert main(["report", str(out)]) == 0
+    assert "tokenselect (aware) at keep 0.50 stores every entry" in capsys.readouterr().out
     payload = json.loads(out.read_text())
     assert payload["command"].startswith("tokenomy") and payload["environment"]["torch"].startswith("2.13")
     labels = {(r["setting"], r["label"]) for r in payload["rows"]}

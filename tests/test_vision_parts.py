@@ -280,7 +280,7 @@ def test_bench_method_specs_carry_options():
 @pytest.mark.parametrize("spec, message", [
     ("divprune:bogus=1", "no option 'bogus'"), ("divprune:per_crop", "name:option=value"),
     ("divprune:merge=2", "merge must be True or False"),
-    ("divprune:keep=0.5", "--keep"), ("snapkv", "not a visual-token method"),
+    ("divprune:keep=0.5", "--keep"), ("snapkv", "works at site 'kv-cache'"),
 ])
 def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
     from tokenomy.cli import main

@@ -70,10 +70,7 @@ def compress_prompt(context, method: str = "llmlingua", rate: float = 0.33, ques
     pays (default: the compressor's). ``force_tokens``: strings whose words are always kept. Returns a
     `tokenomy.sites.prompt.CompressedPrompt` (``compressed_prompt``, ``origin_tokens``,
     ``compressed_tokens``, ``ratio``, ``rate``, ``kept``); ``restore_prompt`` inverts ``method="lossless"``."""
-    info = get(method)
-    if info.site != "prompt":
-        raise TokenomyError(f"{method!r} is a {info.site} method; prompt methods: "
-                            f"{', '.join(m.name for m in methods('prompt'))}")
+    info = get(method, "prompt")
     if not isinstance(question, str) or isinstance(force_tokens, str):
         raise TokenomyError("question must be a string and force_tokens a list of strings")
     compressor = info.create(rate=rate, **options) if "rate" in info.options() else info.create(**options)

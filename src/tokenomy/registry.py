@@ -9,7 +9,7 @@ import ast
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from tokenomy._validation import TokenomyError, check_choice
 
@@ -95,9 +95,15 @@ def method_spec(text: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def get(name: str) -> MethodInfo:
-    """The registered method called ``name``; an unknown name lists the valid ones."""
-    check_choice("method", name, _REGISTRY)
+def get(name: str, sites: str | Collection[str] | None = None) -> MethodInfo:
+    """The registered method called ``name``, optionally required to be of one of ``sites``; an unknown name,
+    or one of another site, lists the valid ones (those of ``sites``)."""
+    sites = [sites] if isinstance(sites, str) else sites
+    valid = [m for m in _REGISTRY.values() if sites is None or m.site in sites]
+    if sites is not None and name in _REGISTRY and _REGISTRY[name].site not in sites:
+        raise TokenomyError(f"{name!r} works at site {_REGISTRY[name].site!r}, not at {' / '.join(map(repr, sites))}; "
+                            f"choose one of: {', '.join(m.name for m in valid)}")
+    check_choice("method", name, [m.name for m in valid])
     return _REGISTRY[name]
 
 

@@ -22,17 +22,16 @@ from typing import Callable
 
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.report import table
-from tokenomy.bench.tasks import shared_data_dir
 from tokenomy.codec.core import Codec, compress, decompress
 from tokenomy.codec.defaults import LEVELS
+from tokenomy.bench.html import Axis, Figure, key
 
-SHARED_TEXTS = ("alice29.txt", "asyoulik.txt", "lcet10.txt", "plrabn12.txt", "wikitext-2/wiki.test.raw")
+def default_files() -> list[str]:
+    """What a bare `tokenomy bench codec` measures, on any machine in about two minutes: the packaged Alice (prose)
+    and a generated server log (repetitive text)."""
+    from importlib import resources
 
-
-def default_files() -> list[Path]:
-    """The public-domain/CC texts under ../shared/data/text when present, else the packaged Alice."""
-    root = shared_data_dir()
-    return [root / "text" / name for name in SHARED_TEXTS if (root / "text" / name).is_file()] if root else []
+    return [str(resources.files("tokenomy").joinpath("data/alice29.txt.gz")), "gen:server.log"]
 
 
 def _packaged_alice() -> bytes:
@@ -204,3 +203,9 @@ def summarize(results: list[Result]) -> list[dict]:
 
 def render(payload: dict, markdown: bool = False) -> str:
     return table(payload["results"], COLUMNS, markdown)
+
+
+FIGURES = [Figure("size vs speed (every file)", Axis(key("encode_kbps"), "encode speed, KB/s", "high", log=True),
+                  Axis(key("bits_per_byte"), "bits per byte", "low"),
+                  series=lambda r: r["method"] + (f" window {r['window']}" if r.get("window") not in (None, "-") else ""),
+                  peer=lambda r: not r["method"].startswith("tokenomy"))]

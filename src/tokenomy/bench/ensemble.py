@@ -1,6 +1,9 @@
 """`tokenomy bench ensemble`: single models against their ensembles, on the same samples in one run.
 
-Tasks (read in place from ../shared/data, or ``--data FILE.jsonl`` with ``prompt`` and ``answers``):
+Tasks (``alice`` is packaged; the others are read in place from ../shared/data; or ``--data FILE.jsonl`` with
+``prompt`` and ``answers``):
+- ``alice``: LAMBADA's format on the packaged *Alice in Wonderland*: a paragraph's last word (punctuation around
+  it dropped), the text before it (up to 600 characters, from a word boundary) as the prompt; scored as lambada.
 - ``lambada``: LAMBADA's last word. Prompt: the passage up to its last space; correct when the first word
   generated (leading spaces skipped, ending at whitespace or punctuation) equals the target exactly.
 - ``squad``: SQuAD 2.0 dev, answerable questions with contexts up to 1,200 characters. Prompt:
@@ -26,9 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 from tokenomy._validation import TokenomyError
-from tokenomy.bench.tasks import read_records, shared_data_dir
+from tokenomy.bench.tasks import haystack_paragraphs, read_records, shared_data_dir
+from tokenomy.bench.html import Axis, Figure, key
 
-TASKS = ("lambada", "squad")
+TASKS = ("alice", "lambada", "squad")
+CLOZE = ("alice", "lambada")  # tasks scored on the first generated word
 
 
 @dataclass
@@ -54,6 +59,19 @@ def lambada(limit: int, seed: int) -> list[Item]:
         head, word = row["text"].rsplit(" ", 1)
         items.append(Item(head, [word], "lambada"))
     return items
+
+
+def alice(limit: int, seed: int, context_chars: int = 600) -> list[Item]:
+    paragraphs = []
+    for text in haystack_paragraphs():
+        head, _, last = text.rpartition(" ")
+        word = last.strip(string.punctuation)
+        if len(head) > 200 and word.isalpha():
+            prompt = head[-context_chars:]
+            paragraphs.append(Item(prompt[prompt.index(" ") + 1:] if len(head) > context_chars else prompt, [word],
+                                   "alice"))
+    random.Random(seed).shuffle(paragraphs)
+    return paragraphs[:limit]
 
 
 def squad(limit: int, seed: int, max_context: int = 1200) -> list[Item]:
@@ -96,7 +114,7 @@ def normalise(text: str) -> str:
 
 
 def correct(item: Item, output: str) -> bool:
-    if item.task == "lambada":
+    if item.task in CLOZE:
         return first_word(output) == item.answers[0]
     said = normalise(output)
     return any(normalise(a) and normalise(a) in said for a in item.answers)
@@ -104,7 +122,7 @@ def correct(item: Item, output: str) -> bool:
 
 def decoding(task: str) -> dict:
     """Per task: byte budget, stop strings and an early-stop rule (none of them look at the answer)."""
-    if task == "lambada":
+    if task in CLOZE:
         return {"max_new_bytes": 32, "stop": [b"\n"], "until": first_word_done}
     return {"max_new_bytes": 48, "stop": [b"\n"], "until": None}
 
@@ -148,7 +166,7 @@ def run(members: list, names: list[str], items: list[Item], *, alignments: list[
         weights: list[float] | None, core: list[bool], progress: Callable[[int], None] | None = None,
         byte_options: dict | None = None) -> list[dict]:
     """Decode every item with every system; one row per (item, system)."""
-    from tokenomy.ensemble import Combiner, Core, Strategy, decode, single
+    from tokenomy.ensemble import Combiner, Core, Strategy, decode
     from tokenomy.ensemble.align import ByteAlignment, TokenAlignment, UnionAlignment
 
     byte_options = byte_options or {}
@@ -178,3 +196,7 @@ def run(members: list, names: list[str], items: list[Item], *, alignments: list[
             if progress is not None:
                 progress(1)
     return rows
+
+
+FIGURES = [Figure("accuracy vs decoding speed (every task)", Axis(key("bytes_per_second"), "bytes/s", "high", log=True),
+                  Axis(key("accuracy"), "accuracy", "high"), series=lambda r: r["system"])]

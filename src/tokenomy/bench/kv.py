@@ -20,6 +20,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, sto
 from tokenomy.bench.tasks import Sample
 from tokenomy.models.caches import copy_cache
 from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder
+from tokenomy.bench.html import Axis, Figure, key
 
 SETTINGS = ("aware", "agnostic")
 
@@ -74,10 +76,9 @@ class KVBenchConfig:
     compare: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        known = [m.name for m in catalog.methods(SITE)]
         self.keeps = [check_fraction("keep", k) for k in self.keeps]
         for spec in self.methods:  # "name" or "name:option=value"; bad options fail here, before any work
-            check_choice("method", method_spec(spec)[0], known)
+            catalog.get(method_spec(spec)[0], SITE)
             catalog.create_spec(spec, keep=self.keeps[0])
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
@@ -161,7 +162,16 @@ class KVBench:
         row.kl = float((self._reference.exp() * (self._reference - logp)).sum(-1).mean())
         row.decode_tokens = ids.shape[1]
 
-    def run_sample(self, index: int, sample: Sample) -> list[Row]:
+    def cells(self, sample: Sample) -> int:
+        """How many rows `run_sample` makes of ``sample``: per setting, the full cache and every method x keep
+        (twice where kvpress runs the same method)."""
+        settings = 1 if sample.continuation is not None else len(self.config.settings)
+        runs = sum(len(self.config.keeps) * (2 if name in self.peer_methods else 1) for name in self.config.methods)
+        return settings * (1 + runs)
+
+    def run_sample(self, index: int, sample: Sample, progress: Callable[[Row], Any] = lambda row: None
+                   ) -> list[Row]:
+        """Every row of one sample; ``progress(row)`` hears of each as it is done."""
         prompt = build_prompt(self.tokenizer, sample)
         extra = self.config.max_new_tokens if sample.continuation is None else len(
             self.tokenizer.encode(sample.continuation, add_special_tokens=False))
@@ -177,12 +187,15 @@ class KVBench:
             full = Row(label="full", keep=1.0, kv_bytes=_cache_bytes(cache), prefill_seconds=prefill_s, **base)
             self._finish(full, copy_cache(cache), logits, prompt, setting, sample)
             rows.append(full)
+            progress(full)
             for name in self.config.methods:
                 for keep in self.config.keeps:
                     rows.append(self._run_ours(name, keep, base, ids, cache, logits, observations, prefill_s, prompt,
                                                sample))
+                    progress(rows[-1])
                     if name in self.peer_methods:
                         rows.append(self._run_kvpress(name, keep, base, ids, prefill_s, prompt, sample))
+                        progress(rows[-1])
         for row in rows:
             row.meta.update(sample.meta)
         return rows
@@ -295,10 +308,32 @@ def columns(perplexity: bool) -> list[tuple[str, str, str]]:
     ]
 
 
+def _quality(row: dict) -> float | None:
+    """Accuracy relative to the full cache, or for perplexity rows the full cache's perplexity over this one's
+    (1: nothing lost either way)."""
+    if row.get("relative_accuracy") is not None:
+        return row["relative_accuracy"]
+    return None if row.get("perplexity_ratio") is None else 1 / row["perplexity_ratio"]
+
+
+def _seconds(row: dict) -> float | None:
+    prefill, scoring = row.get("prefill_seconds_median"), row.get("scoring_seconds_median") or 0.0
+    return None if prefill is None else prefill + scoring
+
+
+_QUALITY = Axis(_quality, "quality / full cache's", "high")
+FIGURES = [
+    Figure(title, x, _QUALITY, series=lambda r: f"{r['method']} ({r['setting']})",
+           peer=lambda r: r["method"].startswith("kvpress:"), rows=lambda payload: payload["aggregate"])
+    for title, x in [("quality vs KV entries kept", Axis(key("kept_fraction"), "share of KV entries kept", "low")),
+                     ("quality vs time", Axis(_seconds, "prefill + scoring, s (median)", "low"))]
+]
+
+
 def notes(summary: list[dict]) -> list[str]:
     """Lines for rows whose columns read differently: decode-time selection (TokenSelect) evicts nothing."""
-    return [f"{e['method']} at keep {e['keep']:.2f} stores every entry (kept 1.000); each decoding forward attends "
-            f"to {e['keep']:.0%} of them ({e['reused_selections']:.0%} of its layer selections reused)"
+    return [f"{e['method']} ({e['setting']}) at keep {e['keep']:.2f} stores every entry (kept 1.000); each decoding "
+            f"forward attends to {e['keep']:.0%} of them ({e['reused_selections']:.0%} of its layer selections reused)"
             for e in summary if "reused_selections" in e]
 
 

@@ -34,6 +34,7 @@ import torch
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.prompts import build_prompt, stop_ids
 from tokenomy.bench.tasks import Sample, niah, shared_data_dir
+from tokenomy.bench.html import Axis, Figure, key
 
 TASKS = ("squad", "niah", "boolq", "logs")
 UNANSWERABLE = "unanswerable"
@@ -242,9 +243,7 @@ def rows_for(specs: list[str], rates: list[float], model, tokenizer, target_toke
 
     rows = []
     for spec in specs:
-        info = get(method_spec(spec)[0])
-        if info.site != "prompt":
-            raise TokenomyError(f"{spec!r} is a {info.site} method, not a prompt method")
+        info = get(method_spec(spec)[0], "prompt")
         for rate in rates if "rate" in info.options() else [1.0]:
             compressor = create_spec(spec, rate=rate) if "rate" in info.options() else create_spec(spec)
 
@@ -396,3 +395,16 @@ def lossless_savings(inputs: dict[str, str], tokenizer, min_tokens: int = 8) -> 
 LOSSLESS_COLUMNS = [("input", "input", ""), ("tokens", "tokens", "d"), ("compressed_tokens", "after", "d"),
                     ("saved", "saved", ".1%"), ("exact", "round trip exact", ""), ("compress_ms", "compress ms", ".0f"),
                     ("restore_ms", "restore ms", ".0f")]
+
+
+_ACCURACY = Axis(key("relative"), "accuracy / original prompt's", "high")
+FIGURES = [
+    Figure(title, x, _ACCURACY, series=lambda r: r["method"], peer=lambda r: "(package)" in r["method"],
+           rows=lambda payload: payload["results"] if payload.get("suite") == "prompt" else [])
+    for title, x in [
+        ("accuracy vs prompt tokens kept",
+         Axis(lambda r: 1 / r["ratio"] if r.get("ratio") else None, "share of the prompt's tokens kept", "low")),
+        ("accuracy vs end-to-end time", Axis(key("end_to_end_ms", 1e-3), "compress + prefill + decode, s (median)",
+                                             "low")),
+    ]
+]

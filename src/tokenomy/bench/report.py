@@ -27,6 +27,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+def result_header(suite: str, args) -> dict[str, Any]:
+    """The fields every benchmark JSON opens with: the suite, tokenomy's version, the exact command, the
+    machine and the parsed options."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("tokenomy")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        release = "unknown"
+    return {"suite": suite, "tokenomy": release, "command": command_line(), "environment": environment(),
+            "config": {k: v for k, v in vars(args).items() if k != "func"}}
+
+
 def command_line() -> str:
     return " ".join(["tokenomy", *sys.argv[1:]]) if sys.argv else "tokenomy"
 
@@ -48,7 +61,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     out = []
     for n, r in enumerate(cells):
-        out.append("  ".join(c.rjust(w) if n and columns[i][2] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        out.append("  ".join(c.rjust(w) if n and columns[i][2] else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -49,10 +49,11 @@ from tokenomy.adapters.vlm.base import dense_weights
 from tokenomy.budget import Keep, kept_count
 from tokenomy.models.reference_vlm import scenes
 from tokenomy.models.reference_vlm.answers import answer, blank_like, first_word
-from tokenomy.catalog import create_spec, get, methods
+from tokenomy.catalog import create_spec, get
 from tokenomy.registry import method_spec
 from tokenomy.sites.vision.prellm import Diverse, PreLLM, first_isolated
 from tokenomy.sites.vision.session import VisualMethods
+from tokenomy.bench.html import Axis, Figure, key
 
 ORACLE = "label oracle"
 RELEVANT_KINDS = (1, 2, 3, scenes.KIND_WORD)  # the shapes and the large word, not filler text
@@ -83,15 +84,12 @@ class Row:
 
 def check_specs(specs: list[str]) -> None:
     """Refuse unknown or non-visual methods and bad options before loading anything."""
-    visual = [m.name for m in methods() if m.site in VISUAL_SITES]
     for spec in specs:
         parts = spec.split("+")
         if len(parts) > 2:
             raise TokenomyError(f"a stack row is 'before+inside' (two methods), got {spec!r}")
         for part in parts:
-            name = method_spec(part)[0]
-            if get(name).site not in VISUAL_SITES:
-                raise TokenomyError(f"{name!r} is not a visual-token method; choose from: {', '.join(visual)}")
+            get(method_spec(part)[0], VISUAL_SITES)
             create_spec(part, keep=0.5)
 
 
@@ -337,3 +335,12 @@ def render(payload: dict, markdown: bool = False) -> str:
     from tokenomy.bench.report import table
 
     return table(payload["results"], COLUMNS, markdown=markdown)
+
+
+_ACCURACY = Axis(key("relative"), "accuracy / all tokens'", "high")
+FIGURES = [
+    Figure(title, x, _ACCURACY, series=lambda r: r["method"])
+    for title, x in [("accuracy vs visual tokens kept",
+                      Axis(key("layer_fraction"), "visual tokens per decoder layer (share)", "low")),
+                     ("accuracy vs prefill time", Axis(key("prefill_ms", 1e-3), "prefill, s (median)", "low"))]
+]

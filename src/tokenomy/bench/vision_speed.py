@@ -30,6 +30,7 @@ import torch
 from tokenomy._validation import TokenomyError, check_choice
 from tokenomy.adapters.lm import decoder
 from tokenomy.catalog import create_spec
+from tokenomy.bench.html import Axis, Figure, key
 
 SHAPES = ("smolvlm-256m", "qwen2-vl-2b")
 COLUMNS = [
@@ -184,3 +185,8 @@ def check_visual(visual: list[int]) -> list[int]:
     if not visual or any(isinstance(v, bool) or not isinstance(v, int) or v < 64 for v in visual):
         raise TokenomyError(f"--visual must be integers >= 64 (visual tokens of the prompt's image), got {visual}")
     return visual
+
+
+FIGURES = [Figure("LLM speed-up vs visual tokens kept", Axis(key("keep"), "visual tokens kept (share)", "low"),
+                  Axis(key("llm_speedup"), "language model prefill speed-up", "high"),
+                  series=lambda r: f"{r['method']} · {r['shape']} · {r['visual']} tokens")]

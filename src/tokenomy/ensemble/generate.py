@@ -103,10 +103,10 @@ class Ensemble:
         if core_beta is not None and not core:
             raise TokenomyError("core_beta (--core-beta) sets CoRE's filter: turn CoRE on too (core=True, --core)")
         consistency = (Core() if core_beta is None else Core(core_beta)) if core else None
+        combination = Strategy(strategy, tuple(weights) if weights is not None else None)
+        combination.model_weights(len(models))  # checks the number of weights before any model loads
         self.members = [_member(m) for m in models]
-        self.combiner = Combiner(Strategy(strategy, tuple(weights) if weights is not None else None),
-                                 consistency)
-        self.combiner.strategy.model_weights(len(self.members))  # checks the number of weights now
+        self.combiner = Combiner(combination, consistency)
         if alignment == "bytes":
             self.alignment = ByteAlignment(self.members, max_hypotheses=max_hypotheses, prune=prune,
                                            backoff=backoff)
@@ -117,22 +117,30 @@ class Ensemble:
                  temperature: float = 0.0, seed: int = 0, progress=None) -> list[Output]:
         """Continue each prompt (one after another); ``stop`` strings end a continuation (excluded);
         ``progress(n)`` hears of every ``n`` bytes generated."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        check_int("max_new_bytes", max_new_bytes, minimum=1)
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise TokenomyError(f"temperature must be >= 0, got {temperature!r}")
-        stops = [s.encode("utf-8") for s in stop]
-        if any(not s for s in stops):
-            raise TokenomyError("stop strings must be non-empty")
+        prompts, stops = check_generation(prompts, max_new_bytes, stop, temperature)
         generator = torch.Generator().manual_seed(seed)
-        outputs = []
-        for prompt in prompts:
-            if not isinstance(prompt, str) or not prompt:
-                raise TokenomyError(f"prompts must be non-empty strings, got {prompt!r}")
-            outputs.append(decode(self.alignment, self.combiner, prompt.encode("utf-8"),
-                                  max_new_bytes=max_new_bytes, stop=stops, temperature=temperature,
-                                  generator=generator, progress=progress))
-        return outputs
+        return [decode(self.alignment, self.combiner, prompt.encode("utf-8"), max_new_bytes=max_new_bytes,
+                       stop=stops, temperature=temperature, generator=generator, progress=progress)
+                for prompt in prompts]
+
+
+def check_generation(prompts: str | Sequence[str], max_new_bytes: int = 64, stop: Sequence[str] = (),
+                     temperature: float = 0.0) -> tuple[list[str], list[bytes]]:
+    """Validate what `Ensemble.generate` is asked before any model loads: the prompts as a list and the stop
+    strings as bytes."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise TokenomyError("give at least one prompt")
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt:
+            raise TokenomyError(f"prompts must be non-empty strings, got {prompt!r}")
+    check_int("max_new_bytes", max_new_bytes, minimum=1)
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise TokenomyError(f"temperature must be >= 0, got {temperature!r}")
+    stops = [s.encode("utf-8") for s in stop]
+    if any(not s for s in stops):
+        raise TokenomyError("stop strings must be non-empty")
+    return prompts, stops
 
 
 def _member(spec):
@@ -155,5 +163,6 @@ def single(model, tokenizer, *, byte_level: bool = False, **byte_options):
 def generate(models: Sequence, prompts: str | Sequence[str], **options) -> list[Output]:
     """One-call form: ``generate(["gemma3-270m", "smollm2-135m"], "Once upon", strategy="average")``."""
     decode_keys = {"max_new_bytes", "stop", "temperature", "seed", "progress"}
+    check_generation(prompts, **{k: v for k, v in options.items() if k in decode_keys - {"seed", "progress"}})
     ensemble = Ensemble(models, **{k: v for k, v in options.items() if k not in decode_keys})
     return ensemble.generate(prompts, **{k: v for k, v in options.items() if k in decode_keys})

@@ -1,0 +1,175 @@
+"""`tokenomy report --docs`: the tables in README and docs/ are generated, so they cannot drift from the data.
+
+A generated block sits between two HTML comments that Markdown does not show:
+
+    <!-- results benchmarks/prompt-lossless.json -->      the suite's own table of that JSON file
+    ...
+    <!-- /results -->
+
+    <!-- methods -->                                       every registered method: name, site, what it keeps, paper
+                                                           (its short name and arXiv links)
+    <!-- cli -->                                           every command's --help
+    <!-- api -->                                           the public functions and classes, with their docstrings
+    <!-- manifest -->                                      every benchmarks/*.json: suite, command, the pages citing it
+    ...
+    <!-- /methods -->
+
+Everything outside the markers is written by hand and left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tokenomy._validation import TokenomyError
+
+BLOCK = re.compile(r"(<!-- (results|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
+API_MODULES = ("tokenomy", "tokenomy.codec", "tokenomy.ensemble")
+
+
+def methods_table() -> str:
+    """Every registered method as a Markdown table (name, site, what it keeps, paper), by site then name."""
+    from tokenomy.catalog import methods
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| method | site | what it keeps | paper |", "|---|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.site} | {cell(m.summary)} | {cell(_paper(m.paper))} |" for m in methods()]
+    return "\n".join(lines)
+
+
+def _paper(reference: str) -> str:
+    """A paper's short name (the title's part before its colon, else the title) with its arXiv links."""
+    title = reference.split(" (")[0]
+    short = title.split(":")[0] if ":" in title and len(title.split(":")[0]) <= 45 else title
+    links = [f"[{number}](https://arxiv.org/abs/{number})" for number in re.findall(r"arXiv:\s?(\d{4}\.\d{4,5})",
+                                                                                   reference)]
+    return " ".join([short, *links])
+
+
+def cli_reference() -> str:
+    """Every command's and benchmark's ``--help``, formatted at 100 columns whatever the terminal."""
+    import argparse
+    import os
+    from unittest import mock
+
+    from tokenomy.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser, prefix: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from commands(child, f"{prefix} {name}")
+                return
+        yield prefix, parser
+
+    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):
+        parts = [f"### `{name}`\n\n```\n{parser.format_help().rstrip()}\n```"
+                 for name, parser in commands(build_parser(), "tokenomy")]
+    return "\n\n".join(parts)
+
+
+def api_reference() -> str:
+    """The signature and docstring of every public name of `API_MODULES` that is a function or a class."""
+    import importlib
+    import inspect
+
+    parts = []
+    for module_name in API_MODULES:
+        module = importlib.import_module(module_name)
+        for name in sorted(getattr(module, "__all__", [])):
+            item = getattr(module, name)
+            if not (inspect.isfunction(item) or inspect.isclass(item)):
+                continue
+            try:  # annotations are strings here (postponed evaluation): shown without their quotes
+                signature = re.sub(r"""(: |-> )"?'([^']*)'"?""", r"\1\2", str(inspect.signature(item)))
+            except (TypeError, ValueError):
+                signature = "(...)"
+            doc = inspect.getdoc(item) or ""
+            parts.append(f"### `{module_name}.{name}{signature}`\n\n{doc}")
+    return "\n\n".join(parts)
+
+
+def _cited(text: str) -> set[str]:
+    """Names of benchmark files a page cites, with ``{a,b}`` alternatives expanded."""
+    names = set()
+    for reference in re.findall(r"benchmarks/([\w.{},-]+?\.(?:json|png))", text):
+        expanded = [reference]
+        while any("{" in r for r in expanded):
+            done = []
+            for r in expanded:
+                match = re.search(r"\{([^{}]*)\}", r)
+                done += [r[:match.start()] + alt + r[match.end():] for alt in match.group(1).split(",")] if match \
+                    else [r]
+            expanded = done
+        names.update(expanded)
+    return names
+
+
+def manifest(root: Path) -> str:
+    """Every benchmark JSON under ``root/benchmarks``: its suite, the command that wrote it, and the pages
+    that cite it (README, docs/)."""
+    from tokenomy.bench.suites import suite_of
+
+    citing = {path: _cited(path.read_text()) for path in documents(root) if path.parent.name != "benchmarks"}
+    lines = ["| file | suite | command | cited in |", "|---|---|---|---|"]
+    for path in sorted((root / "benchmarks").glob("*.json")):
+        payload = json.loads(path.read_text())
+        pages = [p.relative_to(root).as_posix() for p, names in citing.items() if path.name in names]
+        command = payload.get("command", "").replace("|", "\\|")
+        lines.append(f"| `{path.name}` | {suite_of(payload)} | `{command}` | {', '.join(pages) or '-'} |")
+    return "\n".join(lines)
+
+
+def results_table(path: Path) -> str:
+    """The Markdown table(s) `tokenomy report --markdown` prints for one benchmark JSON."""
+    from tokenomy.bench.suites import suite_module, suite_of
+
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TokenomyError(f"a docs table names {path}, which cannot be read: {err}") from err
+    return suite_module(suite_of(payload)).render(payload, markdown=True)
+
+
+def regenerate(text: str, root: Path) -> str:
+    """``text`` with every generated block rebuilt (JSON paths are relative to ``root``, the checkout)."""
+
+    def rebuild(match: re.Match) -> str:
+        opening, kind, argument, _, closing = match.groups()
+        if kind == "manifest":
+            body = manifest(root)
+        elif kind in ("methods", "cli", "api"):
+            body = {"methods": methods_table, "cli": cli_reference, "api": api_reference}[kind]()
+        else:
+            if not argument:
+                raise TokenomyError(f"a results block needs a JSON path: {opening.strip()}")
+            body = results_table(root / argument.strip())
+        return f"{opening}{body}\n{closing}"
+
+    return BLOCK.sub(rebuild, text)
+
+
+def documents(root: Path) -> list[Path]:
+    """README.md, every page under docs/, and benchmarks/README.md (the manifest)."""
+    manifest_page = root / "benchmarks" / "README.md"
+    return [root / "README.md", *sorted((root / "docs").glob("*.md")), *([manifest_page] if manifest_page.exists() else [])]
+
+
+def update(root: Path, check: bool = False) -> list[Path]:
+    """Rebuild the generated blocks of every document under ``root``; the files that changed (with ``check``:
+    that would change, none written)."""
+    if not (root / "README.md").is_file() or not (root / "docs").is_dir():
+        raise TokenomyError(f"--docs runs in a tokenomy checkout (README.md and docs/), not in {root}")
+    changed = []
+    for path in documents(root):
+        text = path.read_text()
+        new = regenerate(text, root)
+        if new != text:
+            changed.append(path)
+            if not check:
+                path.write_text(new)
+    return changed

@@ -1,0 +1,68 @@
+"""What every command shares: list arguments, reading input, writing output, the benchmarks' JSON option."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tokenomy._validation import TokenomyError
+
+
+def csv_list(kind):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        try:
+            return [kind(t) for t in items]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from err
+
+    return parse
+
+
+def read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise TokenomyError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def refuse_existing(path: str, force: bool) -> None:
+    """Checked before any work, so a refusal costs nothing."""
+    import os
+
+    if path != "-" and not force and os.path.exists(path):
+        raise TokenomyError(f"{path} exists; pass --force to overwrite it")
+
+
+def write_output(path: str, data: bytes) -> None:
+    """Write atomically (temp file + rename): a failure leaves no partial output behind."""
+    from tokenomy._files import write_atomic
+
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise TokenomyError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def json_option(p: argparse.ArgumentParser, what: str) -> None:
+    """Every benchmark writes its JSON (for `tokenomy report`): where asked, else a fresh file in
+    ./tokenomy-results/ ($TOKENOMY_RESULTS) named after the suite and the time."""
+    p.add_argument("--json", help=f"{what} (default: tokenomy-results/SUITE-DATE-TIME.json)")
+
+
+def default_json(args) -> None:
+    import os
+
+    if getattr(args, "suite", None) and getattr(args, "json", "") is None:
+        folder = os.environ.get("TOKENOMY_RESULTS", "tokenomy-results")
+        args.json = os.path.join(folder, f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.json")

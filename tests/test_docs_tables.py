@@ -1,0 +1,47 @@
+"""Generated tables in README and docs/ equal what their JSON files give: `tokenomy report --docs --check`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tokenomy
+from tokenomy.bench.docs import regenerate, update
+from tokenomy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_docs_tables_match_their_json():
+    assert update(ROOT, check=True) == []
+
+
+def test_a_results_block_is_rebuilt_from_its_json_and_the_rest_left_alone(tmp_path):
+    rows = [{"input": "log", "tokens": 100, "compressed_tokens": 50, "saved": 0.5, "round_trip": True}]
+    (tmp_path / "r.json").write_text(json.dumps({"suite": "lossless", "command": "c", "results": rows}))
+    text = "Intro, by hand.\n<!-- results r.json -->\n| stale |\n<!-- /results -->\nOutro.\n"
+    new = regenerate(text, tmp_path)
+    assert new.startswith("Intro, by hand.\n<!-- results r.json -->\n| input |") and new.endswith("<!-- /results -->\nOutro.\n")
+    assert "| stale |" not in new and "| log |" in new.replace("  ", " ")
+    assert regenerate(new, tmp_path) == new  # rebuilding twice changes nothing
+
+
+def test_the_methods_block_lists_every_registered_method(tmp_path):
+    new = regenerate("<!-- methods -->\n<!-- /methods -->\n", tmp_path)
+    for method in tokenomy.methods():
+        assert f"| `{method.name}` | {method.site} |" in new
+
+
+def test_check_reports_a_stale_table_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "docs").mkdir()
+    stale = "<!-- methods -->\n| old |\n<!-- /methods -->\n"
+    (tmp_path / "README.md").write_text(stale)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--docs", "--check"]) == 1 and (tmp_path / "README.md").read_text() == stale
+    assert main(["report", "--docs"]) == 0 and (tmp_path / "README.md").read_text() != stale
+    assert main(["report", "--docs", "--check"]) == 0
+
+
+def test_a_missing_json_is_named(tmp_path):
+    with pytest.raises(tokenomy.TokenomyError, match="nothing.json"):
+        regenerate("<!-- results nothing.json -->\n<!-- /results -->\n", tmp_path)
