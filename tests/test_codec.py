@@ -484,3 +484,12 @@ def test_decoding_is_bit_exact_across_processes_threads_and_batch_sizes(tmp_path
         out = subprocess.run([sys.executable, str(child), str(threads), str(batch), str(archive), here],
                              capture_output=True, check=True, env=env).stdout
         assert out == source.read_bytes(), (threads, batch)
+
+
+@pytest.mark.parametrize("argv, message", [(["--max-bytes", "-1"], "--max-bytes must be >= 0"),
+                                           (["--repeats", "0"], "--repeats must be >= 1")])
+def test_bench_codec_refuses_bad_numbers(argv, message, capsys):
+    from tokenomy.cli import main
+
+    assert main(["bench", "codec", "--model", "no-such-model", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Generated tables in README and docs/ equal what their JSON files give: `tokenomy report --docs --check`."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,12 @@ from tokenomy.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the committed CLI reference is argparse's help as "
+                    "Python 3.11 (CI's) prints it; other versions word it differently")
 def test_committed_docs_tables_match_their_json():
-    assert update(ROOT, check=True) == []
+    from tokenomy.cli import reference
+
+    assert update(ROOT, check=True, cli_reference=reference) == []
 
 
 def test_a_results_block_is_rebuilt_from_its_json_and_the_rest_left_alone(tmp_path):

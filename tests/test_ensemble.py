@@ -478,6 +478,8 @@ def test_next_byte_table_spells_every_token_then_end():
     (["ensemble", "hi", "--max-new-bytes", "0"], "max_new_bytes"),
     (["ensemble", "hi", "--stop", ""], "stop strings must be non-empty"),
     (["ensemble", "hi", "--weights", "1,2,3"], "weights"),
+    (["ensemble", "hi", "--alignment", "words"], "unknown alignment"),
+    (["bench", "ensemble", "--weights", "1,2,3", "--strategies", "weighted"], "--weights gives 3 numbers"),
 ])
 def test_cli_refuses_bad_requests_before_loading_any_model(argv, message, capsys, monkeypatch):
     import tokenomy.models.loader as loader

@@ -3,11 +3,14 @@ and off whenever TQDM_DISABLE is set."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm.auto import tqdm
 
 
 def progress_bar(iterable=None, **options) -> tqdm:
-    """A tqdm bar on stderr that disables itself when stderr is not a terminal (``options`` go to tqdm)."""
-    return tqdm(iterable, file=sys.stderr, disable=None, dynamic_ncols=True, **options)
+    """A tqdm bar on stderr that disables itself when stderr is not a terminal or TQDM_DISABLE is set
+    (``options`` go to tqdm)."""
+    quiet = True if os.environ.get("TQDM_DISABLE") else None  # None: off unless a terminal
+    return tqdm(iterable, file=sys.stderr, disable=quiet, dynamic_ncols=True, **options)

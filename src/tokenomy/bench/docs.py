@@ -8,7 +8,7 @@ A generated block sits between two HTML comments that Markdown does not show:
 
     <!-- methods -->                                       every registered method: name, site, what it keeps, paper
                                                            (its short name and arXiv links)
-    <!-- cli -->                                           every command's --help
+    <!-- cli -->                                           every command's --help (given by the CLI: `reference`)
     <!-- api -->                                           the public functions and classes, with their docstrings
     <!-- manifest -->                                      every benchmarks/*.json: suite, command, the pages citing it
     ...
@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
+from tokenomy._files import write_atomic
 from tokenomy._validation import TokenomyError
 
 BLOCK = re.compile(r"(<!-- (results|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
@@ -48,28 +50,6 @@ def _paper(reference: str) -> str:
     links = [f"[{number}](https://arxiv.org/abs/{number})" for number in re.findall(r"arXiv:\s?(\d{4}\.\d{4,5})",
                                                                                    reference)]
     return " ".join([short, *links])
-
-
-def cli_reference() -> str:
-    """Every command's and benchmark's ``--help``, formatted at 100 columns whatever the terminal."""
-    import argparse
-    import os
-    from unittest import mock
-
-    from tokenomy.cli import build_parser
-
-    def commands(parser: argparse.ArgumentParser, prefix: str):
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    yield from commands(child, f"{prefix} {name}")
-                return
-        yield prefix, parser
-
-    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):
-        parts = [f"### `{name}`\n\n```\n{parser.format_help().rstrip()}\n```"
-                 for name, parser in commands(build_parser(), "tokenomy")]
-    return "\n\n".join(parts)
 
 
 def api_reference() -> str:
@@ -135,15 +115,20 @@ def results_table(path: Path) -> str:
     return suite_module(suite_of(payload)).render(payload, markdown=True)
 
 
-def regenerate(text: str, root: Path) -> str:
-    """``text`` with every generated block rebuilt (JSON paths are relative to ``root``, the checkout)."""
+def regenerate(text: str, root: Path, cli_reference: Callable[[], str] | None = None) -> str:
+    """``text`` with every generated block rebuilt (JSON paths are relative to ``root``, the checkout;
+    ``cli_reference`` gives the CLI's help, which only the CLI knows)."""
 
     def rebuild(match: re.Match) -> str:
         opening, kind, argument, _, closing = match.groups()
         if kind == "manifest":
             body = manifest(root)
-        elif kind in ("methods", "cli", "api"):
-            body = {"methods": methods_table, "cli": cli_reference, "api": api_reference}[kind]()
+        elif kind == "cli":
+            if cli_reference is None:
+                raise TokenomyError("a cli block is rebuilt by `tokenomy report --docs` (it needs the CLI's help)")
+            body = cli_reference()
+        elif kind in ("methods", "api"):
+            body = {"methods": methods_table, "api": api_reference}[kind]()
         else:
             if not argument:
                 raise TokenomyError(f"a results block needs a JSON path: {opening.strip()}")
@@ -159,7 +144,7 @@ def documents(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md")), *([manifest_page] if manifest_page.exists() else [])]
 
 
-def update(root: Path, check: bool = False) -> list[Path]:
+def update(root: Path, check: bool = False, cli_reference: Callable[[], str] | None = None) -> list[Path]:
     """Rebuild the generated blocks of every document under ``root``; the files that changed (with ``check``:
     that would change, none written)."""
     if not (root / "README.md").is_file() or not (root / "docs").is_dir():
@@ -167,9 +152,9 @@ def update(root: Path, check: bool = False) -> list[Path]:
     changed = []
     for path in documents(root):
         text = path.read_text()
-        new = regenerate(text, root)
+        new = regenerate(text, root, cli_reference)
         if new != text:
             changed.append(path)
             if not check:
-                path.write_text(new)
+                write_atomic(path, new.encode())
     return changed

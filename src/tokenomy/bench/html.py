@@ -67,9 +67,10 @@ def _pareto(points: list[tuple[float, float]], x_better: str, y_better: str) -> 
     return front
 
 
-def figure_svg(figure: Figure, payload: dict) -> tuple[str, int]:
-    """The figure as inline SVG, and how many series it drew. Each series is a group with id ``series-N``;
-    each point has a hover title."""
+def figure_svg(figure: Figure, payload: dict, name: str = "f") -> tuple[str, int]:
+    """The figure as inline SVG (no rows with both values: ``""``), and how many series it drew. Each series is
+    a group with id ``NAME-series-N``; each point has a hover title. The same rows give the same SVG."""
+    import matplotlib
     from matplotlib.figure import Figure as Canvas
 
     groups: dict[str, list[tuple[float, float, dict]]] = {}
@@ -77,27 +78,26 @@ def figure_svg(figure: Figure, payload: dict) -> tuple[str, int]:
         x, y = figure.x.value(row), figure.y.value(row)
         if x is not None and y is not None:
             groups.setdefault(figure.series(row), []).append((x, y, row))
+    if not groups:
+        return "", 0
     canvas = Canvas(figsize=(6.2, 4.0), dpi=96)
     ax = canvas.subplots()
     titles: dict[str, str] = {}
     ours = peers = 0
-    for n, (name, points) in enumerate(groups.items()):
+    for n, (series_label, points) in enumerate(groups.items()):
         points.sort(key=lambda p: p[0])
         is_peer = figure.peer(points[0][2])
         colour = PEERS[peers % len(PEERS)] if is_peer else OURS[ours % len(OURS)]
         peers, ours = peers + is_peer, ours + (not is_peer)
         ax.plot([p[0] for p in points], [p[1] for p in points], "--" if is_peer else "-", color=colour, lw=1.2,
-                marker="X" if is_peer else "o", ms=7 if is_peer else 5, label=name, gid=f"series-{n}")
+                marker="X" if is_peer else "o", ms=7 if is_peer else 5, label=series_label, gid=f"{name}-series-{n}")
         for m, (x, y, row) in enumerate(points):  # invisible, larger targets that carry the hover text
-            ax.plot([x], [y], "o", ms=10, alpha=0.0, gid=f"point-{n}-{m}")
-            titles[f"point-{n}-{m}"] = f"{name}\n{_hover(row)}"
-    if groups:
-        front = _pareto([(x, y) for pts in groups.values() for x, y, _ in pts], figure.x.better, figure.y.better)
-        ax.plot([p[0] for p in front], [p[1] for p in front], ":", color="#f0a030", lw=2.5, alpha=0.6,
-                zorder=0, label="Pareto front", gid="pareto")
-        ax.legend(fontsize=7, loc="best", framealpha=0.85, ncol=2 if len(groups) > 8 else 1)
-    else:
-        ax.text(0.5, 0.5, "no rows with both values", ha="center", va="center", transform=ax.transAxes)
+            ax.plot([x], [y], "o", ms=10, alpha=0.0, gid=f"{name}-point-{n}-{m}")
+            titles[f"{name}-point-{n}-{m}"] = f"{series_label}\n{_hover(row)}"
+    front = _pareto([(x, y) for pts in groups.values() for x, y, _ in pts], figure.x.better, figure.y.better)
+    ax.plot([p[0] for p in front], [p[1] for p in front], ":", color="#f0a030", lw=2.5, alpha=0.6,
+            zorder=0, label="Pareto front", gid=f"{name}-pareto")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85, ncol=2 if len(groups) > 8 else 1)
     if figure.x.log:
         ax.set_xscale("log")
     if figure.y.log:
@@ -108,7 +108,8 @@ def figure_svg(figure: Figure, payload: dict) -> tuple[str, int]:
     ax.grid(alpha=0.3)
     canvas.tight_layout()
     out = io.StringIO()
-    canvas.savefig(out, format="svg")
+    with matplotlib.rc_context({"svg.hashsalt": name}):  # ids from the name, not random: same rows, same SVG
+        canvas.savefig(out, format="svg", metadata={"Date": None})
     ET.register_namespace("", SVG)
     ET.register_namespace("xlink", "http://www.w3.org/1999/xlink")
     root = ET.fromstring(out.getvalue())
@@ -138,20 +139,21 @@ def _method_cards(names: set[str]) -> str:
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
-def _section(path: str, payload: dict) -> tuple[str, int]:
+def _section(path: str, payload: dict, number: int) -> tuple[str, int]:
     from tokenomy.bench.suites import suite_of, suite_module
 
     suite = suite_of(payload)
     module = suite_module(suite)
     plots, series = [], 0
-    for figure in getattr(module, "FIGURES", []):
-        svg, drawn = figure_svg(figure, payload)
+    for index, figure in enumerate(getattr(module, "FIGURES", [])):
+        svg, drawn = figure_svg(figure, payload, f"s{number}f{index}")
         plots.append(svg)
         series += drawn
-    names = {str(r.get("method", "")).split(":")[0] for r in payload.get("results", payload.get("aggregate", []))}
+    names = {part.split(":")[0] for r in payload.get("results", payload.get("aggregate", []))
+             for part in str(r.get("method", "")).split("+")}  # stacked visual methods: "divprune+fastv:K=2"
     environment = payload.get("environment", {})
     machine = ", ".join(f"{k} {v}" for k, v in environment.items() if v is not None)
-    body = (f'<section id="{html.escape(Path(path).stem)}"><h2>{html.escape(suite)}: '
+    body = (f'<section id="s{number}"><h2>{html.escape(suite)}: '
             f"{html.escape(Path(path).name)}</h2>"
             f"<p class=\"command\"><code>{html.escape(payload.get('command', ''))}</code></p>"
             f"<p class=\"machine\">{html.escape(machine)}</p>"
@@ -179,15 +181,17 @@ def render_html(paths: list[str]) -> tuple[str, int]:
     from tokenomy._validation import TokenomyError
 
     sections, series = [], 0
-    for path in paths:
+    if not paths:
+        raise TokenomyError("an HTML report needs at least one benchmark JSON file")
+    for number, path in enumerate(paths):
         try:
             payload: dict[str, Any] = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:
             raise TokenomyError(f"cannot read benchmark JSON {path}: {err}") from err
-        body, drawn = _section(path, payload)
+        body, drawn = _section(path, payload, number)
         sections.append(body)
         series += drawn
-    nav = " ".join(f'<a href="#{html.escape(Path(p).stem)}">{html.escape(Path(p).stem)}</a>' for p in paths)
+    nav = " ".join(f'<a href="#s{n}">{html.escape(Path(p).stem)}</a>' for n, p in enumerate(paths))
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tokenomy results</title>"
             f"<style>{STYLE}</style></head><body><h1>tokenomy results</h1><p>Quality against what is kept and "
             f"against time; peers in grey with crosses, the Pareto front dotted. Hover a point for its row.</p>"
@@ -195,30 +199,46 @@ def render_html(paths: list[str]) -> tuple[str, int]:
     return page, series
 
 
+def find_browser() -> str | None:
+    """Chromium (Debian's ``chromium``), or Chrome, on PATH."""
+    import shutil
+
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
 def screenshot(page: str | Path, png: str | Path, width: int = 1400, height: int = 2000) -> Path:
     """A PNG of ``page`` as headless Chromium renders it (Debian's ``chromium``, or Chrome)."""
-    import shutil
     import subprocess
 
     from tokenomy._validation import TokenomyError
 
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-                   None)
+    browser = find_browser()
     if browser is None:
         raise TokenomyError("a screenshot needs Chromium: apt-get install chromium (or put chrome on PATH)")
     png = Path(png).absolute()
     png.parent.mkdir(parents=True, exist_ok=True)
+    png.unlink(missing_ok=True)  # an old picture must not pass for a new one
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                f"--window-size={width},{height}", f"--screenshot={png}", Path(page).absolute().as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise TokenomyError(f"Chromium took over 120 s to render {page}") from None
     if done.returncode != 0 or not png.exists():
         raise TokenomyError(f"Chromium could not take the screenshot: {done.stderr.strip()[-400:]}")
+    from PIL import Image
+
+    with Image.open(png) as shot:  # 256 colours: a page of flat colours looks the same at a fraction of the size
+        small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    small.save(png, optimize=True)
     return png
 
 
 def write_html(paths: list[str], out: str | Path) -> Path:
     """Write the page for ``paths`` to ``out`` (folders made as needed)."""
+    from tokenomy._files import write_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(paths)[0])
+    write_atomic(out, render_html(paths)[0].encode())
     return out

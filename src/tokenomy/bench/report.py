@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
+from tokenomy._files import write_atomic
+
 
 def environment() -> dict[str, Any]:
     """Where the numbers were measured."""
@@ -37,7 +39,7 @@ def result_header(suite: str, args) -> dict[str, Any]:
     except PackageNotFoundError:  # run from a source tree that is not installed
         release = "unknown"
     return {"suite": suite, "tokenomy": release, "command": command_line(), "environment": environment(),
-            "config": {k: v for k, v in vars(args).items() if k != "func"}}
+            "config": {k: v for k, v in vars(args).items() if not callable(v)}}
 
 
 def command_line() -> str:
@@ -71,7 +73,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
+    write_atomic(path, (json.dumps(payload, indent=1, default=_jsonable) + "\n").encode())
     return path
 
 

@@ -24,11 +24,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reference() -> str:
+    """Every command's and benchmark's ``--help``, formatted at 100 columns whatever the terminal."""
+    import os
+    from unittest import mock
+
+    def commands(parser: argparse.ArgumentParser, prefix: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from commands(child, f"{prefix} {name}")
+                return
+        yield prefix, parser
+
+    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):
+        parts = [f"### `{name}`\n\n```\n{parser.format_help().rstrip()}\n```"
+                 for name, parser in commands(build_parser(), "tokenomy")]
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.reference = reference  # `report --docs` rebuilds docs/reference.md with it
     default_json(args)
     try:
         if args.threads is not None:
@@ -38,10 +58,15 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
         code = args.func(args)
-        if code == 0 and getattr(args, "suite", None) and args.json and os.path.exists(args.json):
+        page = os.path.splitext(args.json)[0] + ".html" if getattr(args, "suite", None) and args.json else None
+        if code == 0 and page and page != args.json and os.path.exists(args.json):
             from tokenomy.bench.html import write_html
 
-            print(f"report: {write_html([args.json], os.path.splitext(args.json)[0] + '.html')}")
+            try:
+                print(f"report: {write_html([args.json], page)}")
+            except Exception as err:  # the benchmark's JSON is written; a report that fails must not hide it
+                print(f"tokenomy: the HTML report could not be written ({type(err).__name__}: {err}); "
+                      f"`tokenomy report {args.json} --html PAGE` retries", file=sys.stderr)
         return code
     except TokenomyError as err:
         print(f"tokenomy: error: {err}", file=sys.stderr)

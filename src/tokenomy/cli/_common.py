@@ -57,7 +57,7 @@ def write_output(path: str, data: bytes) -> None:
 def json_option(p: argparse.ArgumentParser, what: str) -> None:
     """Every benchmark writes its JSON (for `tokenomy report`): where asked, else a fresh file in
     ./tokenomy-results/ ($TOKENOMY_RESULTS) named after the suite and the time."""
-    p.add_argument("--json", help=f"{what} (default: tokenomy-results/SUITE-DATE-TIME.json)")
+    p.add_argument("--json", help=f"{what} (default: $TOKENOMY_RESULTS or tokenomy-results/, SUITE-DATE-TIME-PID.json)")
 
 
 def default_json(args) -> None:
@@ -65,4 +65,4 @@ def default_json(args) -> None:
 
     if getattr(args, "suite", None) and getattr(args, "json", "") is None:
         folder = os.environ.get("TOKENOMY_RESULTS", "tokenomy-results")
-        args.json = os.path.join(folder, f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        args.json = os.path.join(folder, f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")

@@ -78,6 +78,10 @@ def cmd_bench_codec(args) -> int:
     from tokenomy.codec.blocks import split
     from tokenomy.codec.core import check_options
 
+    from tokenomy._validation import check_int
+
+    check_int("--max-bytes", args.max_bytes, minimum=0)
+    check_int("--repeats", args.repeats, minimum=1)
     paths = args.files or default_files()
     settings = [(level, 0) for level in args.levels] + [(0, bits) for bits in args.window_bits if bits]
     for level, bits in settings:

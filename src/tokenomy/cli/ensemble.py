@@ -10,8 +10,8 @@ from tokenomy.cli._common import csv_list, json_option, read_input
 
 
 def _members(names: list[str]):
-    from tokenomy import load
     from tokenomy.ensemble.vocab import Vocabulary
+    from tokenomy.models.loader import load
 
     members = []
     for name in names:
@@ -35,7 +35,7 @@ def cmd_ensemble(args) -> int:
     if len(args.models) < 2:
         raise TokenomyError("an ensemble needs at least two models: --models a,b[,c...]")
     check_generation(prompts, args.max_new_bytes, args.stop or [], args.temperature)  # before any model loads
-    ensemble = Ensemble([(m, t) for m, t, _ in _members(args.models)], alignment=args.alignment,
+    ensemble = Ensemble(args.models, alignment=args.alignment,  # checks every option, then loads the models
                         strategy=args.strategy, weights=args.weights, core=args.core, core_beta=args.core_beta,
                         max_hypotheses=args.max_hypotheses or None, prune=args.prune, backoff=args.backoff)
     with progress_bar(total=len(prompts) * args.max_new_bytes, desc="ensemble", unit="B", leave=False) as bar:
@@ -71,6 +71,8 @@ def cmd_bench_ensemble(args) -> int:
         check_choice("strategy", name, STRATEGIES)
     if "weighted" in args.strategies and not args.weights:
         raise TokenomyError("strategy weighted needs --weights (one number per model)")
+    if args.weights and len(args.weights) != len(args.models):
+        raise TokenomyError(f"--weights gives {len(args.weights)} numbers for {len(args.models)} models")
     if len(args.models) < 2:
         raise TokenomyError("an ensemble needs at least two models: --models a,b[,c...]")
     if args.data:

@@ -42,7 +42,7 @@ def cmd_bench_prompt(args) -> int:
     from tokenomy._validation import check_choice, check_fraction, check_int
     from tokenomy.bench import prompt as bench
     from tokenomy.bench.report import result_header, table, write_json
-    from tokenomy.bench.tasks import read_jsonl
+    from tokenomy.bench.tasks import missing_prefix_note, read_jsonl
     from tokenomy.registry import method_spec
 
     check_int("--limit", args.limit, minimum=1)
@@ -57,7 +57,7 @@ def cmd_bench_prompt(args) -> int:
         raise tokenomy.TokenomyError(f"--unanswerable must be in [0, 1], got {args.unanswerable}")
     compressor, tokenizer = tokenomy._prompt_model(args.compressor)
     target, target_tokenizer = tokenomy._prompt_model(args.target)
-    samples = read_jsonl(args.data) if args.data else bench.samples_for(
+    samples = read_jsonl(args.data, args.template) if args.data else bench.samples_for(
         args.task, target_tokenizer, args.limit, args.seed, args.length, args.distractors, args.unanswerable)
     samples = samples[: args.limit]
     rows = bench.rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
@@ -73,6 +73,8 @@ def cmd_bench_prompt(args) -> int:
     print(table(results, bench.COLUMNS))
     print(f"task {args.data or args.task}, {len(samples)} samples, seed {args.seed}; target {args.target}, "
           f"compressor {args.compressor}")
+    if args.data and missing_prefix_note(samples):
+        print(missing_prefix_note(samples))
     if args.json:
         payload = {**result_header("prompt", args), "results": results, "samples": records}
         print(f"wrote {write_json(args.json, payload)}")
@@ -127,8 +129,11 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--rate", type=csv_list(float), default=[0.33], help="comma list of asked rates (kept share)")
     p.add_argument("--task", choices=("squad", "niah", "boolq", "logs"), default="niah",
                    help="niah and logs are generated; squad and boolq read ../shared/data")
-    p.add_argument("--data", help="JSONL with context, question, answers (and answer_prefix): instead of --task")
-    p.add_argument("--limit", type=int, default=40, help="samples")
+    p.add_argument("--data", help="JSONL with context, question, answers (and answer_prefix, template): instead of "
+                   "--task")
+    p.add_argument("--template", help="how a --data row's question follows its context (default: on a new line, "
+                   "\"\\n{question}\"); a row's own template field wins")
+    p.add_argument("--limit", type=int, default=8, help="samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--length", type=int, default=2000, help="niah: context tokens")
     p.add_argument("--distractors", type=int, default=8, help="squad: paragraphs besides the one asked about")

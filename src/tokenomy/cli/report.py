@@ -47,7 +47,7 @@ def cmd_report(args) -> int:
 
         from tokenomy.bench.docs import update
 
-        changed = update(Path.cwd(), check=args.check)
+        changed = update(Path.cwd(), check=args.check, cli_reference=args.reference)
         verb = "would change" if args.check else "rebuilt"
         print(f"{verb}: {', '.join(map(str, changed))}" if changed else "docs tables match their JSON files",
               file=sys.stderr)
@@ -63,7 +63,7 @@ def cmd_report(args) -> int:
         if len(args.json) > 1:
             print(f"{chr(10) if number else ''}## {path}\n")
         print(suite_module(suite_of(payload)).render(payload, markdown=args.markdown))
-        print(f"\n`{payload['command']}`")
+        print(f"\n`{payload.get('command', '(command not recorded)')}`")
     if args.html:
         from tokenomy.bench.html import screenshot, write_html
 

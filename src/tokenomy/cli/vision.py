@@ -95,7 +95,7 @@ def add_commands(sub, bench) -> None:
                    help="comma list of values for methods whose budget adapts to each image (ATP's mass tau)")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="test (reporting) or val (developing methods: the test split is never tuned on)")
-    p.add_argument("--limit", type=int, default=60, help="samples")
+    p.add_argument("--limit", type=int, default=20, help="samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing", type=int, default=8, help="samples whose prefill is timed (0: no timing)")
     p.add_argument("--repeats", type=int, default=3, help="timing rounds (medians reported)")

