@@ -108,6 +108,25 @@ def test_jsonl_reads_samples(tmp_path):
     path = write_lines(tmp_path, [json.dumps(good), "", json.dumps({**good, "context": ""})])
     samples = read_jsonl(path)
     assert len(samples) == 2 and samples[0].answers == ["a", "b"] and samples[1].meta == {"line": 3}
+    assert samples[0].question == "\nq"  # on a new line, as every built-in task's question
+
+
+def test_jsonl_questions_follow_a_template(tmp_path):
+    row = {"context": "c", "question": "q?", "answers": ["a"]}
+    path = write_lines(tmp_path, [json.dumps(row), json.dumps({**row, "template": " {question} Answer briefly."})])
+    plain, own = read_jsonl(path, template="\n\nQuestion: {question}")
+    assert plain.question == "\n\nQuestion: q?" and own.question == " q? Answer briefly."
+    with pytest.raises(TokenomyError, match="exactly once"):
+        read_jsonl(path, template="no placeholder")
+
+
+def test_rows_without_an_answer_prefix_are_counted(tmp_path):
+    from tokenomy.bench.tasks import missing_prefix_note
+
+    row = {"context": "c", "question": "q", "answers": ["a"]}
+    path = write_lines(tmp_path, [json.dumps(row), json.dumps({**row, "answer_prefix": "It is"})])
+    assert missing_prefix_note(read_jsonl(path)).startswith("1 of 2 --data rows have no answer_prefix")
+    assert missing_prefix_note(read_jsonl(path)[1:]) is None
 
 
 @pytest.mark.parametrize(

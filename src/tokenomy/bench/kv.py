@@ -86,6 +86,23 @@ class KVBenchConfig:
             check_choice("peer", c, ["kvpress"])
 
 
+_BENCHES: dict[str, KVBench] = {}
+
+
+def run_cell(payload: tuple) -> list[dict]:
+    """One sample of a sweep (a `tokenomy.bench.sweep` cell, run here or in a Ray worker): ``(model name, config,
+    sample index, sample)`` -> every row of the sample as a dict. The model loads once per process."""
+    import dataclasses
+
+    from tokenomy import load
+
+    model_name, config, index, sample = payload
+    key = f"{model_name}|{config!r}"
+    if key not in _BENCHES:
+        _BENCHES[key] = KVBench(*load(model_name), config)
+    return [dataclasses.asdict(row) for row in _BENCHES[key].run_sample(index, sample)]
+
+
 def _cache_bytes(cache, peak: bool = False) -> int:
     """Bytes of keys + values held now (``peak``: the most each layer held at once)."""
     total = 0

@@ -224,7 +224,7 @@ def read_records(path: str | Path, required: tuple[str, ...]) -> list[tuple[int,
         answers = item["answers"]
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
             raise TokenomyError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
-        for key in ("context", "question", "answer_prefix", "prompt"):
+        for key in ("context", "question", "answer_prefix", "prompt", "template"):
             if key in item and not isinstance(item[key], str):
                 raise TokenomyError(f"{where}: {key!r} must be a string")
         records.append((number, item))
@@ -233,11 +233,32 @@ def read_records(path: str | Path, required: tuple[str, ...]) -> list[tuple[int,
     return records
 
 
-def read_jsonl(path: str | Path) -> list[Sample]:
+QUESTION_TEMPLATE = "\n{question}"  # how every built-in task's question follows its context: on a new line
+
+
+def read_jsonl(path: str | Path, template: str | None = None) -> list[Sample]:
     """Samples from JSONL: one object per line with ``context``, ``question``, ``answers`` (a list of
-    accepted strings) and optionally ``answer_prefix``."""
-    return [
-        Sample(context=item["context"], question=item["question"], answers=item["answers"],
-               answer_prefix=item.get("answer_prefix", ""), meta={"line": number})
-        for number, item in read_records(path, ("context", "question", "answers"))
-    ]
+    accepted strings) and optionally ``answer_prefix`` and ``template``. The question follows the context as in
+    the built-in tasks, on a new line; a row's ``template``, else ``template``, else `QUESTION_TEMPLATE` places
+    it (``{question}`` marks where, e.g. ``"\\n\\nQuestion: {question}"``)."""
+    samples = []
+    for number, item in read_records(path, ("context", "question", "answers")):
+        form = item.get("template", template or QUESTION_TEMPLATE)
+        if form.count("{question}") != 1:
+            raise TokenomyError(f"{path}:{number}: a template holds {{question}} exactly once, got {form!r}")
+        samples.append(Sample(context=item["context"], question=form.replace("{question}", item["question"]),
+                              answers=item["answers"], answer_prefix=item.get("answer_prefix", ""),
+                              meta={"line": number}))
+    return samples
+
+
+def missing_prefix_note(samples: list[Sample]) -> str | None:
+    """A line for the table when --data rows have no ``answer_prefix`` (the reply is then judged from the
+    model's first words, which a prefix would steer), else None."""
+    bare = sum(not s.answer_prefix for s in samples)
+    if not bare:
+        return None
+    return (f"{bare} of {len(samples)} --data rows have no answer_prefix: replies are judged as the model starts "
+            "them (a prefix such as \"The access code is\" steers short answers)")
+
+

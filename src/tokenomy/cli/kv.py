@@ -8,24 +8,23 @@ from tokenomy.cli._common import csv_list, json_option
 
 
 def cmd_bench_kv(args) -> int:
+    import dataclasses
     import os
 
-    from tokenomy._progress import progress_bar
-
     from tokenomy import catalog, load
-    from tokenomy.registry import method_spec
-    from tokenomy.bench.kv import KVBench, KVBenchConfig, aggregate, by_length, columns, notes
-    from tokenomy.bench.report import result_header, table, write_json
-    from tokenomy.bench.tasks import TASKS, read_jsonl
+    from tokenomy._progress import progress_bar
     from tokenomy._validation import check_choice, check_int
+    from tokenomy.bench import sweep
+    from tokenomy.bench.kv import KVBench, KVBenchConfig, Row, aggregate, by_length, columns, notes, run_cell
+    from tokenomy.bench.report import result_header, table, write_json
+    from tokenomy.bench.sweep import Cell
+    from tokenomy.bench.tasks import TASKS, missing_prefix_note, read_jsonl
     from tokenomy.sites.kv_cache import SITE
 
     if args.methods == ["all"]:
         method_names = [m.name for m in catalog.methods(SITE)]
     else:
         method_names = args.methods
-    for spec in method_names:
-        catalog.get(method_spec(spec)[0], SITE)
     config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
     check_int("--limit", args.limit, minimum=1)
     check_int("--continuation", args.continuation, minimum=2)
@@ -33,31 +32,43 @@ def cmd_bench_kv(args) -> int:
         check_int("--length", n, minimum=1)
     if args.data is None:
         check_choice("task", args.task, TASKS)
-    model, tokenizer = load(args.model)
     if args.data is not None:
-        samples = read_jsonl(args.data)[: args.limit]
+        samples = read_jsonl(args.data, args.template)[: args.limit]
         task = f"data:{args.data}"
-    else:
+    if args.ray:
+        sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the model loads
+    model, tokenizer = load(args.model)
+    if args.data is None:
         extra = {"continuation_tokens": args.continuation} if args.task == "ppl" else {}
         samples = TASKS[args.task](tokenizer, args.length, args.limit, args.seed, **extra)
         task = args.task
     bench = KVBench(model, tokenizer, config)
-    rows = []
     started = time.perf_counter()
     lengths = "" if args.data is not None else f", context {'/'.join(map(str, args.length))} tokens"
     described = f"task {task}{lengths}, {len(samples)} sample{'s' if len(samples) != 1 else ''}"
+    cells = [Cell(f"sample-{index}", (args.model, config, index, sample), f"{args.model}|{config!r}|{sample!r}")
+             for index, sample in enumerate(samples)]
+    folder = args.cells or sweep.default_folder(os.environ.get("TOKENOMY_RESULTS", "tokenomy-results"), "kv", cells)
     with progress_bar(total=sum(bench.cells(s) for s in samples), desc=f"bench kv {task}", unit="run") as bar:
         def advance(row) -> None:
             bar.set_postfix_str(f"sample {row.sample + 1}/{len(samples)}: {row.label} keep {row.keep:g}")
             bar.update(1)
 
-        for index, sample in enumerate(samples):
-            rows.extend(bench.run_sample(index, sample, progress=advance))
+        def here(payload) -> list[dict]:  # in this process: the loaded model, progress run by run
+            return [dataclasses.asdict(r) for r in bench.run_sample(payload[2], payload[3], progress=advance)]
+
+        def done(cell, records, cached) -> None:
+            if cached or args.ray:
+                bar.update(len(records))
+
+        records = sweep.run(cells, run_cell if args.ray else here, folder, ray_address=args.ray, done=done)
+    rows = [Row(**record) for cell in records for record in cell]
     summary = aggregate(rows)
     print(described)
     print(table(summary, columns(samples[0].continuation is not None)))
-    for line in notes(summary):
-        print(line)
+    for line in notes(summary) + ([missing_prefix_note(samples)] if args.data else []):
+        if line:
+            print(line)
     for entry in summary:
         if entry["errors"]:
             failed = next(r.error for r in rows if r.label == entry["method"] and r.keep == entry["keep"]
@@ -75,6 +86,7 @@ def cmd_bench_kv(args) -> int:
             "rows": rows,
         }
         print(f"wrote {write_json(args.json, payload)}")
+    sweep.clear(folder, cells)  # complete and written: nothing left to resume
     return 0
 
 
@@ -87,7 +99,9 @@ def add_commands(sub, bench) -> None:
                         "(keydiff-pool:recent=32); default: four that span the families, so the first run takes minutes")
     p.add_argument("--keep", type=csv_list(float), default=[0.5, 0.25], help="comma list of kept fractions")
     p.add_argument("--task", default="niah", help="niah, multikey, vartrack or ppl (ignored with --data)")
-    p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix]")
+    p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix, template]")
+    p.add_argument("--template", help="how a --data row's question follows its context (default: on a new line, "
+                   "\"\\n{question}\"); a row's own template field wins")
     p.add_argument("--length", type=csv_list(int), default=[1000], help="comma list of context lengths (tokens)")
     p.add_argument("--limit", type=int, default=4, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -96,5 +110,11 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
     p.add_argument("--compare", type=csv_list(str), help="peer libraries to run side by side: kvpress")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the samples as Ray tasks: on a local Ray it starts (no ADDRESS), the cluster this machine "
+                        "is in (auto), or at ADDRESS; needs the ray extra")
+    p.add_argument("--cells", help="where finished samples are kept until the sweep completes, so the same command "
+                        "run again after an interruption resumes (default: tokenomy-results/.cells/, one folder per "
+                        "sweep)")
     json_option(p, "write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)

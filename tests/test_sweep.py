@@ -1,0 +1,72 @@
+"""Sweeps: cells cached on disk (an interrupted sweep resumes), results in cell order, the same on Ray."""
+
+import json
+
+import pytest
+
+from tokenomy.bench import sweep
+from tokenomy.bench.sweep import Cell
+from tokenomy.cli import main
+
+
+def square(payload):
+    return [{"x": payload, "y": payload * payload}]
+
+
+CELLS = [Cell(f"c{i}", i, f"square {i}") for i in range(5)]
+
+
+def test_cells_are_cached_and_a_rerun_only_runs_what_is_missing(tmp_path):
+    ran = []
+
+    def work(payload):
+        ran.append(payload)
+        if payload == 3 and len(ran) < 5:
+            raise KeyboardInterrupt  # the sweep is interrupted at its fourth cell
+        return square(payload)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(CELLS, work, tmp_path)
+    assert ran == [0, 1, 2, 3] and len(list(tmp_path.glob("*.json"))) == 3
+    results = sweep.run(CELLS, work, tmp_path)
+    assert ran == [0, 1, 2, 3, 3, 4]  # resumed: only the missing cells ran
+    assert results == [square(i) for i in range(5)]
+
+
+def test_a_changed_identity_is_not_served_from_the_cache(tmp_path):
+    sweep.run(CELLS[:1], square, tmp_path)
+    seen = []
+    sweep.run([Cell("c0", 7, "square 7")], lambda p: seen.append(p) or square(p), tmp_path)
+    assert seen == [7]
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    ray = pytest.importorskip("ray")
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    sweep.connect("local", num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_returns_what_one_process_returns_in_cell_order(tmp_path, ray_two_cpus):
+    here = sweep.run(CELLS, square, tmp_path / "here")
+    there = sweep.run(CELLS, square, tmp_path / "there", ray_address="local")
+    assert there == here
+
+
+TIMING = {"prefill_seconds", "scoring_seconds", "decode_seconds", "peak_memory_bytes"}
+
+
+@pytest.mark.integration
+def test_bench_kv_on_ray_equals_one_process_row_for_row(tmp_path, ray_two_cpus):
+    argv = ["bench", "kv", "--limit", "2", "--length", "200", "--methods", "snapkv,streamingllm", "--keep", "0.5"]
+    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
+    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["rows"] for name in ("one", "ray"))
+    assert len(one) == len(ray) == 2 * 3
+    for a, b in zip(one, ray):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+    assert not (tmp_path / "ray.cells").exists()  # complete: the cell cache is gone
