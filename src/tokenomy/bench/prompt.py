@@ -88,15 +88,20 @@ def squad(limit: int, seed: int, distractors: int = 8, unanswerable: float = 0.2
     return samples
 
 
-def boolq(limit: int, seed: int) -> list[Sample]:
-    """BoolQ passages with their yes/no questions, a seeded subset."""
+def boolq(limit: int, seed: int, min_words: int = 80) -> list[Sample]:
+    """BoolQ passages of at least ``min_words`` words (shorter ones leave a compressor nothing to cut at 3x:
+    the question alone would be the budget) with their yes/no questions, a seeded subset."""
     lines = _data("qa_small/boolq/boolq.jsonl").read_text().splitlines()
-    rng = random.Random(seed)
+    random.Random(seed).shuffle(lines)
     samples = []
-    for line in rng.sample(lines, min(limit, len(lines))):
+    for line in lines:
+        if len(samples) == limit:
+            break
         item = json.loads(line)
         passage, _, question = item["query"].partition("\nQuestion: ")
         passage = passage.removeprefix("Passage: ")
+        if len(passage.split()) < min_words:
+            continue
         samples.append(Sample(passage, f"\n\nQuestion: {question.strip()}? Answer yes or no.",
                               [item["choices"][item["gold"]]], "Answer:", meta={"task": "boolq"}))
     return samples
