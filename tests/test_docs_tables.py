@@ -50,3 +50,15 @@ def test_check_reports_a_stale_table_and_writes_nothing(tmp_path, monkeypatch, c
 def test_a_missing_json_is_named(tmp_path):
     with pytest.raises(tokenomy.TokenomyError, match="nothing.json"):
         regenerate("<!-- results nothing.json -->\n<!-- /results -->\n", tmp_path)
+
+
+def test_headlines_fill_claims_from_the_one_matching_row(tmp_path):
+    rows = [{"method": "a", "keep": 0.5, "score": 0.91}, {"method": "b", "keep": 0.5, "score": 0.5}]
+    (tmp_path / "r.json").write_text(json.dumps({"suite": "prompt", "command": "c", "results": rows}))
+    spec = [{"capability": "X", "file": "r.json", "where": {"method": "a"}, "claim": "a scores {score:.0%}"}]
+    (tmp_path / "h.json").write_text(json.dumps(spec))
+    new = regenerate("<!-- headlines h.json -->\n<!-- /headlines -->\n", tmp_path)
+    assert "| X | a scores 91% | [r.json](r.json) |" in new
+    (tmp_path / "h.json").write_text(json.dumps([{**spec[0], "where": {"keep": 0.5}}]))
+    with pytest.raises(tokenomy.TokenomyError, match="matches 2 rows"):
+        regenerate("<!-- headlines h.json -->\n<!-- /headlines -->\n", tmp_path)

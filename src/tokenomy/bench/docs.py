@@ -11,6 +11,8 @@ A generated block sits between two HTML comments that Markdown does not show:
     <!-- cli -->                                           every command's --help (given by the CLI: `reference`)
     <!-- api -->                                           the public functions and classes, with their docstrings
     <!-- manifest -->                                      every benchmarks/*.json: suite, command, the pages citing it
+    <!-- headlines SPEC.json -->                           one row per entry of SPEC: a claim filled in from the
+                                                           one row of a benchmark JSON that matches its ``where``
     ...
     <!-- /methods -->
 
@@ -27,7 +29,7 @@ from typing import Callable
 from tokenomy._files import write_atomic
 from tokenomy._validation import TokenomyError
 
-BLOCK = re.compile(r"(<!-- (results|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- (results|headlines|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
 API_MODULES = ("tokenomy", "tokenomy.codec", "tokenomy.ensemble")
 
 
@@ -98,9 +100,30 @@ def manifest(root: Path) -> str:
     lines = ["| file | suite | command | cited in |", "|---|---|---|---|"]
     for path in sorted((root / "benchmarks").glob("*.json")):
         payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or "command" not in payload:  # not a benchmark's output (headlines)
+            continue
         pages = [p.relative_to(root).as_posix() for p, names in citing.items() if path.name in names]
         command = payload.get("command", "").replace("|", "\\|")
         lines.append(f"| `{path.name}` | {suite_of(payload)} | `{command}` | {', '.join(pages) or '-'} |")
+    return "\n".join(lines)
+
+
+def headlines(root: Path, spec: Path) -> str:
+    """A table of claims, each filled in (``str.format``) from the one result row of its benchmark file that
+    matches every ``where`` pair; entries: ``capability``, ``file``, ``where``, ``claim``."""
+    try:
+        entries = json.loads(spec.read_text())
+    except (OSError, ValueError) as err:
+        raise TokenomyError(f"cannot read the headlines spec {spec}: {err}") from err
+    lines = ["| capability | result | data |", "|---|---|---|"]
+    for entry in entries:
+        payload = json.loads((root / entry["file"]).read_text())
+        rows = [r for r in payload.get("results", payload.get("aggregate", []))
+                if all(r.get(k) == v for k, v in entry["where"].items())]
+        if len(rows) != 1:
+            raise TokenomyError(f"{spec}: {entry['where']} matches {len(rows)} rows of {entry['file']}, not one")
+        lines.append(f"| {entry['capability']} | {entry['claim'].format(**rows[0])} | "
+                     f"[{Path(entry['file']).name}]({entry['file']}) |")
     return "\n".join(lines)
 
 
@@ -123,6 +146,8 @@ def regenerate(text: str, root: Path, cli_reference: Callable[[], str] | None = 
         opening, kind, argument, _, closing = match.groups()
         if kind == "manifest":
             body = manifest(root)
+        elif kind == "headlines":
+            body = headlines(root, root / (argument or "").strip())
         elif kind == "cli":
             if cli_reference is None:
                 raise TokenomyError("a cli block is rebuilt by `tokenomy report --docs` (it needs the CLI's help)")
