@@ -70,3 +70,16 @@ def test_bench_kv_on_ray_equals_one_process_row_for_row(tmp_path, ray_two_cpus):
     for a, b in zip(one, ray):
         assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
     assert not (tmp_path / "ray.cells").exists()  # complete: the cell cache is gone
+
+
+@pytest.mark.integration
+def test_bench_prompt_on_ray_equals_one_process_record_for_record(tmp_path, ray_two_cpus):
+    argv = ["bench", "prompt", "--task", "niah", "--length", "300", "--limit", "2", "--methods", "ehpc,lossless",
+            "--rate", "0.5"]
+    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
+    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["samples"] for name in ("one", "ray"))
+    assert len(one) == len(ray) == 2 * 3 and [r["sample"] for r in ray] == [0, 0, 0, 1, 1, 1]
+    timing = {"compress_s", "answer_s"}
+    for a, b in zip(one, ray):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}

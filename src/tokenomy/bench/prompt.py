@@ -199,10 +199,11 @@ def answer(model, tokenizer, sample: Sample, max_new_tokens: int) -> tuple[str, 
 
 
 def run(model, tokenizer, samples: list[Sample], rows: list[Row], max_new_tokens: int,
-        progress: Callable[[int], Any] = lambda n: None) -> list[dict]:
-    """Answer every sample from its original prompt and from every row's compression; per-sample records."""
+        progress: Callable[[int], Any] = lambda n: None, first: int = 0) -> list[dict]:
+    """Answer every sample from its original prompt and from every row's compression; per-sample records
+    (samples numbered from ``first``)."""
     records = []
-    for index, sample in enumerate(samples):
+    for index, sample in enumerate(samples, start=first):
         reply, seconds, tokens = answer(model, tokenizer, sample, max_new_tokens)
         base = {"sample": index, "answers": sample.answers, **sample.meta}
         records.append(base | {"method": ORIGINAL, "rate": 1.0, "reply": reply, "correct": correct(reply, sample.answers),
@@ -238,6 +239,28 @@ def summarize(records: list[dict]) -> list[dict]:
             "end_to_end_ms": 1e3 * statistics.median(r["compress_s"] + r["answer_s"] for r in mine),
         })
     return out
+
+
+_CELL_ROWS: dict[str, list[Row]] = {}
+
+
+def run_cell(payload: tuple) -> list[dict]:
+    """One sample of a sweep (a `tokenomy.bench.sweep` cell, run here or in a Ray worker): ``(target,
+    compressor, specs, rates, compare, max_new_tokens, index, sample)`` -> the sample's records. Models and
+    compressors are built once per process."""
+    import tokenomy
+
+    target_name, compressor_name, specs, rates, compare, max_new_tokens, index, sample = payload
+    target, target_tokenizer = tokenomy._prompt_model(target_name)
+    key = repr(payload[:5])
+    if key not in _CELL_ROWS:
+        compressor, tokenizer = tokenomy._prompt_model(compressor_name)
+        _CELL_ROWS[key] = rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
+        if "llmlingua" in compare:
+            from tokenomy.models.loader import converted_dir
+
+            _CELL_ROWS[key] += llmlingua_rows(rates, converted_dir(compressor_name))
+    return run(target, target_tokenizer, [sample], _CELL_ROWS[key], max_new_tokens, first=index)
 
 
 def rows_for(specs: list[str], rates: list[float], model, tokenizer, target_tokenizer) -> list[Row]:

@@ -66,3 +66,13 @@ def default_json(args) -> None:
     if getattr(args, "suite", None) and getattr(args, "json", "") is None:
         folder = os.environ.get("TOKENOMY_RESULTS", "tokenomy-results")
         args.json = os.path.join(folder, f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
+
+
+def sweep_options(p: argparse.ArgumentParser) -> None:
+    """--ray and --cells: a benchmark whose samples run as `tokenomy.bench.sweep` cells."""
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the samples as Ray tasks: on a local Ray it starts (no ADDRESS), the cluster this machine "
+                        "is in (auto), or at ADDRESS; needs the ray extra")
+    p.add_argument("--cells", help="where finished samples are kept until the sweep completes, so the same command "
+                        "run again after an interruption resumes (default: tokenomy-results/.cells/, one folder per "
+                        "sweep)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tokenomy.cli._common import csv_list, json_option
+from tokenomy.cli._common import csv_list, json_option, sweep_options
 
 
 def cmd_bench_kv(args) -> int:
@@ -110,11 +110,6 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
     p.add_argument("--compare", type=csv_list(str), help="peer libraries to run side by side: kvpress")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the samples as Ray tasks: on a local Ray it starts (no ADDRESS), the cluster this machine "
-                        "is in (auto), or at ADDRESS; needs the ray extra")
-    p.add_argument("--cells", help="where finished samples are kept until the sweep completes, so the same command "
-                        "run again after an interruption resumes (default: tokenomy-results/.cells/, one folder per "
-                        "sweep)")
+    sweep_options(p)
     json_option(p, "write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)

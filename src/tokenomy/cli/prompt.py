@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from tokenomy._validation import TokenomyError
-from tokenomy.cli._common import csv_list, json_option, read_input
+from tokenomy.cli._common import csv_list, json_option, read_input, sweep_options
 
 
 def cmd_compress(args) -> int:
@@ -40,8 +40,12 @@ def cmd_bench_prompt(args) -> int:
 
     import tokenomy
     from tokenomy._validation import check_choice, check_fraction, check_int
+    import os
+
     from tokenomy.bench import prompt as bench
+    from tokenomy.bench import sweep
     from tokenomy.bench.report import result_header, table, write_json
+    from tokenomy.bench.sweep import Cell
     from tokenomy.bench.tasks import missing_prefix_note, read_jsonl
     from tokenomy.registry import method_spec
 
@@ -55,6 +59,8 @@ def cmd_bench_prompt(args) -> int:
         tokenomy.get(method_spec(spec)[0], "prompt")
     if not 0 <= args.unanswerable <= 1:
         raise tokenomy.TokenomyError(f"--unanswerable must be in [0, 1], got {args.unanswerable}")
+    if args.ray:
+        sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the models load
     compressor, tokenizer = tokenomy._prompt_model(args.compressor)
     target, target_tokenizer = tokenomy._prompt_model(args.target)
     samples = read_jsonl(args.data, args.template) if args.data else bench.samples_for(
@@ -67,8 +73,23 @@ def cmd_bench_prompt(args) -> int:
         if args.compressor not in PACKAGED:
             raise tokenomy.TokenomyError("--compare llmlingua runs the peer on a packaged compressor model")
         rows += bench.llmlingua_rows(rates, converted_dir(args.compressor))
+    cells = [Cell(f"sample-{index}", (args.target, args.compressor, specs, rates, args.compare, args.max_new_tokens,
+                                      index, sample), f"{args.target}|{args.compressor}|{specs}|{rates}|"
+                                                      f"{args.compare}|{args.max_new_tokens}|{sample!r}")
+             for index, sample in enumerate(samples)]
+    folder = args.cells or sweep.default_folder(os.environ.get("TOKENOMY_RESULTS", "tokenomy-results"), "prompt",
+                                                cells)
     with progress_bar(total=len(samples) * (1 + len(rows)), desc="bench prompt", unit="answer") as bar:
-        records = bench.run(target, target_tokenizer, samples, rows, args.max_new_tokens, progress=bar.update)
+        def here(payload) -> list[dict]:  # in this process: the loaded models, progress answer by answer
+            return bench.run(target, target_tokenizer, [payload[-1]], rows, args.max_new_tokens,
+                             progress=bar.update, first=payload[-2])
+
+        def done(cell, records, cached) -> None:
+            if cached or args.ray:
+                bar.update(len(records))
+
+        records = [r for cell in sweep.run(cells, bench.run_cell if args.ray else here, folder,
+                                           ray_address=args.ray, done=done) for r in cell]
     results = bench.summarize(records)
     print(table(results, bench.COLUMNS))
     print(f"task {args.data or args.task}, {len(samples)} samples, seed {args.seed}; target {args.target}, "
@@ -78,6 +99,7 @@ def cmd_bench_prompt(args) -> int:
     if args.json:
         payload = {**result_header("prompt", args), "results": results, "samples": records}
         print(f"wrote {write_json(args.json, payload)}")
+    sweep.clear(folder, cells)  # complete and written: nothing left to resume
     return 0
 
 
@@ -141,6 +163,7 @@ def add_commands(sub, bench) -> None:
                    "do not answer")
     p.add_argument("--target", default="smollm2-135m", help="the model that answers (gemma3-270m, a path, ...)")
     p.add_argument("--compressor", default="smollm2-135m", help="the model the compressors score with")
+    sweep_options(p)
     p.add_argument("--compare", type=csv_list(str), default=[],
                    help="peers run on the same samples in the same process: llmlingua (the llmlingua package's "
                         "PromptCompressor: LLMLingua and LongLLMLingua, with the compressor model)")
