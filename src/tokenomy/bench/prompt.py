@@ -254,13 +254,22 @@ def run_cell(payload: tuple) -> list[dict]:
     target, target_tokenizer = tokenomy._prompt_model(target_name)
     key = repr(payload[:5])
     if key not in _CELL_ROWS:
-        compressor, tokenizer = tokenomy._prompt_model(compressor_name)
-        _CELL_ROWS[key] = rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
-        if "llmlingua" in compare:
-            from tokenomy.models.loader import converted_dir
-
-            _CELL_ROWS[key] += llmlingua_rows(rates, converted_dir(compressor_name))
+        _CELL_ROWS[key] = sweep_rows(specs, rates, compare, compressor_name, target_tokenizer)
     return run(target, target_tokenizer, [sample], _CELL_ROWS[key], max_new_tokens, first=index)
+
+
+def sweep_rows(specs: list[str], rates: list[float], compare: list[str], compressor_name: str,
+               target_tokenizer) -> list[Row]:
+    """Every row a `bench prompt` sweep runs: tokenomy's methods with the compressor model ``compressor_name``
+    (loaded once per process), then the peers of ``compare`` with the same model."""
+    import tokenomy
+    from tokenomy.models.loader import PACKAGED, converted_dir
+
+    if "llmlingua" in compare and compressor_name not in PACKAGED:
+        raise TokenomyError("--compare llmlingua runs the peer on a packaged compressor model")
+    compressor, tokenizer = tokenomy._prompt_model(compressor_name)
+    rows = rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
+    return rows + (llmlingua_rows(rates, converted_dir(compressor_name)) if "llmlingua" in compare else [])
 
 
 def rows_for(specs: list[str], rates: list[float], model, tokenizer, target_tokenizer) -> list[Row]:

@@ -76,3 +76,20 @@ def sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", help="where finished samples are kept until the sweep completes, so the same command "
                         "run again after an interruption resumes (default: tokenomy-results/.cells/, one folder per "
                         "sweep)")
+
+
+def sample_sweep(args, suite: str, cells: list, here, remote, bar):
+    """Run a benchmark's sample cells (`tokenomy.bench.sweep`): ``here`` in this process (it moves ``bar``
+    itself, run by run), or ``remote`` as Ray tasks with ``--ray``; finished cells kept in ``--cells`` or one
+    folder per sweep under the results folder. Returns the records per cell and that folder."""
+    import os
+
+    from tokenomy.bench import sweep
+
+    folder = args.cells or sweep.default_folder(os.environ.get("TOKENOMY_RESULTS", "tokenomy-results"), suite, cells)
+
+    def done(cell, records, cached) -> None:
+        if cached or args.ray:
+            bar.update(len(records))
+
+    return sweep.run(cells, remote if args.ray else here, folder, ray_address=args.ray, done=done), folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tokenomy.cli._common import csv_list, json_option, sweep_options
+from tokenomy.cli._common import csv_list, json_option, sample_sweep, sweep_options
 
 
 def cmd_bench_kv(args) -> int:
@@ -48,7 +48,6 @@ def cmd_bench_kv(args) -> int:
     described = f"task {task}{lengths}, {len(samples)} sample{'s' if len(samples) != 1 else ''}"
     cells = [Cell(f"sample-{index}", (args.model, config, index, sample), f"{args.model}|{config!r}|{sample!r}")
              for index, sample in enumerate(samples)]
-    folder = args.cells or sweep.default_folder(os.environ.get("TOKENOMY_RESULTS", "tokenomy-results"), "kv", cells)
     with progress_bar(total=sum(bench.cells(s) for s in samples), desc=f"bench kv {task}", unit="run") as bar:
         def advance(row) -> None:
             bar.set_postfix_str(f"sample {row.sample + 1}/{len(samples)}: {row.label} keep {row.keep:g}")
@@ -57,11 +56,7 @@ def cmd_bench_kv(args) -> int:
         def here(payload) -> list[dict]:  # in this process: the loaded model, progress run by run
             return [dataclasses.asdict(r) for r in bench.run_sample(payload[2], payload[3], progress=advance)]
 
-        def done(cell, records, cached) -> None:
-            if cached or args.ray:
-                bar.update(len(records))
-
-        records = sweep.run(cells, run_cell if args.ray else here, folder, ray_address=args.ray, done=done)
+        records, folder = sample_sweep(args, "kv", cells, here, run_cell, bar)
     rows = [Row(**record) for cell in records for record in cell]
     summary = aggregate(rows)
     print(described)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from tokenomy._validation import TokenomyError
-from tokenomy.cli._common import csv_list, json_option, read_input, sweep_options
+from tokenomy.cli._common import csv_list, json_option, read_input, sample_sweep, sweep_options
 
 
 def cmd_compress(args) -> int:
@@ -40,8 +40,6 @@ def cmd_bench_prompt(args) -> int:
 
     import tokenomy
     from tokenomy._validation import check_choice, check_fraction, check_int
-    import os
-
     from tokenomy.bench import prompt as bench
     from tokenomy.bench import sweep
     from tokenomy.bench.report import result_header, table, write_json
@@ -61,35 +59,22 @@ def cmd_bench_prompt(args) -> int:
         raise tokenomy.TokenomyError(f"--unanswerable must be in [0, 1], got {args.unanswerable}")
     if args.ray:
         sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the models load
-    compressor, tokenizer = tokenomy._prompt_model(args.compressor)
     target, target_tokenizer = tokenomy._prompt_model(args.target)
     samples = read_jsonl(args.data, args.template) if args.data else bench.samples_for(
         args.task, target_tokenizer, args.limit, args.seed, args.length, args.distractors, args.unanswerable)
     samples = samples[: args.limit]
-    rows = bench.rows_for(specs, rates, compressor, tokenizer, target_tokenizer)
-    if "llmlingua" in args.compare:
-        from tokenomy.models.loader import PACKAGED, converted_dir
-
-        if args.compressor not in PACKAGED:
-            raise tokenomy.TokenomyError("--compare llmlingua runs the peer on a packaged compressor model")
-        rows += bench.llmlingua_rows(rates, converted_dir(args.compressor))
+    rows = bench.sweep_rows(specs, rates, args.compare, args.compressor, target_tokenizer)
     cells = [Cell(f"sample-{index}", (args.target, args.compressor, specs, rates, args.compare, args.max_new_tokens,
                                       index, sample), f"{args.target}|{args.compressor}|{specs}|{rates}|"
                                                       f"{args.compare}|{args.max_new_tokens}|{sample!r}")
              for index, sample in enumerate(samples)]
-    folder = args.cells or sweep.default_folder(os.environ.get("TOKENOMY_RESULTS", "tokenomy-results"), "prompt",
-                                                cells)
     with progress_bar(total=len(samples) * (1 + len(rows)), desc="bench prompt", unit="answer") as bar:
         def here(payload) -> list[dict]:  # in this process: the loaded models, progress answer by answer
             return bench.run(target, target_tokenizer, [payload[-1]], rows, args.max_new_tokens,
                              progress=bar.update, first=payload[-2])
 
-        def done(cell, records, cached) -> None:
-            if cached or args.ray:
-                bar.update(len(records))
-
-        records = [r for cell in sweep.run(cells, bench.run_cell if args.ray else here, folder,
-                                           ray_address=args.ray, done=done) for r in cell]
+        per_cell, folder = sample_sweep(args, "prompt", cells, here, bench.run_cell, bar)
+    records = [r for cell in per_cell for r in cell]
     results = bench.summarize(records)
     print(table(results, bench.COLUMNS))
     print(f"task {args.data or args.task}, {len(samples)} samples, seed {args.seed}; target {args.target}, "
