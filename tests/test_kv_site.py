@@ -9,7 +9,8 @@ from tokenomy.budget import HeadAdaptive, Keep, Pyramid, kept_count
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, attention_and_received
 from tokenomy.score.norms import KeyNorm
-from tokenomy.sites.kv_cache import SITE, KVCompression, KVStats, PrefillRecorder, PrunedLayer
+from tokenomy.sites.kv_cache import SITE, KVCompression, KVStats, PrefillRecorder
+from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 
 from conftest import tiny_gemma3, tiny_llama
 
@@ -50,7 +51,7 @@ def test_generation_after_compression_is_coherent(model, name):
         model(x, past_key_values=cache)
     assert out.sequences.shape == (1, 88)
     for layer in cache.layers:
-        assert isinstance(layer, PrunedLayer)
+        assert isinstance(layer, CompressedLayer)
         assert layer.get_seq_length() == 80  # positions stay those of the uncompressed sequence
 
 
@@ -84,7 +85,7 @@ def test_sliding_window_layers_are_left_alone_and_budgets_spread_over_the_others
     with tokenomy.apply(model, name, keep=0.25) as session:
         model(x, past_key_values=cache)
     compressed = [t == "full_attention" for t in model.config.layer_types]
-    assert [isinstance(layer, PrunedLayer) for layer in cache.layers] == compressed
+    assert [isinstance(layer, CompressedLayer) for layer in cache.layers] == compressed
     assert session.stats.entries_kept == sum(compressed) * kept_count(0.25, 60) * 2  # 2 KV heads
 
 
@@ -119,11 +120,12 @@ def test_kvzip_keeps_what_the_replayed_context_attends_to_most(implementation, m
     assert len({layer.kept_entries() for layer in cache.layers}) > 1  # the layers did not share evenly
     for expected, layer, full in zip(chosen, cache.layers, plain.layers):
         assert layer.seen == 40
+        keys, _, positions, valid = layer.padded()
         for head in range(2):
-            in_use = layer.valid[0, head] if layer.valid is not None else slice(None)
-            assert torch.equal(layer.positions[0, head][in_use], expected[head].nonzero().flatten())
-        gather = layer.positions.unsqueeze(-1).expand(-1, -1, -1, 16)
-        assert torch.equal(layer.keys, full.keys.gather(2, gather))
+            in_use = valid[0, head] if valid is not None else slice(None)
+            assert torch.equal(positions[0, head][in_use], expected[head].nonzero().flatten())
+        gather = positions.unsqueeze(-1).expand(-1, -1, -1, 16)
+        assert torch.equal(keys, full.keys.gather(2, gather))
 
 
 def test_kvzip_leaves_sliding_window_layers_as_the_prefill_left_them():
@@ -138,7 +140,7 @@ def test_kvzip_leaves_sliding_window_layers_as_the_prefill_left_them():
         if kind == "sliding_attention":
             assert torch.equal(layer.keys, full.keys) and torch.equal(layer.values, full.values)
         else:
-            assert isinstance(layer, PrunedLayer) and layer.seen == 60
+            assert isinstance(layer, CompressedLayer) and layer.seen == 60
 
 
 def test_kvzip_replays_embeddings_as_it_replays_token_ids(model):
@@ -196,9 +198,10 @@ def test_kvzip_shares_the_exact_total_across_layers_and_heads(model, keep):
     assert session.stats.entries_kept == sum(layer.kept_entries() for layer in cache.layers)
     assert session.stats.entries_kept == kept_count(keep, 77).item() * 2 * 3  # 2 KV heads x 3 layers
     for layer in cache.layers:
-        in_use = layer.valid if layer.valid is not None else torch.ones_like(layer.positions, dtype=torch.bool)
+        _, _, positions, valid = layer.padded()
+        in_use = valid if valid is not None else torch.ones_like(positions, dtype=torch.bool)
         for head in range(2):  # distinct, in causal order, the 4 sinks first where the head keeps anything
-            kept = layer.positions[0, head][in_use[0, head]]
+            kept = positions[0, head][in_use[0, head]]
             sinks = min(4, len(kept))
             assert (kept.diff() > 0).all() and torch.equal(kept[:sinks], torch.arange(sinks))
 
@@ -219,8 +222,10 @@ def test_a_budget_shared_across_layers_is_the_same_hooked_or_recorded(model):
     with method.apply(model) as session:
         session.compress(recorded, recorder.observations)
     for a, b in zip(hooked.layers, recorded.layers):
-        assert torch.equal(a.positions, b.positions) and torch.equal(a.keys, b.keys)
-        assert (a.valid is None and b.valid is None) or torch.equal(a.valid, b.valid)
+        assert type(a) is type(b)
+        (a_keys, _, a_positions, a_valid), (b_keys, _, b_positions, b_valid) = a.padded(), b.padded()
+        assert torch.equal(a_positions, b_positions) and torch.equal(a_keys, b_keys)
+        assert (a_valid is None and b_valid is None) or torch.equal(a_valid, b_valid)
 
 
 def test_pyramid_budgets_sum_to_the_uniform_total(model):
@@ -236,13 +241,16 @@ def test_adakv_shares_each_layer_budget_across_heads(model):
     with tokenomy.apply(model, "adakv", keep=0.5) as session:
         model(ids(100), past_key_values=cache)
     for layer in cache.layers:
-        in_use = layer.valid.sum(-1) if layer.valid is not None else torch.full((1, 2), layer.stored)
+        _, _, positions, valid = layer.padded()
+        in_use = valid.sum(-1) if valid is not None else torch.full((1, 2), positions.shape[-1])
         assert in_use.sum().item() == 2 * 50
         assert (in_use >= int(50 * 0.2)).all()
     assert session.stats.entries_kept == 3 * 2 * 50
 
 
 def test_adakv_unused_slots_are_never_attended(model):
+    """On an implementation the site cannot attend for (eager), ragged budgets stay rectangular, masked."""
+    model.set_attn_implementation("eager")
     x = ids(100)
     cache = DynamicCache()
     with tokenomy.apply(model, "adakv", keep=0.3, floor=0.0, scorer="knorm"):
@@ -256,6 +264,36 @@ def test_adakv_unused_slots_are_never_attended(model):
             layer.values = layer.values.masked_fill(~layer.valid.unsqueeze(-1), 1e4)
         after = model(nxt, past_key_values=copy_cache(cache)).logits
     assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, options", [("adakv", {"scorer": "knorm", "floor": 0.0}), ("kvzip", {})])
+def test_ragged_budgets_are_stored_packed_and_decode_as_the_rectangle_does(name, options):
+    """On SDPA, layers whose heads (or rows) keep different counts store exactly the kept entries
+    (`PackedLayer`): resident bytes = kept entries, and a question, a step and a padded batch give what the
+    rectangular, masked layout gives on eager attention."""
+    long, short = ids(70, seed=3), ids(52, seed=4)
+    batch = torch.cat([torch.cat([torch.zeros(1, 18, dtype=torch.long), short], dim=1), long])
+    mask = torch.cat([torch.cat([torch.zeros(1, 18), torch.ones(1, 52)], dim=1), torch.ones(1, 70)]).long()
+    question = torch.cat([ids(6, seed=2)] * 2)
+    outputs, caches = {}, {}
+    for implementation in ("eager", "sdpa"):
+        model = tiny_llama()
+        model.set_attn_implementation(implementation)
+        cache = DynamicCache()
+        with tokenomy.apply(model, name, keep=0.3, **options) as session:
+            model(batch, attention_mask=mask, past_key_values=cache)
+            full_mask = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], dim=1)
+            answer = model(question, attention_mask=full_mask, past_key_values=cache).logits
+            step = model(torch.tensor([[7], [7]]), attention_mask=torch.cat([full_mask, torch.ones(2, 1)], dim=1),
+                         past_key_values=cache).logits
+        outputs[implementation], caches[implementation] = (answer, step), (cache, session.stats)
+    packed, stats = caches["sdpa"]
+    assert all(isinstance(layer, PackedLayer) for layer in packed.layers)
+    assert stats.bytes_kept == stats.entries_kept * 2 * 16 * 4  # keys + values, head size 16, float32
+    assert sum(layer.resident_bytes() for layer in caches["eager"][0].layers) > stats.bytes_kept
+    for ours, reference in zip(outputs["sdpa"], outputs["eager"]):
+        assert torch.allclose(ours[1], reference[1], atol=1e-4)  # the real row
+        assert torch.allclose(ours[0, -1:], reference[0, -1:], atol=1e-4)  # the padded row's last token
 
 
 @pytest.mark.parametrize("name", UNIFORM)

@@ -7,7 +7,7 @@ from types import ModuleType
 
 from tokenomy._validation import check_choice
 
-MODULES = {"kv": "kv", "codec": "codec", "ensemble": "ensemble", "vision": "vision", "vision-speed": "vision_speed",
+MODULES = {"kv": "kv", "kv-decode": "kv_decode", "codec": "codec", "ensemble": "ensemble", "vision": "vision", "vision-speed": "vision_speed",
            "prompt": "prompt", "lossless": "prompt"}
 
 

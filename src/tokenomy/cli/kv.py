@@ -1,4 +1,5 @@
-"""`tokenomy bench kv`: KV-cache methods on long-context tasks."""
+"""`tokenomy bench kv` (KV-cache methods on long-context tasks) and `bench kv-decode` (what they save while
+decoding)."""
 
 from __future__ import annotations
 
@@ -85,8 +86,36 @@ def cmd_bench_kv(args) -> int:
     return 0
 
 
+def cmd_bench_kv_decode(args) -> int:
+    from tokenomy import load
+    from tokenomy._progress import progress_bar
+    from tokenomy._validation import check_fraction, check_int
+    from tokenomy.bench import kv_decode as bench
+    from tokenomy.bench.report import result_header, table, write_json
+    from tokenomy.catalog import create_spec
+
+    keep = check_fraction("keep", args.keep)
+    check_int("--steps", args.steps, minimum=1)
+    check_int("--repeats", args.repeats, minimum=1)
+    for n in args.length:
+        check_int("--length", n, minimum=16)
+    for spec in args.methods:
+        create_spec(spec, keep=keep)  # a bad method fails before the model loads
+    model, tokenizer = load(args.model)
+    rows = 1 + len(args.methods)
+    with progress_bar(total=len(args.length) * rows * (1 + args.repeats), desc="bench kv-decode", unit="run") as bar:
+        records = bench.run(model, tokenizer, args.length, args.methods, keep, args.steps, args.repeats, args.seed,
+                            progress=bar.update)
+    results = bench.summarize(records)
+    print(table(results, bench.COLUMNS))
+    if args.json:
+        payload = {**result_header("kv-decode", args), "model": args.model, "results": results, "timings": records}
+        print(f"wrote {write_json(args.json, payload)}")
+    return 0
+
+
 def add_commands(sub, bench) -> None:
-    """Register 'tokenomy bench kv'."""
+    """Register 'tokenomy bench kv' and 'tokenomy bench kv-decode'."""
     p = bench.add_parser("kv", help="KV-cache compression on long-context tasks")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
     p.add_argument("--methods", type=csv_list(str), default=["snapkv", "kvzip", "tova", "streamingllm"],
@@ -108,3 +137,16 @@ def add_commands(sub, bench) -> None:
     sweep_options(p)
     json_option(p, "write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)
+
+    p = bench.add_parser("kv-decode", help="bytes resident and decode tokens/s of compressed KV caches")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
+    p.add_argument("--methods", type=csv_list(str), default=["snapkv", "kvzip"],
+                   help="comma list of KV methods (options as name:option=value); the full cache is always a row")
+    p.add_argument("--keep", type=float, default=0.25, help="kept fraction")
+    p.add_argument("--length", type=csv_list(int), default=[2048, 4096, 8192],
+                   help="comma list of context lengths (tokens of the packaged Alice)")
+    p.add_argument("--steps", type=int, default=32, help="tokens decoded per repeat (each one timed)")
+    p.add_argument("--repeats", type=int, default=3, help="decoding rounds, rows alternating (medians reported)")
+    p.add_argument("--seed", type=int, default=0, help="where in the book the context starts")
+    json_option(p, "write the rows and every step's time here")
+    p.set_defaults(func=cmd_bench_kv_decode)

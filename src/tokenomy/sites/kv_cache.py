@@ -2,11 +2,14 @@
 
 How it works, in three pieces kept apart from the methods:
 
-* `PrunedLayer` replaces a `DynamicLayer` of HF's `DynamicCache` once a layer has been compressed. It keeps
+* A compressed layer (`tokenomy.sites.kv_layers`) replaces a `DynamicLayer` of HF's `DynamicCache`. It keeps
   the original position of every stored entry and reports the number of tokens *seen* as its length, so
-  `generate()` builds positions and masks exactly as for the uncompressed model.
+  `generate()` builds positions and masks exactly as for the uncompressed model. On SDPA the model runs on
+  the site's attention, and layers whose heads or rows keep different counts are stored packed (exactly the
+  kept entries); otherwise they are rectangular, padded.
 * A forward pre-hook on every attention module maps HF's mask (over seen positions) onto the stored
-  entries — per head, since heads may keep different tokens — and arms the layer for the update.
+  entries of a rectangular layer — per head, since heads may keep different tokens — or hands a packed layer
+  to the attention, and arms the layer for the update.
 * A forward post-hook on every attention module compresses the layer right after its prefill, from a
   `LayerObservation` (cache + the queries of that prefill), by the method's score -> budget -> select.
 
@@ -40,111 +43,11 @@ from tokenomy.models.caches import copy_cache
 from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
-from tokenomy.sites.scoring_attention import NORMALIZERS, SUMS, scoring_attention
+from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
+from tokenomy.sites.scoring_attention import NORMALIZERS, PACKED, SUMS, scoring_attention
 
 SITE = "kv-cache"
 site_options(SITE, evict_every=0)  # every KV method can also evict while decoding (see KVCompression)
-
-
-class PrunedLayer(DynamicLayer):
-    """A cache layer holding a subset of the tokens seen, each with its original position.
-
-    keys, values: ``(b, h_kv, L, d)``; positions: ``(b, h_kv, L)`` original token index of each entry;
-    valid: ``(b, h_kv, L)`` False for unused slots (ragged per-head budgets, padding) or None.
-    """
-
-    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int):
-        super().__init__()
-        self.dtype, self.device = keys.dtype, keys.device
-        self.keys, self.values, self.positions, self.valid = keys, values, positions, valid
-        self.seen = seen
-        self.evicted_at = seen  # tokens seen at the last eviction
-        self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
-        self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
-        self.history: Tensor | None = None  # (b, heads, L) attention received so far (accumulating scorers)
-        self.unscored: list[tuple[Tensor, Tensor, Tensor]] = []  # (hidden, cos, sin) of the forwards whose
-        # attention the history does not hold yet: folded in, all at once, before the next eviction
-        self.is_initialized = True
-        self.selection: Tensor | None = None  # entries to attend to in the next forward only
-        self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
-        self.chosen: tuple[Tensor, Tensor] | None = None  # (query fingerprint, scored picks) of the last fresh
-        # selection, which similar later queries reuse (``reuse_similarity``)
-        self.armed = False  # set by the site's pre-hook, which maps the mask for the next update
-
-    @property
-    def stored(self) -> int:
-        return self.keys.shape[-2]
-
-    def kept_entries(self) -> int:
-        """Entries in use, summed over batch and heads."""
-        return int(self.valid.sum()) if self.valid is not None else self.positions.numel()
-
-    def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
-        if not self.armed:
-            raise TokenomyError(
-                "this cache was compressed by tokenomy; use it inside a `with tokenomy.apply(model, ...)` "
-                "block on the same model (its masks must be mapped onto the kept entries)"
-            )
-        self.armed = False
-        b, h, q, _ = key_states.shape
-        stored = self.stored
-        new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        self.positions = torch.cat([self.positions, new_positions], dim=-1)
-        if self.history is not None:  # the site adds what the new queries give (see KVSession)
-            self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
-        if self.valid is not None:
-            self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
-        self.seen += q
-        self.peak_stored = max(self.peak_stored, self.stored)
-        selection, self.selection, self.selection_valid = self.selection, None, None
-        if selection is None:
-            return self.keys, self.values
-        idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
-        idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
-        return self.keys.gather(2, idx), self.values.gather(2, idx)
-
-    def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
-        """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
-        gather = indices.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
-        self.keys, self.values = self.keys.gather(2, gather), self.values.gather(2, gather)
-        self.positions = self.positions.gather(-1, indices)
-        self.valid = valid  # the selection never picks padding: budgets count real entries only
-        if self.history is not None:
-            self.history = self.history.gather(-1, per_query_head(indices, self.history.shape[1]))
-        self.evicted_at = self.seen
-
-    def get_seq_length(self) -> int:
-        return self.seen
-
-    def get_mask_sizes(self, cache_position: Tensor) -> tuple[int, int]:
-        return self.seen + cache_position.shape[0], 0
-
-    def crop(self, max_length: int) -> None:
-        raise TokenomyError("a compressed cache cannot be cropped (assisted decoding is not supported)")
-
-    def _index_batch(self, fn) -> None:
-        rows = self.keys.shape[0]
-        self.chosen = None  # the next forward selects afresh
-        self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
-        if self.valid is not None:
-            self.valid = fn(self.valid)
-        if self.budget is not None:
-            self.budget = fn(self.budget)
-        if self.history is not None:
-            self.history = fn(self.history)
-        self.unscored = [tuple(fn(t) if t.shape[0] == rows else t for t in forward)  # else broadcast over rows
-                         for forward in self.unscored]
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        self._index_batch(lambda t: t[indices, ...])
 
 
 def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: int) -> Tensor | None:
@@ -280,6 +183,12 @@ class KVCompression:
         return self._score_says("replays")
 
     @property
+    def packable(self) -> bool:
+        """Its compressed layers may be stored packed (`PackedLayer`): it evicts after the prefill and keeps
+        no per-entry history (decode-time selection and accumulated attention read the rectangular layout)."""
+        return self.phase == "prefill" and not self.accumulates
+
+    @property
     def across_layers(self) -> bool:
         """Every layer's heads share one budget (`HeadAdaptive(across_layers=True)`)."""
         return isinstance(self.heads, HeadAdaptive) and self.heads.across_layers
@@ -328,13 +237,14 @@ class KVCompression:
             return torch.floor(self.recent * per_head.double()).long()
         return torch.full_like(per_head, self.recent)
 
-    def compress_layers(self, cache, observations: dict[int, LayerObservation], stats: KVStats) -> None:
+    def compress_layers(self, cache, observations: dict[int, LayerObservation], stats: KVStats,
+                        packed: bool = False) -> None:
         """Compress the layers of one prefill (``observations`` by layer index), each as `compress_layer`
         does, except that a budget shared across layers is first allocated over all of them: every layer's
         scores side by side, as the heads of one layer, in one `HeadAdaptive` top-k."""
         if not self.across_layers:
             for idx, obs in observations.items():
-                self.compress_layer(cache, idx, obs, stats)
+                self.compress_layer(cache, idx, obs, stats, packed=packed)
             return
         start = time.perf_counter()
         first = next(iter(observations.values()))
@@ -348,12 +258,14 @@ class KVCompression:
                  for i in range(len(observations))]
         stats.scoring_seconds += time.perf_counter() - start
         for (idx, obs), chosen in zip(observations.items(), picks):
-            self.compress_layer(cache, idx, obs, stats, chosen)
+            self.compress_layer(cache, idx, obs, stats, chosen, packed)
 
     def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats,
-                       chosen: tuple[Tensor, Tensor | None] | None = None) -> None:
+                       chosen: tuple[Tensor, Tensor | None] | None = None, packed: bool = False) -> None:
         """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
-        selectable copy (decode phase); ``chosen``: the kept entries, when already selected."""
+        selectable copy (decode phase); ``chosen``: the kept entries, when already selected. ``packed``: the
+        model runs on the site's attention, so a layer whose rows or heads keep different counts is stored
+        as a `PackedLayer` (exactly the kept entries) rather than padded to a rectangle."""
         start = time.perf_counter()
         n = obs.keys.shape[2]
         b, h_kv = obs.keys.shape[:2]
@@ -363,13 +275,8 @@ class KVCompression:
         else:
             indices, in_use = chosen if chosen is not None else self.select(obs)
         gather = indices.unsqueeze(-1).expand(-1, -1, -1, obs.keys.shape[-1])
-        pruned = PrunedLayer(
-            obs.keys.gather(2, gather),
-            obs.values.gather(2, gather),
-            positions=indices,
-            valid=in_use,
-            seen=n,
-        )
+        layout = PackedLayer.pack if packed and in_use is not None and self.packable else PrunedLayer
+        pruned = layout(obs.keys.gather(2, gather), obs.values.gather(2, gather), indices, in_use, n)
         cache.layers[layer_idx] = pruned
         pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
         if self.accumulates:
@@ -381,9 +288,9 @@ class KVCompression:
         stats.entries_seen += n_real * h_kv
         stats.entries_kept += pruned.kept_entries()
         stats.per_layer_kept.append(pruned.kept_entries())
-        stats.bytes_kept += (pruned.keys.numel() + pruned.values.numel()) * pruned.keys.element_size()
+        stats.bytes_kept += pruned.resident_bytes()
 
-    def evict(self, layer: PrunedLayer, obs: LayerObservation, stats: KVStats) -> None:
+    def evict(self, layer: CompressedLayer, obs: LayerObservation, stats: KVStats) -> None:
         """Decoding: cut ``layer`` back to its post-prefill budget (``evict_every``)."""
         start = time.perf_counter()
         indices, in_use = self.select(obs, per_head=layer.budget)
@@ -441,14 +348,15 @@ def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor
                   appended: bool = False):
     """The stored entries, observed by the queries of the coming forward (which see all of them), or of
     the forward that just ``appended`` its tokens (each sees the entries up to itself)."""
-    valid = None if layer.valid is None else layer.valid[:, 0]
+    keys, values, _, valid = layer.padded()
+    stored = keys.shape[2]
     return LayerObservation(
-        keys=layer.keys,
-        values=layer.values,
-        valid=valid,
+        keys=keys,
+        values=values,
+        valid=None if valid is None else valid[:, 0],
         layer_idx=rank,
         num_layers=count,
-        query_offset=layer.stored - hidden.shape[1] if appended else layer.stored,
+        query_offset=stored - hidden.shape[1] if appended else stored,
         num_queries=hidden.shape[1],
         scale=softmax_scale(module),
         query_fn=lambda w: rotated_queries(module, hidden[:, -w:], rope_slice(rope, slice(-w, None))),
@@ -482,6 +390,7 @@ class KVSession:
         self._attention = ExitStack()
         self.sums_in_prefill = False  # the prefill's attention hands H2O's sums over (else recomputed)
         self.normalizers_in_replay = False  # the replay's attention hands its log-normalisers over (KVzip)
+        self.packed = False  # ragged layers are stored packed, attended by the site's attention
         self._decoder_inputs: dict | None = None  # the prefill's decoder inputs, replayed (KVzip)
         self._deferred: dict[int, LayerObservation] = {}  # prefill observations waiting for its end
         self._replayed: dict[int, tuple] | None = None  # (hidden, rope, normalisers) per layer in the replay
@@ -489,10 +398,12 @@ class KVSession:
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
             raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
-        scoring = self.method.sums_in_prefill or (self.method.replays and self.method.keep < 1.0)
-        own = self._attention.enter_context(scoring_attention(self.model, scoring))
+        compresses = self.method.keep < 1.0
+        wanted = compresses and (self.method.sums_in_prefill or self.method.replays or self.method.packable)
+        own = self._attention.enter_context(scoring_attention(self.model, wanted))
         self.sums_in_prefill = own and self.method.sums_in_prefill
         self.normalizers_in_replay = own and self.method.replays
+        self.packed = own and self.method.packable
         self.model._tokenomy_kv_session = self
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
@@ -529,6 +440,13 @@ class KVSession:
             return None
         idx = module.layer_idx
         layer = cache.layers[idx] if idx < len(cache.layers) else None
+        if isinstance(layer, PackedLayer):
+            if not self.packed:
+                raise TokenomyError("this cache holds packed layers; use it inside the `with` block of the method "
+                                    "that compressed it")
+            setattr(module, PACKED, layer)  # the site's attention attends it (scoring_attention)
+            layer.armed = True
+            return None
         if isinstance(layer, PrunedLayer):
             if self.method.phase == "decode":
                 start = time.perf_counter()
@@ -568,7 +486,7 @@ class KVSession:
         if self.method.waits_for_prefill:  # compressed once the whole prefill has run (`_after_decoder`)
             self._deferred[module.layer_idx] = obs
             return None
-        self.method.compress_layer(cache, module.layer_idx, obs, self.stats)
+        self.method.compress_layer(cache, module.layer_idx, obs, self.stats, packed=self.packed)
         return None
 
     def _before_decoder(self, stack, args, kwargs):
@@ -594,7 +512,7 @@ class KVSession:
         cache = output.past_key_values
         if self.method.replays:
             self._replay(stack, inputs, cache, deferred)
-        self.method.compress_layers(cache, deferred, self.stats)
+        self.method.compress_layers(cache, deferred, self.stats, packed=self.packed)
         return None
 
     def _replay(self, stack, inputs: dict, cache, observations: dict[int, LayerObservation]) -> None:
@@ -619,7 +537,7 @@ class KVSession:
         cache = kwargs.get("past_key_values")
         every = self.method.evict_every
         layer = cache.layers[module.layer_idx] if cache is not None and every else None
-        if not isinstance(layer, PrunedLayer):
+        if not isinstance(layer, CompressedLayer):
             return
         due = layer.seen - layer.evicted_at >= every
         if layer.history is None and not due:
@@ -651,7 +569,7 @@ class KVSession:
             raise TokenomyError("this method replays the context through the model after the prefill, so it "
                                 "compresses a prefill run inside its `with` block, not recorded observations")
         fresh = {idx: replace(obs, _queries={}, _received=None) for idx, obs in observations.items()}
-        self.method.compress_layers(cache, fresh, self.stats)
+        self.method.compress_layers(cache, fresh, self.stats, packed=self.packed)
 
 
 class PrefillRecorder:

@@ -6,7 +6,9 @@ paid every key would have to run the queries again. While such a method is appli
 - ``SUMS``: a prefill, where `attention_and_received` computes the layer's attention block by block and
   hands the column sums (H2O, VATP) to the site on the module;
 - ``NORMALIZERS``: a replay of the context (KVzip), where PyTorch's fused CPU kernel, which computes each
-  query's log-normaliser anyway, hands it over, so the score needs only the context's logits.
+  query's log-normaliser anyway, hands it over, so the score needs only the context's logits;
+- ``PACKED``: a forward over a `PackedLayer` (exactly the kept entries of each head, no rectangle), which the
+  layer attends segment by segment.
 Masks are SDPA's, so nothing else about the forward changes.
 """
 
@@ -22,15 +24,24 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import key_padding
 from tokenomy.score.base import attention_and_received, per_query_head
 
 ATTENTION = "tokenomy_sdpa_scoring"
 SUMS = "_tokenomy_received"  # on an attention module: True = sum this prefill, then the sums (b, h, n)
 NORMALIZERS = "_tokenomy_normalizers"  # True = keep this forward's log-normalisers, then them (b, h, w)
+PACKED = "_tokenomy_packed"  # the `PackedLayer` this forward attends over (set by the KV site's pre-hook)
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    packed = module.__dict__.pop(PACKED, None)
+    if packed is not None:
+        if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+            raise TokenomyError("packed KV layers attend with plain softmax attention; this model's layer "
+                                "needs soft-capping or sink logits")
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return packed.attend(query, attention_mask, scale), None
     sums, normalizers = getattr(module, SUMS, None) is True, getattr(module, NORMALIZERS, None) is True
     own = ((sums and query.shape[2] == key.shape[2]) or (normalizers and query.device.type == "cpu")) and not (
         torch.is_grad_enabled() and query.requires_grad)  # it does not backpropagate

@@ -1,0 +1,261 @@
+"""The cache layers a compressed KV cache is made of, in two layouts.
+
+Both replace a `DynamicLayer` of HF's `DynamicCache` once a layer has been compressed, keep the original
+position of every stored entry and report the number of tokens *seen* as their length, so `generate()` builds
+positions and masks exactly as for the uncompressed model.
+
+* `PrunedLayer` is rectangular, ``(b, h_kv, L, d)``: the layout of HF's own layers, read by any attention
+  implementation once the site maps the mask onto it. Rows or heads that keep fewer entries than the longest
+  (per-head budgets, padding) leave unused slots, which it stores and masks.
+* `PackedLayer` stores exactly the kept entries of every (row, KV head), one segment after another, so the
+  bytes resident are the kept entries' bytes, whatever the budgets. The site's attention
+  (`tokenomy.sites.scoring_attention`) attends each segment on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.cache_utils import DynamicLayer
+
+from tokenomy._validation import TokenomyError
+from tokenomy.score.base import per_query_head
+
+
+class CompressedLayer(DynamicLayer):
+    """What both layouts share: the tokens seen, the budget decoding returns to, batch reordering."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, seen: int):
+        super().__init__()
+        self.dtype, self.device = dtype, device
+        self.seen = seen
+        self.evicted_at = seen  # tokens seen at the last eviction
+        self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
+        self.history: Tensor | None = None  # (b, heads, L) attention received so far (accumulating scorers)
+        self.unscored: list[tuple[Tensor, Tensor, Tensor]] = []  # (hidden, cos, sin) of the forwards whose
+        # attention the history does not hold yet: folded in, all at once, before the next eviction
+        self.is_initialized = True
+        self.armed = False  # set by the site's pre-hook, which prepares the next update's attention
+
+    def _arm_check(self) -> None:
+        if not self.armed:
+            raise TokenomyError(
+                "this cache was compressed by tokenomy; use it inside a `with tokenomy.apply(model, ...)` "
+                "block on the same model (its masks must be mapped onto the kept entries)"
+            )
+        self.armed = False
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, cache_position: Tensor) -> tuple[int, int]:
+        return self.seen + cache_position.shape[0], 0
+
+    def crop(self, max_length: int) -> None:
+        raise TokenomyError("a compressed cache cannot be cropped (assisted decoding is not supported)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._index_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._index_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._index_batch(lambda t: t[indices, ...])
+
+    def _index_budget(self, fn) -> None:
+        if self.budget is not None:
+            self.budget = fn(self.budget)
+
+
+class PrunedLayer(CompressedLayer):
+    """A rectangular cache layer holding a subset of the tokens seen, each with its original position.
+
+    keys, values: ``(b, h_kv, L, d)``; positions: ``(b, h_kv, L)`` original token index of each entry;
+    valid: ``(b, h_kv, L)`` False for unused slots (ragged per-head budgets, padding) or None.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int):
+        super().__init__(keys.dtype, keys.device, seen)
+        self.keys, self.values, self.positions, self.valid = keys, values, positions, valid
+        self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
+        self.selection: Tensor | None = None  # entries to attend to in the next forward only
+        self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
+        self.chosen: tuple[Tensor, Tensor] | None = None  # (query fingerprint, scored picks) of the last fresh
+        # selection, which similar later queries reuse (``reuse_similarity``)
+
+    @property
+    def stored(self) -> int:
+        return self.keys.shape[-2]
+
+    def kept_entries(self) -> int:
+        """Entries in use, summed over batch and heads."""
+        return int(self.valid.sum()) if self.valid is not None else self.positions.numel()
+
+    def resident_bytes(self, peak: bool = False) -> int:
+        """Bytes of keys + values stored, unused slots included (``peak``: the most held at once)."""
+        b, h, stored, d = self.keys.shape
+        return 2 * b * h * (self.peak_stored if peak else stored) * d * self.keys.element_size()
+
+    def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(keys, values, positions, valid)`` in the rectangular layout: the layer's own tensors."""
+        return self.keys, self.values, self.positions, self.valid
+
+    def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
+        self._arm_check()
+        b, h, q, _ = key_states.shape
+        stored = self.stored
+        new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.positions = torch.cat([self.positions, new_positions], dim=-1)
+        if self.history is not None:  # the site adds what the new queries give (see KVSession)
+            self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
+        if self.valid is not None:
+            self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
+        self.seen += q
+        self.peak_stored = max(self.peak_stored, self.stored)
+        selection, self.selection, self.selection_valid = self.selection, None, None
+        if selection is None:
+            return self.keys, self.values
+        idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
+        idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        return self.keys.gather(2, idx), self.values.gather(2, idx)
+
+    def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
+        """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
+        gather = indices.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        self.keys, self.values = self.keys.gather(2, gather), self.values.gather(2, gather)
+        self.positions = self.positions.gather(-1, indices)
+        self.valid = valid  # the selection never picks padding: budgets count real entries only
+        if self.history is not None:
+            self.history = self.history.gather(-1, per_query_head(indices, self.history.shape[1]))
+        self.evicted_at = self.seen
+
+    def _index_batch(self, fn) -> None:
+        rows = self.keys.shape[0]
+        self.chosen = None  # the next forward selects afresh
+        self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
+        if self.valid is not None:
+            self.valid = fn(self.valid)
+        if self.history is not None:
+            self.history = fn(self.history)
+        self._index_budget(fn)
+        self.unscored = [tuple(fn(t) if t.shape[0] == rows else t for t in forward)  # else broadcast over rows
+                         for forward in self.unscored]
+
+
+class PackedLayer(CompressedLayer):
+    """A cache layer storing exactly the kept entries of every (row, KV head), packed segment after segment.
+
+    keys, values: ``(N, d)``; positions: ``(N,)``; lengths: ``(b, h_kv)`` entries per segment, in row-major
+    (row, head) order, each segment in increasing position. Attention over it runs segment by segment
+    (`attend`), so nothing is stored, or attended, for slots a rectangular layout would pad.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, lengths: Tensor, seen: int):
+        super().__init__(keys.dtype, keys.device, seen)
+        self.keys, self.values, self.positions, self.lengths = keys, values, positions, lengths
+        self.peak_entries = keys.shape[0]
+
+    @property
+    def lengths(self) -> Tensor:
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, lengths: Tensor) -> None:
+        self._lengths = lengths.cpu()
+        self._sizes = self._lengths.flatten().tolist()  # read at every forward: kept as Python ints
+
+    @classmethod
+    def pack(cls, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int) -> "PackedLayer":
+        """From the rectangular layout (``valid``: slots in use, or None for all)."""
+        b, h, n = positions.shape
+        if valid is None:
+            valid = torch.ones(b, h, n, dtype=torch.bool, device=positions.device)
+        return cls(keys[valid], values[valid], positions[valid], valid.sum(-1), seen)
+
+    def kept_entries(self) -> int:
+        """Entries stored, summed over batch and heads."""
+        return self.keys.shape[0]
+
+    def resident_bytes(self, peak: bool = False) -> int:
+        """Bytes of keys + values stored (``peak``: the most held at once)."""
+        entries = self.peak_entries if peak else self.keys.shape[0]
+        return 2 * entries * self.keys.shape[-1] * self.keys.element_size()
+
+    def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(keys, values, positions, valid)`` in the rectangular layout, for scoring: a copy, each segment
+        padded to the longest (unused slots repeat the segment's first entry and are marked invalid)."""
+        lengths = self.lengths.to(self.device)
+        width = int(lengths.max()) if lengths.numel() else 0
+        slot = torch.arange(width, device=self.device)
+        valid = slot < lengths.unsqueeze(-1)
+        starts = (lengths.flatten().cumsum(0) - lengths.flatten()).view_as(lengths)
+        index = (starts.unsqueeze(-1) + torch.where(valid, slot, 0)).clamp(max=max(self.keys.shape[0] - 1, 0))
+        return self.keys[index], self.values[index], self.positions[index], (None if bool(valid.all()) else valid)
+
+    def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
+        """Append the new tokens to every segment; the site's attention reads the layer itself, so the
+        states returned are only the new ones."""
+        self._arm_check()
+        b, h, q, _ = key_states.shape
+        new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
+        sizes = self._sizes
+        self.keys, self.values, self.positions = (
+            torch.cat([part for pair in zip(old.split(sizes), new.flatten(0, 1).unbind(0)) for part in pair])
+            for old, new in ((self.keys, key_states), (self.values, value_states), (self.positions, new_positions)))
+        self.lengths = self.lengths + q
+        self.seen += q
+        self.peak_entries = max(self.peak_entries, self.keys.shape[0])
+        return key_states, value_states
+
+    def attend(self, query: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+        """Attention of ``query`` ``(b, heads, q, d)`` (the forward that just updated this layer) over each
+        row's and KV head's own segment; ``mask``: HF's, over the positions seen ``(b, 1, q, seen)``, or
+        None (causal). Returns ``(b, q, heads, d)``, as HF's attention functions do."""
+        b, heads, q, d = query.shape
+        kv_heads = self.lengths.shape[1]
+        group = heads // kv_heads
+        out = query.new_empty(b, heads, q, self.values.shape[-1])
+        now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)  # the queries' positions
+        start = 0
+        for index, length in enumerate(self._sizes):
+            row, head = divmod(index, kv_heads)
+            segment = slice(start, start + length)
+            start += length
+            positions = self.positions[segment]
+            if mask is not None:
+                allowed = mask[row, 0, -q:].index_select(-1, positions)
+            elif q > 1:
+                allowed = positions <= now
+            else:
+                allowed = None
+            if allowed is not None and allowed.dtype == torch.bool:
+                allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padding query sees something, unused
+            heads_of = slice(head * group, (head + 1) * group)
+            # the group's query heads share these keys: fold them into the query axis, one call per segment
+            folded = query[row, heads_of].reshape(1, 1, group * q, d)
+            result = F.scaled_dot_product_attention(
+                folded, self.keys[segment][None, None], self.values[segment][None, None],
+                attn_mask=None if allowed is None else allowed.repeat(group, 1)[None, None], scale=scale)
+            out[row, heads_of] = result.view(group, q, -1)
+        return out.transpose(1, 2).contiguous()
+
+    def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
+        """Keep the entries at ``indices`` ``(b, h_kv, k)`` of the rectangular layout (`padded`)."""
+        keys, values, positions, _ = self.padded()
+        gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+        self._repack(keys.gather(2, gather), values.gather(2, gather), positions.gather(-1, indices), valid)
+        self.evicted_at = self.seen
+
+    def _index_batch(self, fn) -> None:
+        keys, values, positions, valid = self.padded()
+        valid = fn(valid) if valid is not None else None
+        self._repack(fn(keys), fn(values), fn(positions), valid)
+        self._index_budget(fn)
+
+    def _repack(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None) -> None:
+        packed = PackedLayer.pack(keys, values, positions, valid, self.seen)
+        self.keys, self.values, self.positions, self.lengths = packed.keys, packed.values, packed.positions, packed.lengths
