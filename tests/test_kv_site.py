@@ -669,3 +669,51 @@ def test_public_listing_survives_loading_the_recipes():
     import tokenomy.recipes  # noqa: F401  (a package named like the function would shadow it)
 
     assert callable(tokenomy.methods) and set(METHODS) < {m.name for m in tokenomy.methods()}
+
+
+@pytest.mark.parametrize("bits, tolerance", [(8, 0.01), (4, 0.1), (2, 0.5)])
+def test_quantized_entries_round_trip_within_their_step(bits, tolerance):
+    from tokenomy.sites.kv_quant import EntryQuantizer
+
+    quantizer = EntryQuantizer(bits)
+    x = torch.randn(2, 3, 5, 64)
+    rows = quantizer.encode(x)
+    assert rows.dtype == torch.uint8 and rows.shape == (2, 3, 5, quantizer.width(64))
+    assert quantizer.width(64) == 64 * bits // 8 + 2 * 4  # two groups of 32, a float16 scale and minimum each
+    back = quantizer.decode(rows, 64, torch.float32)
+    step = (x.view(2, 3, 5, 2, 32).amax(-1) - x.view(2, 3, 5, 2, 32).amin(-1)) / (2**bits - 1)
+    assert ((back - x).abs().view(2, 3, 5, 2, 32) <= step.unsqueeze(-1) / 2 + 1e-2).all()
+    assert (back - x).abs().mean() < tolerance
+
+
+@pytest.mark.parametrize("name", ["snapkv", "adakv", "kvzip"])
+def test_quantized_cache_stores_bytes_and_decodes_close_to_the_float_one(name):
+    """bits=4 on rectangular and packed layouts: the layers store uint8 rows (resident bytes = kept entries x
+    row width, exactly), tokens added while decoding are stored quantized too, and the logits stay close to
+    the float cache's."""
+    model, x = tiny_llama(), ids(80)
+    logits, stats = {}, {}
+    for bits in (16, 4):
+        cache = DynamicCache()
+        with tokenomy.apply(model, name, keep=0.5, bits=bits) as session:
+            model(x, past_key_values=cache)
+            out = model.generate(torch.cat([x, ids(4, seed=5)], dim=1), past_key_values=cache, max_new_tokens=3,
+                                 do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        logits[bits], stats[bits] = torch.stack(out.scores), session.stats
+        if bits == 4:
+            assert all(layer.keys.dtype == torch.uint8 for layer in cache.layers)
+            assert sum(layer.kept_entries() for layer in cache.layers) == stats[16].entries_kept + 6 * 2 * 3  # 6 tokens fed, 2 KV heads, 3 layers
+    assert stats[4].entries_kept == stats[16].entries_kept
+    assert stats[4].bytes_kept == stats[4].entries_kept * 2 * (16 * 4 // 8 + 4)  # head size 16: one group
+    assert torch.allclose(logits[4].softmax(-1), logits[16].softmax(-1), atol=0.05)
+
+
+def test_bits_keep_one_quantizes_without_evicting_and_bad_bits_fail(model):
+    x = ids(40)
+    cache = DynamicCache()
+    with tokenomy.apply(model, "snapkv", keep=1.0, bits=8) as session:
+        model(x, past_key_values=cache)
+    assert session.stats.entries_kept == session.stats.entries_seen == 40 * 2 * 3
+    assert all(layer.keys.dtype == torch.uint8 for layer in cache.layers)
+    with pytest.raises(tokenomy.TokenomyError, match="bits must be one of 2, 4, 8"):
+        tokenomy.apply(model, "snapkv", keep=0.5, bits=3)

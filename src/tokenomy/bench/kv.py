@@ -33,7 +33,7 @@ from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matche
 from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
-from tokenomy.models.caches import copy_cache
+from tokenomy.models.caches import cache_bytes, copy_cache
 from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder
 from tokenomy.bench.html import Axis, Figure, key
 
@@ -103,16 +103,6 @@ def run_cell(payload: tuple) -> list[dict]:
     return [dataclasses.asdict(row) for row in _BENCHES[key].run_sample(index, sample)]
 
 
-def _cache_bytes(cache, peak: bool = False) -> int:
-    """Bytes of keys + values held now (``peak``: the most each layer held at once)."""
-    total = 0
-    for layer in cache.layers:
-        entries = layer.keys.shape[-2]
-        held = max(entries, getattr(layer, "peak_stored", 0)) if peak else entries
-        total += (layer.keys.numel() + layer.values.numel()) // max(entries, 1) * held * layer.keys.element_size()
-    return total
-
-
 class KVBench:
     """Runs every configured method on samples; one `run_sample` call per sample."""
 
@@ -157,7 +147,7 @@ class KVBench:
             row.correct = any(a in row.answer for a in sample.answers)
             row.decode_tokens = len(tokens)
         row.decode_seconds = time.perf_counter() - start
-        row.peak_kv_bytes = _cache_bytes(cache, peak=True)
+        row.peak_kv_bytes = cache_bytes(cache, peak=True)
         if torch.cuda.is_available():
             row.peak_memory_bytes = torch.cuda.max_memory_allocated()
 
@@ -201,7 +191,7 @@ class KVBench:
             base = dict(sample=index, setting=setting, prompt_tokens=prompt.full.shape[1],
                         compressed_tokens=ids.shape[1])
 
-            full = Row(label="full", keep=1.0, kv_bytes=_cache_bytes(cache), prefill_seconds=prefill_s, **base)
+            full = Row(label="full", keep=1.0, kv_bytes=cache_bytes(cache), prefill_seconds=prefill_s, **base)
             self._finish(full, copy_cache(cache), logits, prompt, setting, sample)
             rows.append(full)
             progress(full)
@@ -236,7 +226,7 @@ class KVBench:
                 row.prefill_seconds = prefill_s + row.scoring_seconds
             stats: KVStats = session.stats
             row.kept_fraction = stats.entries_kept / stats.entries_seen if stats.entries_seen else 1.0
-            row.kv_bytes = stats.bytes_kept if stats.layers_compressed else _cache_bytes(mine)
+            row.kv_bytes = stats.bytes_kept if stats.layers_compressed else cache_bytes(mine)
             self._finish(row, mine, logits, prompt, base["setting"], sample, chunk=method.evict_every)
             if stats.selections:
                 row.reused_selections = stats.selections_reused / stats.selections

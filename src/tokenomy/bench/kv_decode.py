@@ -22,7 +22,7 @@ import torch
 from tokenomy.bench.html import Axis, Figure, key
 from tokenomy.bench.tasks import haystack_paragraphs
 from tokenomy.catalog import create_spec
-from tokenomy.models.caches import copy_cache
+from tokenomy.models.caches import cache_bytes, copy_cache
 
 COLUMNS = [
     ("length", "context", "d"),
@@ -47,17 +47,6 @@ def context_ids(tokenizer, length: int, seed: int) -> torch.Tensor:
         ids += tokenizer.encode(paragraphs[index % len(paragraphs)] + "\n", add_special_tokens=False)
         index += 1
     return torch.tensor([ids[:length]])
-
-
-def resident_bytes(cache) -> int:
-    """Bytes of keys + values the cache's layers store now (padding included where a layout pads)."""
-    total = 0
-    for layer in cache.layers:
-        if hasattr(layer, "resident_bytes"):
-            total += layer.resident_bytes()
-        elif getattr(layer, "keys", None) is not None:
-            total += (layer.keys.numel() + layer.values.numel()) * layer.keys.element_size()
-    return total
 
 
 def _decode(model, cache, first: torch.Tensor, steps: int) -> tuple[list[float], list[int]]:
@@ -95,7 +84,7 @@ def run(model, tokenizer, lengths: list[int], specs: list[str], keep: float, ste
                     grown = copy_cache(cache)
                     seconds, tokens = _decode(model, grown, first, steps)
                 records.append({"length": length, "method": label, "keep": 1.0 if method is None else keep,
-                                "repeat": repeat, "resident_bytes": resident_bytes(cache), "prefill": prefill,
+                                "repeat": repeat, "resident_bytes": cache_bytes(cache), "prefill": prefill,
                                 "step_seconds": seconds, "tokens": tokens})
                 progress(1)
     return records

@@ -1,4 +1,4 @@
-"""Cheap copies of HF caches."""
+"""Cheap copies of HF caches, and what they hold."""
 
 from __future__ import annotations
 
@@ -15,3 +15,15 @@ def copy_cache(cache):
         clone.__dict__.update(layer.__dict__)
         fresh.layers.append(clone)
     return fresh
+
+
+def cache_bytes(cache, peak: bool = False) -> int:
+    """Bytes of keys + values a cache's layers store (``peak``: the most each held at once): what compressed
+    layers really hold (their layout's padding and quantized rows included), HF's layers' tensors otherwise."""
+    total = 0
+    for layer in cache.layers:
+        if hasattr(layer, "resident_bytes"):
+            total += layer.resident_bytes(peak)
+        elif getattr(layer, "keys", None) is not None:
+            total += (layer.keys.numel() + layer.values.numel()) * layer.keys.element_size()
+    return total

@@ -44,10 +44,12 @@ from tokenomy.registry import site_options
 from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
+from tokenomy.sites.kv_quant import EntryQuantizer
 from tokenomy.sites.scoring_attention import NORMALIZERS, PACKED, SUMS, scoring_attention
 
 SITE = "kv-cache"
-site_options(SITE, evict_every=0)  # every KV method can also evict while decoding (see KVCompression)
+site_options(SITE, evict_every=0, bits=16)  # every KV method can also evict while decoding, and store its
+# kept entries quantized (see KVCompression)
 
 
 def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: int) -> Tensor | None:
@@ -115,6 +117,9 @@ class KVCompression:
         while the coming forward's query fingerprint — its queries averaged over tokens, all heads — has at
         least this cosine similarity to the one that chose them (TokenSelect's Selection Cache); None
         selects afresh at every forward. Batches with padding always select afresh.
+    bits: 16 stores the kept entries as the model computed them; 8, 4 or 2 stores each key and value
+        quantized per token in groups of 32 channels (`tokenomy.sites.kv_quant`), tokens added while
+        decoding too, so eviction and quantization multiply their savings.
     """
 
     score: Scorer
@@ -125,9 +130,12 @@ class KVCompression:
     phase: str = "prefill"
     evict_every: int = 0
     reuse_similarity: float | None = None
+    bits: int = 16
 
     def __post_init__(self):
         check_int("sinks", self.sinks)
+        if self.bits != 16:
+            EntryQuantizer(self.bits)  # validates
         if isinstance(self.recent, float):
             if not 0.0 <= self.recent <= 1.0:
                 raise TokenomyError(f"recent as a fraction of the budget must be in [0, 1], got {self.recent}")
@@ -160,6 +168,16 @@ class KVCompression:
         return self.budget.keep
 
     @property
+    def quantizer(self) -> EntryQuantizer | None:
+        """How kept entries are stored: quantized to ``bits`` (2, 4, 8), or as the model computed them (16)."""
+        return None if self.bits == 16 else EntryQuantizer(self.bits)
+
+    @property
+    def compresses(self) -> bool:
+        """It changes the cache: evicts (keep < 1) or quantizes; keep = 1.0 at 16 bits leaves it untouched."""
+        return self.keep < 1.0 or self.bits != 16
+
+    @property
     def accumulates(self) -> bool:
         """Evicting while decoding with a score summed over every query so far (H2O, VATP): the site then
         keeps each entry's received attention, brought up to date before every eviction."""
@@ -168,7 +186,7 @@ class KVCompression:
     @property
     def sums_in_prefill(self) -> bool:
         """Applied to a model on SDPA, it sums its scores inside the prefill's attention (`scoring_attention`)."""
-        return self.keep < 1.0 and self.phase == "prefill" and self.sums_received
+        return self.compresses and self.phase == "prefill" and self.sums_received
 
     @property
     def sums_received(self) -> bool:
@@ -275,8 +293,8 @@ class KVCompression:
         else:
             indices, in_use = chosen if chosen is not None else self.select(obs)
         gather = indices.unsqueeze(-1).expand(-1, -1, -1, obs.keys.shape[-1])
-        layout = PackedLayer.pack if packed and in_use is not None and self.packable else PrunedLayer
-        pruned = layout(obs.keys.gather(2, gather), obs.values.gather(2, gather), indices, in_use, n)
+        layout = PackedLayer if packed and in_use is not None and self.packable else PrunedLayer
+        pruned = layout(obs.keys.gather(2, gather), obs.values.gather(2, gather), indices, in_use, n, self.quantizer)
         cache.layers[layer_idx] = pruned
         pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
         if self.accumulates:
@@ -398,7 +416,7 @@ class KVSession:
     def __enter__(self) -> "KVSession":
         if getattr(self.model, "_tokenomy_kv_session", None) is not None:
             raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
-        compresses = self.method.keep < 1.0
+        compresses = self.method.compresses
         wanted = compresses and (self.method.sums_in_prefill or self.method.replays or self.method.packable)
         own = self._attention.enter_context(scoring_attention(self.model, wanted))
         self.sums_in_prefill = own and self.method.sums_in_prefill
@@ -408,7 +426,7 @@ class KVSession:
         for module in self.modules:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
-        if self.method.waits_for_prefill and self.method.keep < 1.0:
+        if self.method.waits_for_prefill and self.method.compresses:
             stack = decoder(self.model)
             self._handles.append(stack.register_forward_pre_hook(self._before_decoder, with_kwargs=True))
             self._handles.append(stack.register_forward_hook(self._after_decoder, with_kwargs=True))
@@ -469,8 +487,8 @@ class KVSession:
         normalizers = module.__dict__.pop(NORMALIZERS, None)
         if self._replayed is not None:
             self._replayed[module.layer_idx] += (normalizers if isinstance(normalizers, Tensor) else None,)
-        if self.method.keep >= 1.0 or self._replayed is not None:
-            return None  # keep=1.0 leaves the cache untouched; a replay only records its queries
+        if not self.method.compresses or self._replayed is not None:
+            return None  # keep=1.0 at 16 bits leaves the cache untouched; a replay only records its queries
         if pending is None:
             self._evict_while_decoding(module, args, kwargs)
             return None
@@ -563,7 +581,7 @@ class KVSession:
         """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`). Each
         call starts from the raw observations (nothing another method computed is reused), so every method
         pays, and reports, its own scoring time."""
-        if self.method.keep >= 1.0:
+        if not self.method.compresses:
             return
         if self.method.replays:
             raise TokenomyError("this method replays the context through the model after the prefill, so it "

@@ -10,6 +10,9 @@ positions and masks exactly as for the uncompressed model.
 * `PackedLayer` stores exactly the kept entries of every (row, KV head), one segment after another, so the
   bytes resident are the kept entries' bytes, whatever the budgets. The site's attention
   (`tokenomy.sites.scoring_attention`) attends each segment on its own.
+
+Either layout may store its entries quantized (`tokenomy.sites.kv_quant`): each key or value vector is then a
+row of bytes, which the layouts move about as they move float vectors, read back as floats by attention.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError
 from tokenomy.score.base import per_query_head
+from tokenomy.sites.kv_quant import EntryQuantizer
 
 
 class CompressedLayer(DynamicLayer):
     """What both layouts share: the tokens seen, the budget decoding returns to, batch reordering."""
 
-    def __init__(self, dtype: torch.dtype, device: torch.device, seen: int):
+    def __init__(self, dtype: torch.dtype, device: torch.device, seen: int, quantizer: EntryQuantizer | None,
+                 channels: int):
         super().__init__()
         self.dtype, self.device = dtype, device
+        self.quantizer, self.channels = quantizer, channels  # stored as rows of bytes when quantized
         self.seen = seen
         self.evicted_at = seen  # tokens seen at the last eviction
         self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
@@ -37,6 +43,12 @@ class CompressedLayer(DynamicLayer):
         # attention the history does not hold yet: folded in, all at once, before the next eviction
         self.is_initialized = True
         self.armed = False  # set by the site's pre-hook, which prepares the next update's attention
+
+    def _store(self, x: Tensor) -> Tensor:
+        return x if self.quantizer is None else self.quantizer.encode(x)
+
+    def _read(self, rows: Tensor) -> Tensor:
+        return rows if self.quantizer is None else self.quantizer.decode(rows, self.channels, self.dtype)
 
     def _arm_check(self) -> None:
         if not self.armed:
@@ -72,13 +84,16 @@ class CompressedLayer(DynamicLayer):
 class PrunedLayer(CompressedLayer):
     """A rectangular cache layer holding a subset of the tokens seen, each with its original position.
 
-    keys, values: ``(b, h_kv, L, d)``; positions: ``(b, h_kv, L)`` original token index of each entry;
-    valid: ``(b, h_kv, L)`` False for unused slots (ragged per-head budgets, padding) or None.
+    keys, values: ``(b, h_kv, L, d)`` (stored: ``(b, h_kv, L, bytes)`` rows when quantized); positions:
+    ``(b, h_kv, L)`` original token index of each entry; valid: ``(b, h_kv, L)`` False for unused slots
+    (ragged per-head budgets, padding) or None.
     """
 
-    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int):
-        super().__init__(keys.dtype, keys.device, seen)
-        self.keys, self.values, self.positions, self.valid = keys, values, positions, valid
+    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int,
+                 quantizer: EntryQuantizer | None = None):
+        super().__init__(keys.dtype, keys.device, seen, quantizer, keys.shape[-1])
+        self.keys, self.values = self._store(keys), self._store(values)
+        self.positions, self.valid = positions, valid
         self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
@@ -99,16 +114,17 @@ class PrunedLayer(CompressedLayer):
         return 2 * b * h * (self.peak_stored if peak else stored) * d * self.keys.element_size()
 
     def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``(keys, values, positions, valid)`` in the rectangular layout: the layer's own tensors."""
-        return self.keys, self.values, self.positions, self.valid
+        """``(keys, values, positions, valid)`` in the rectangular layout: the layer's own tensors (read back
+        as floats when quantized)."""
+        return self._read(self.keys), self._read(self.values), self.positions, self.valid
 
     def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
         self._arm_check()
         b, h, q, _ = key_states.shape
         stored = self.stored
         new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.keys = torch.cat([self.keys, self._store(key_states)], dim=-2)
+        self.values = torch.cat([self.values, self._store(value_states)], dim=-2)
         self.positions = torch.cat([self.positions, new_positions], dim=-1)
         if self.history is not None:  # the site adds what the new queries give (see KVSession)
             self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
@@ -118,10 +134,10 @@ class PrunedLayer(CompressedLayer):
         self.peak_stored = max(self.peak_stored, self.stored)
         selection, self.selection, self.selection_valid = self.selection, None, None
         if selection is None:
-            return self.keys, self.values
+            return self._read(self.keys), self._read(self.values)
         idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
         idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
-        return self.keys.gather(2, idx), self.values.gather(2, idx)
+        return self._read(self.keys.gather(2, idx)), self._read(self.values.gather(2, idx))
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
@@ -149,15 +165,17 @@ class PrunedLayer(CompressedLayer):
 class PackedLayer(CompressedLayer):
     """A cache layer storing exactly the kept entries of every (row, KV head), packed segment after segment.
 
-    keys, values: ``(N, d)``; positions: ``(N,)``; lengths: ``(b, h_kv)`` entries per segment, in row-major
-    (row, head) order, each segment in increasing position. Attention over it runs segment by segment
-    (`attend`), so nothing is stored, or attended, for slots a rectangular layout would pad.
+    keys, values: ``(N, d)`` (``(N, bytes)`` rows when quantized); positions: ``(N,)``; lengths: ``(b, h_kv)``
+    entries per segment, in row-major (row, head) order, each segment in increasing position. Attention over
+    it runs segment by segment (`attend`), so nothing is stored, or attended, for slots a rectangular layout
+    would pad. Built from the rectangular layout (``valid``: the slots in use, or None for all).
     """
 
-    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, lengths: Tensor, seen: int):
-        super().__init__(keys.dtype, keys.device, seen)
-        self.keys, self.values, self.positions, self.lengths = keys, values, positions, lengths
-        self.peak_entries = keys.shape[0]
+    def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int,
+                 quantizer: EntryQuantizer | None = None):
+        super().__init__(keys.dtype, keys.device, seen, quantizer, keys.shape[-1])
+        self._repack(self._store(keys), self._store(values), positions, valid)
+        self.peak_entries = self.keys.shape[0]
 
     @property
     def lengths(self) -> Tensor:
@@ -167,14 +185,6 @@ class PackedLayer(CompressedLayer):
     def lengths(self, lengths: Tensor) -> None:
         self._lengths = lengths.cpu()
         self._sizes = self._lengths.flatten().tolist()  # read at every forward: kept as Python ints
-
-    @classmethod
-    def pack(cls, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int) -> "PackedLayer":
-        """From the rectangular layout (``valid``: slots in use, or None for all)."""
-        b, h, n = positions.shape
-        if valid is None:
-            valid = torch.ones(b, h, n, dtype=torch.bool, device=positions.device)
-        return cls(keys[valid], values[valid], positions[valid], valid.sum(-1), seen)
 
     def kept_entries(self) -> int:
         """Entries stored, summed over batch and heads."""
@@ -188,6 +198,11 @@ class PackedLayer(CompressedLayer):
     def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(keys, values, positions, valid)`` in the rectangular layout, for scoring: a copy, each segment
         padded to the longest (unused slots repeat the segment's first entry and are marked invalid)."""
+        keys, values, positions, valid = self._stored_padded()
+        return self._read(keys), self._read(values), positions, valid
+
+    def _stored_padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """`padded`, as stored (rows of bytes when quantized)."""
         lengths = self.lengths.to(self.device)
         width = int(lengths.max()) if lengths.numel() else 0
         slot = torch.arange(width, device=self.device)
@@ -205,7 +220,8 @@ class PackedLayer(CompressedLayer):
         sizes = self._sizes
         self.keys, self.values, self.positions = (
             torch.cat([part for pair in zip(old.split(sizes), new.flatten(0, 1).unbind(0)) for part in pair])
-            for old, new in ((self.keys, key_states), (self.values, value_states), (self.positions, new_positions)))
+            for old, new in ((self.keys, self._store(key_states)), (self.values, self._store(value_states)),
+                             (self.positions, new_positions)))
         self.lengths = self.lengths + q
         self.seen += q
         self.peak_entries = max(self.peak_entries, self.keys.shape[0])
@@ -218,7 +234,7 @@ class PackedLayer(CompressedLayer):
         b, heads, q, d = query.shape
         kv_heads = self.lengths.shape[1]
         group = heads // kv_heads
-        out = query.new_empty(b, heads, q, self.values.shape[-1])
+        out = query.new_empty(b, heads, q, d)
         now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)  # the queries' positions
         start = 0
         for index, length in enumerate(self._sizes):
@@ -238,24 +254,26 @@ class PackedLayer(CompressedLayer):
             # the group's query heads share these keys: fold them into the query axis, one call per segment
             folded = query[row, heads_of].reshape(1, 1, group * q, d)
             result = F.scaled_dot_product_attention(
-                folded, self.keys[segment][None, None], self.values[segment][None, None],
+                folded, self._read(self.keys[segment])[None, None], self._read(self.values[segment])[None, None],
                 attn_mask=None if allowed is None else allowed.repeat(group, 1)[None, None], scale=scale)
             out[row, heads_of] = result.view(group, q, -1)
         return out.transpose(1, 2).contiguous()
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the entries at ``indices`` ``(b, h_kv, k)`` of the rectangular layout (`padded`)."""
-        keys, values, positions, _ = self.padded()
+        keys, values, positions, _ = self._stored_padded()
         gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
         self._repack(keys.gather(2, gather), values.gather(2, gather), positions.gather(-1, indices), valid)
         self.evicted_at = self.seen
 
     def _index_batch(self, fn) -> None:
-        keys, values, positions, valid = self.padded()
+        keys, values, positions, valid = self._stored_padded()
         valid = fn(valid) if valid is not None else None
         self._repack(fn(keys), fn(values), fn(positions), valid)
         self._index_budget(fn)
 
     def _repack(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None) -> None:
-        packed = PackedLayer.pack(keys, values, positions, valid, self.seen)
-        self.keys, self.values, self.positions, self.lengths = packed.keys, packed.values, packed.positions, packed.lengths
+        """Store the slots in use of a rectangular layout (as stored), segment after segment."""
+        if valid is None:
+            valid = torch.ones(positions.shape, dtype=torch.bool, device=positions.device)
+        self.keys, self.values, self.positions, self.lengths = keys[valid], values[valid], positions[valid], valid.sum(-1)
