@@ -34,7 +34,8 @@ from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
 from tokenomy.models.caches import cache_bytes, copy_cache
-from tokenomy.sites.kv_cache import SITE, KVStats, PrefillRecorder
+from tokenomy.sites.kv_cache import SITE, KVStats
+from tokenomy.sites.kv_recorder import PrefillRecorder
 from tokenomy.bench.html import Axis, Figure, key
 
 SETTINGS = ("aware", "agnostic")
@@ -268,6 +269,7 @@ def aggregate(rows: list[Row]) -> list[dict]:
         entry |= {
             "kept_fraction": statistics.fmean(r.kept_fraction for r in group),
             "kv_bytes_median": statistics.median(r.kv_bytes for r in group),
+            "bytes_fraction": statistics.fmean(r.kv_bytes / ref.kv_bytes for r, ref in zip(group, refs)),
             "peak_kv_bytes_median": statistics.median(r.peak_kv_bytes for r in group),
             "peak_kv_mib_median": statistics.median(r.peak_kv_bytes for r in group) / 2**20,
             "prefill_seconds_median": statistics.median(r.prefill_seconds for r in group),
@@ -309,7 +311,8 @@ def columns(perplexity: bool) -> list[tuple[str, str, str]]:
         if perplexity else [("accuracy", "acc", ".3f"), ("relative_accuracy", "rel", ".3f")]
     return [
         ("setting", "setting", ""), ("method", "method", ""), ("keep", "keep", ".2f"), *quality,
-        ("kept_fraction", "kept", ".3f"), ("prefill_seconds_median", "prefill s", ".3f"),
+        ("kept_fraction", "kept", ".3f"), ("bytes_fraction", "bytes", ".3f"),
+        ("prefill_seconds_median", "prefill s", ".3f"),
         ("scoring_overhead_median", "overhead", ".1%"),
         ("decode_tokens_per_second_median", "decode tok/s", ".1f"),
     ]

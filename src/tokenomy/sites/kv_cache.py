@@ -1,17 +1,21 @@
 """The KV-cache site: evict (or select) cached keys/values of HF causal LMs, GQA included.
 
-How it works, in three pieces kept apart from the methods:
+How it works, in pieces kept apart from the methods (this file holds the method, `KVCompression`: score ->
+budget -> select, and what it does to one layer):
 
 * A compressed layer (`tokenomy.sites.kv_layers`) replaces a `DynamicLayer` of HF's `DynamicCache`. It keeps
   the original position of every stored entry and reports the number of tokens *seen* as its length, so
   `generate()` builds positions and masks exactly as for the uncompressed model. On SDPA the model runs on
   the site's attention, and layers whose heads or rows keep different counts are stored packed (exactly the
   kept entries); otherwise they are rectangular, padded.
-* A forward pre-hook on every attention module maps HF's mask (over seen positions) onto the stored
-  entries of a rectangular layer — per head, since heads may keep different tokens — or hands a packed layer
-  to the attention, and arms the layer for the update.
-* A forward post-hook on every attention module compresses the layer right after its prefill, from a
-  `LayerObservation` (cache + the queries of that prefill), by the method's score -> budget -> select.
+* A session (`tokenomy.sites.kv_session`) hooks every attention module. Its pre-hook maps HF's mask (over
+  seen positions) onto the stored entries of a rectangular layer (`tokenomy.sites.kv_mask`) — per head, since
+  heads may keep different tokens — or hands a packed layer to the attention, and arms the layer for the
+  update. Its post-hook compresses the layer right after its prefill, from a `LayerObservation`
+  (`tokenomy.sites.kv_observation`: cache + the queries of that prefill), by the method's
+  score -> budget -> select.
+* The benchmark records one prefill's observations (`tokenomy.sites.kv_recorder`) and lets each method
+  compress a copy of the same cache, as the hooks would.
 
 Compression happens on the first forward of a cache (the prefill). Later forwards (a question appended
 after the context, decoding) only read the compressed cache, so the same session serves both settings:
@@ -26,60 +30,27 @@ a long generation runs in bounded memory (at most budget + n entries per head, d
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError, check_choice, check_fraction, check_int
 from tokenomy.budget import HeadAdaptive, Keep
-from tokenomy.adapters.lm import (decoder, full_attention_modules, key_padding, rope_slice, rotated_queries,
-                                 softmax_scale)
-from tokenomy.models.caches import copy_cache
 from tokenomy.registry import site_options
-from tokenomy.score.base import LayerObservation, Replay, Scorer, per_query_head
+from tokenomy.score.base import LayerObservation, Scorer, per_query_head
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_quant import EntryQuantizer
-from tokenomy.sites.scoring_attention import NORMALIZERS, PACKED, SUMS, scoring_attention
+
+if TYPE_CHECKING:
+    from tokenomy.sites.kv_session import KVSession
 
 SITE = "kv-cache"
 site_options(SITE, evict_every=0, bits=16)  # every KV method can also evict while decoding, and store its
 # kept entries quantized (see KVCompression)
-
-
-def map_mask(layer: PrunedLayer, mask: Tensor | None, num_new: int, num_heads: int) -> Tensor | None:
-    """HF's mask over seen positions ``(b, 1, q, seen + q)`` -> a mask over the entries the layer will
-    attend to, ``(b, num_heads, q, L + q)`` (bool or additive float, like the input)."""
-    positions, valid = layer.positions, layer.valid
-    if layer.selection is not None:
-        positions = positions.gather(-1, layer.selection)
-        valid = None if valid is None else valid.gather(-1, layer.selection)
-        if layer.selection_valid is not None:
-            valid = layer.selection_valid if valid is None else valid & layer.selection_valid
-    b, h_kv, stored = positions.shape
-    q = num_new
-    device = positions.device
-    if mask is None:
-        if valid is None:
-            return None
-        causal = torch.ones(q, q, dtype=torch.bool, device=device).tril()
-        mapped = torch.cat([valid.unsqueeze(2).expand(b, h_kv, q, stored), causal.expand(b, h_kv, q, q)], dim=-1)
-    else:
-        new = (layer.seen + torch.arange(q, device=device)).expand(b, h_kv, q)
-        columns = torch.cat([positions, new], dim=-1).unsqueeze(2).expand(b, h_kv, q, stored + q)
-        mapped = mask[..., -q:, :].expand(b, h_kv, q, mask.shape[-1]).gather(-1, columns)
-        if valid is not None:
-            in_use = torch.cat([valid, valid.new_ones(b, h_kv, q)], dim=-1).unsqueeze(2)
-            if mapped.dtype == torch.bool:
-                mapped = mapped & in_use
-            else:
-                mapped = mapped.masked_fill(~in_use, torch.finfo(mapped.dtype).min)
-    return per_query_head(mapped, num_heads)
 
 
 @dataclass
@@ -226,6 +197,8 @@ class KVCompression:
 
     def apply(self, model: nn.Module) -> "KVSession":
         """Patch ``model`` for the duration of a ``with`` block (see `tokenomy.apply`)."""
+        from tokenomy.sites.kv_session import KVSession
+
         return KVSession(model, self)
 
     # -- the recipe, shared by the hooks and the benchmark ------------------------------------------------
@@ -338,288 +311,3 @@ class KVCompression:
         if fingerprint is not None:  # what the score picked, without the recent window (it moves on)
             scored = max(layer.selection.shape[-1] - int(self._recent(per_head)[0]), 0)
             layer.chosen = (fingerprint, layer.selection[..., :scored])
-
-
-def _obs_from_prefill(module, layer, hidden: Tensor, rope: tuple[Tensor, Tensor], mask, rank: int, count: int):
-    """A layer's prefill cache observed by the prompt's queries; the layer is number ``rank`` of the
-    ``count`` layers the site compresses."""
-    keys, values = layer.keys, layer.values
-    n = keys.shape[2]
-
-    def queries(w: int) -> Tensor:
-        return rotated_queries(module, hidden[:, -w:], rope_slice(rope, slice(-w, None)))
-
-    return LayerObservation(
-        keys=keys,
-        values=values,
-        valid=key_padding(mask, n),
-        layer_idx=rank,
-        num_layers=count,
-        query_offset=0,
-        num_queries=hidden.shape[1],
-        scale=softmax_scale(module),
-        query_fn=queries,
-    )
-
-
-def _obs_for_step(module, layer: PrunedLayer, hidden: Tensor, rope: tuple[Tensor, Tensor], rank: int, count: int,
-                  appended: bool = False):
-    """The stored entries, observed by the queries of the coming forward (which see all of them), or of
-    the forward that just ``appended`` its tokens (each sees the entries up to itself)."""
-    keys, values, _, valid = layer.padded()
-    stored = keys.shape[2]
-    return LayerObservation(
-        keys=keys,
-        values=values,
-        valid=None if valid is None else valid[:, 0],
-        layer_idx=rank,
-        num_layers=count,
-        query_offset=stored - hidden.shape[1] if appended else stored,
-        num_queries=hidden.shape[1],
-        scale=softmax_scale(module),
-        query_fn=lambda w: rotated_queries(module, hidden[:, -w:], rope_slice(rope, slice(-w, None))),
-    )
-
-
-def _replay_inputs(prefill: dict) -> dict:
-    """Decoder inputs that feed a prefill's tokens again right after them: same ids (or embeddings) and
-    padding, each row's positions continuing from its last one."""
-    tokens = prefill["input_ids"] if prefill["input_ids"] is not None else prefill["inputs_embeds"]
-    positions, mask = prefill["position_ids"], prefill["attention_mask"]
-    if positions is None:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-    replay = {"position_ids": positions + positions.amax(dim=-1, keepdim=True) + 1,
-              "attention_mask": None if mask is None else torch.cat([mask, mask], dim=1)}
-    key = "input_ids" if prefill["input_ids"] is not None else "inputs_embeds"
-    return replay | {key: tokens}
-
-
-class KVSession:
-    """Hooks that apply a `KVCompression` to a model; a context manager, reusable once exited."""
-
-    def __init__(self, model: nn.Module, method: KVCompression):
-        self.model = model
-        self.method = method
-        self.modules = full_attention_modules(model)
-        self.rank = {module.layer_idx: i for i, module in enumerate(self.modules)}
-        self.stats = KVStats()
-        self._handles: list = []
-        self._prefill: dict[int, tuple] = {}
-        self._attention = ExitStack()
-        self.sums_in_prefill = False  # the prefill's attention hands H2O's sums over (else recomputed)
-        self.normalizers_in_replay = False  # the replay's attention hands its log-normalisers over (KVzip)
-        self.packed = False  # ragged layers are stored packed, attended by the site's attention
-        self._decoder_inputs: dict | None = None  # the prefill's decoder inputs, replayed (KVzip)
-        self._deferred: dict[int, LayerObservation] = {}  # prefill observations waiting for its end
-        self._replayed: dict[int, tuple] | None = None  # (hidden, rope, normalisers) per layer in the replay
-
-    def __enter__(self) -> "KVSession":
-        if getattr(self.model, "_tokenomy_kv_session", None) is not None:
-            raise TokenomyError("a tokenomy KV method is already applied to this model; exit that block first")
-        compresses = self.method.compresses
-        wanted = compresses and (self.method.sums_in_prefill or self.method.replays or self.method.packable)
-        own = self._attention.enter_context(scoring_attention(self.model, wanted))
-        self.sums_in_prefill = own and self.method.sums_in_prefill
-        self.normalizers_in_replay = own and self.method.replays
-        self.packed = own and self.method.packable
-        self.model._tokenomy_kv_session = self
-        for module in self.modules:
-            self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
-        if self.method.waits_for_prefill and self.method.compresses:
-            stack = decoder(self.model)
-            self._handles.append(stack.register_forward_pre_hook(self._before_decoder, with_kwargs=True))
-            self._handles.append(stack.register_forward_hook(self._after_decoder, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._attention.close()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._prefill.clear()
-        self._deferred.clear()
-        self._decoder_inputs = self._replayed = None
-        self.model._tokenomy_kv_session = None
-
-    def _where(self, module) -> tuple[int, int]:
-        return self.rank[module.layer_idx], len(self.modules)
-
-    def _before(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        if cache is None:
-            return None
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        rope = kwargs["position_embeddings"]
-        if self._replayed is not None:
-            self._replayed[module.layer_idx] = (hidden, rope)
-            if self.normalizers_in_replay:
-                setattr(module, NORMALIZERS, True)  # the attention hands them over (scoring_attention)
-            return None
-        idx = module.layer_idx
-        layer = cache.layers[idx] if idx < len(cache.layers) else None
-        if isinstance(layer, PackedLayer):
-            if not self.packed:
-                raise TokenomyError("this cache holds packed layers; use it inside the `with` block of the method "
-                                    "that compressed it")
-            setattr(module, PACKED, layer)  # the site's attention attends it (scoring_attention)
-            layer.armed = True
-            return None
-        if isinstance(layer, PrunedLayer):
-            if self.method.phase == "decode":
-                start = time.perf_counter()
-                obs = _obs_for_step(module, layer, hidden, rope, *self._where(module))
-                self.method.choose_for_step(layer, obs, self.stats)
-                self.stats.scoring_seconds += time.perf_counter() - start
-            num_heads = module.config.num_attention_heads
-            kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)
-            layer.armed = True
-            return args, kwargs
-        if layer is None or layer.get_seq_length() == 0:
-            self._prefill[idx] = (hidden, rope, kwargs.get("attention_mask"))
-            if self.sums_in_prefill:
-                setattr(module, SUMS, True)  # the attention sums this prefill (scoring_attention)
-        return None
-
-    def _after(self, module, args, kwargs, output):
-        pending = self._prefill.pop(module.layer_idx, None)
-        received = module.__dict__.pop(SUMS, None)
-        normalizers = module.__dict__.pop(NORMALIZERS, None)
-        if self._replayed is not None:
-            self._replayed[module.layer_idx] += (normalizers if isinstance(normalizers, Tensor) else None,)
-        if not self.method.compresses or self._replayed is not None:
-            return None  # keep=1.0 at 16 bits leaves the cache untouched; a replay only records its queries
-        if pending is None:
-            self._evict_while_decoding(module, args, kwargs)
-            return None
-        cache = kwargs["past_key_values"]
-        layer = cache.layers[module.layer_idx]
-        if layer.get_seq_length() == 0:
-            return None
-        if type(layer) is not DynamicLayer:
-            raise TokenomyError(f"tokenomy KV methods need HF's DynamicCache; got a {type(layer).__name__} layer")
-        obs = _obs_from_prefill(module, layer, *pending, *self._where(module))
-        if isinstance(received, Tensor):
-            obs = replace(obs, _received=received)
-        if self.method.waits_for_prefill:  # compressed once the whole prefill has run (`_after_decoder`)
-            self._deferred[module.layer_idx] = obs
-            return None
-        self.method.compress_layer(cache, module.layer_idx, obs, self.stats, packed=self.packed)
-        return None
-
-    def _before_decoder(self, stack, args, kwargs):
-        """Remember a prefill's inputs (the decoder's first forward over an empty cache) for its replay."""
-        cache = kwargs.get("past_key_values")
-        if not self.method.replays or self._replayed is not None or (cache is not None and cache.get_seq_length() > 0):
-            return None
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() != 2:
-            raise TokenomyError("a replaying KV method (KVzip) needs the prefill's attention mask as a 2-D "
-                                f"(batch, tokens) tensor, got shape {tuple(mask.shape)}")
-        self._decoder_inputs = {"input_ids": ids, "inputs_embeds": kwargs.get("inputs_embeds"),
-                                "attention_mask": mask, "position_ids": kwargs.get("position_ids")}
-        return None
-
-    def _after_decoder(self, stack, args, kwargs, output):
-        """After a prefill: compress every layer at once, from a replay of the context when the score reads one."""
-        inputs, self._decoder_inputs = self._decoder_inputs, None
-        if not self._deferred or self._replayed is not None:
-            return None
-        deferred, self._deferred = self._deferred, {}
-        cache = output.past_key_values
-        if self.method.replays:
-            self._replay(stack, inputs, cache, deferred)
-        self.method.compress_layers(cache, deferred, self.stats, packed=self.packed)
-        return None
-
-    def _replay(self, stack, inputs: dict, cache, observations: dict[int, LayerObservation]) -> None:
-        """Feed the prefill's inputs again over a copy of its ``cache`` and attach each layer's `Replay`."""
-        start = time.perf_counter()
-        replica = copy_cache(cache)  # grows by the replay; the prefill's own cache stays as it was
-        self._replayed = {}
-        try:
-            stack(**_replay_inputs(inputs), past_key_values=replica, use_cache=True)
-            replayed = self._replayed
-        finally:
-            self._replayed = None
-        modules = {m.layer_idx: m for m in self.modules}
-        for idx, obs in observations.items():
-            hidden, rope, normalizers = replayed[idx]
-            n = obs.keys.shape[2]
-            obs.replay = Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
-                                valid=obs.valid, log_normalizers=normalizers)
-        self.stats.scoring_seconds += time.perf_counter() - start
-
-    def _evict_while_decoding(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
-        every = self.method.evict_every
-        layer = cache.layers[module.layer_idx] if cache is not None and every else None
-        if not isinstance(layer, CompressedLayer):
-            return
-        due = layer.seen - layer.evicted_at >= every
-        if layer.history is None and not due:
-            return
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cos, sin = kwargs["position_embeddings"]
-        if layer.history is not None:  # the history is brought up to date once per eviction, for all the
-            layer.unscored = [*layer.unscored, (hidden, cos, sin)]  # forwards since the last one (one batched
-            # pass); a new list, so a `copy_cache` copy never sees another copy's forwards
-            if not due:
-                return
-            hidden, cos, sin = (torch.cat(parts, dim=-2) for parts in zip(*layer.unscored))  # the token axis
-            layer.unscored = []
-        obs = _obs_for_step(module, layer, hidden, (cos, sin), *self._where(module), appended=True)
-        if layer.history is not None:  # what those forwards' queries gave every stored entry
-            start = time.perf_counter()
-            layer.history = layer.history + obs.received()
-            obs.history = layer.history
-            self.stats.scoring_seconds += time.perf_counter() - start
-        self.method.evict(layer, obs, self.stats)
-
-    def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
-        """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`). Each
-        call starts from the raw observations (nothing another method computed is reused), so every method
-        pays, and reports, its own scoring time."""
-        if not self.method.compresses:
-            return
-        if self.method.replays:
-            raise TokenomyError("this method replays the context through the model after the prefill, so it "
-                                "compresses a prefill run inside its `with` block, not recorded observations")
-        fresh = {idx: replace(obs, _queries={}, _received=None) for idx, obs in observations.items()}
-        self.method.compress_layers(cache, fresh, self.stats, packed=self.packed)
-
-
-class PrefillRecorder:
-    """Records each layer's observation during one plain prefill, so several methods can then be
-    applied to copies of the same cache without running the prefill again (the benchmark's trick;
-    results equal those of the hooks, which a test checks)."""
-
-    def __init__(self, model: nn.Module):
-        self.modules = full_attention_modules(model)
-        self.rank = {module.layer_idx: i for i, module in enumerate(self.modules)}
-        self.observations: dict[int, LayerObservation] = {}
-        self._pending: dict[int, tuple] = {}
-
-    @contextmanager
-    def record(self) -> Iterator["PrefillRecorder"]:
-        handles = []
-        for module in self.modules:
-            handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-            handles.append(module.register_forward_hook(self._after, with_kwargs=True))
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _before(self, module, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        self._pending[module.layer_idx] = (hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
-
-    def _after(self, module, args, kwargs, output):
-        pending = self._pending.pop(module.layer_idx)
-        layer = kwargs["past_key_values"].layers[module.layer_idx]
-        rank = self.rank[module.layer_idx]
-        self.observations[module.layer_idx] = _obs_from_prefill(module, layer, *pending, rank, len(self.modules))
-
