@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenomy._validation import TokenomyError
-from tokenomy.score import Attention, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
+from tokenomy.score import Attention, Chunked, KeyDiversity, KeyNorm, LayerObservation, Pooled, RandomScores, Recency
 from tokenomy.score import ValueWeighted
 from tokenomy.score.base import Replay, attention_and_received
 from tokenomy.score import reconstruction
@@ -160,6 +160,18 @@ def test_pooled_max_spreads_a_peak_to_its_neighbours_but_not_from_padding():
     assert pooled[0, 0].tolist()[1:] == [0, 0, 1, 1, 1, 0, 0, 0]
 
 
+def test_chunked_gives_every_token_its_chunks_total_over_heads_and_keeps_chunks_whole():
+    class Given:
+        def __call__(self, obs):
+            return torch.tensor([[[0, 5, 0, 0, 1, 1, 0, 0, 0, 9.0], [0, 0, 0, 0, 1, 1, 3, 0, 0, 0]]])
+
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    valid[0, 9] = False  # padding: its 9 counts for nothing
+    scores = Chunked(Given(), size=4)(observation(torch.zeros(1, 2, 10, 2), valid=valid))
+    assert scores[0, 0].tolist() == scores[0, 1].tolist() == [5, 5, 5, 5, 7, 7, 7, 7, 0, 0]
+    assert sorted(scores[0, 0].topk(4).indices.tolist()) == [4, 5, 6, 7]
+
+
 def test_value_weighted_scales_by_value_l1_norm():
     keys = torch.zeros(1, 1, 3, 2)
     values = torch.tensor([[[[1.0, 1.0], [3.0, 0.0], [0.5, 0.0]]]])
@@ -183,6 +195,8 @@ def test_attention_bad_arguments(bad):
 def test_pooled_bad_arguments():
     with pytest.raises(TokenomyError, match="kind"):
         Pooled(KeyNorm(), kind="median")
+    with pytest.raises(TokenomyError, match="size"):
+        Chunked(KeyNorm(), size=0)
 
 
 @pytest.mark.parametrize("padded", [False, True])
