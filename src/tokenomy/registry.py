@@ -24,6 +24,7 @@ class MethodInfo:
     summary: str
     build: Callable[..., Any]
     query_aware: bool = False
+    trained_for: str | None = None  # the model a learned part was trained on (others need their own: see its options)
 
     def own_options(self) -> dict[str, Any]:
         """Keyword options of the method's own recipe with their defaults."""
@@ -65,13 +66,14 @@ def site_options(site: str, **defaults: Any) -> None:
     _SITE_OPTIONS[site] = defaults
 
 
-def register(name: str, *, site: str, paper: str, summary: str, query_aware: bool = False):
+def register(name: str, *, site: str, paper: str, summary: str, query_aware: bool = False,
+             trained_for: str | None = None):
     """Decorator registering a method factory under ``name``."""
 
     def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise RuntimeError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = MethodInfo(name, site, paper, summary, build, query_aware)
+        _REGISTRY[name] = MethodInfo(name, site, paper, summary, build, query_aware, trained_for)
         return build
 
     return decorator

@@ -114,8 +114,28 @@ def cmd_bench_kv_decode(args) -> int:
     return 0
 
 
+def cmd_train_kv(args) -> int:
+    from tokenomy._validation import TokenomyError
+    from tokenomy.bench.tasks import shared_data_dir
+
+    data = args.data or shared_data_dir()
+    if data is None:
+        raise TokenomyError("the training texts live in ../shared/data; point --data at a copy of that folder")
+    if args.method == "kvzap":
+        from tokenomy.models.kv_surrogate import train
+
+        out = train(data, args.model, args.output, windows_count=args.samples, length=args.length,
+                    hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    else:
+        from tokenomy.models.kv_heads import train
+
+        out = train(data, args.model, args.output, samples=args.samples, length=args.length, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
 def add_commands(sub, bench) -> None:
-    """Register 'tokenomy bench kv' and 'tokenomy bench kv-decode'."""
+    """Register 'tokenomy bench kv', 'tokenomy bench kv-decode' and 'tokenomy train-kv'."""
     p = bench.add_parser("kv", help="KV-cache compression on long-context tasks")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
     p.add_argument("--methods", type=csv_list(str), default=["snapkv", "kvzip", "tova", "streamingllm"],
@@ -150,3 +170,21 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--seed", type=int, default=0, help="where in the book the context starts")
     json_option(p, "write the rows and every step's time here")
     p.set_defaults(func=cmd_bench_kv_decode)
+
+    p = sub.add_parser("train-kv", help="fit a KV method's learned part for a model (CPU, minutes)")
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name, what, samples, length in (
+            ("kvzap", "the surrogate of KVzip's scores, on windows of public text KVzip labels", 48, 2048),
+            ("duoattention", "the head profile, on pass-key haystacks of public text", 24, 1024)):
+        m = methods.add_parser(name, help=what)
+        m.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
+        m.add_argument("-o", "--output", default=None, help="where to write it (default: the file shipped with "
+                       "tokenomy, which is SmolLM2-135M's)")
+        m.add_argument("--samples", type=int, default=samples, help="texts it is fitted on")
+        m.add_argument("--length", type=int, default=length, help="tokens per text")
+        m.add_argument("--seed", type=int, default=0)
+        m.add_argument("--data", default=None, help="folder holding the public texts (default: ../shared/data)")
+        if name == "kvzap":
+            m.add_argument("--hidden", type=int, default=32, help="hidden units per layer (0: a linear map)")
+            m.add_argument("--epochs", type=int, default=40)
+        m.set_defaults(func=cmd_train_kv)

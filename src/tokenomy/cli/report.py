@@ -22,7 +22,8 @@ def cmd_methods(args) -> int:
     width = max(40, shutil.get_terminal_size((100, 24)).columns - indent - 1)
     lines = []
     for row, method in zip(rows, found):
-        first, *rest = textwrap.wrap(method.summary, width) or [""]
+        fitted = f" [fitted for {method.trained_for}: tokenomy train-kv]" if method.trained_for else ""
+        first, *rest = textwrap.wrap(method.summary + fitted, width) or [""]
         blank = dict.fromkeys(row, "")
         lines += [row | {"summary": first}, *(blank | {"summary": more} for more in rest)]
     print(table(lines, [*columns, ("summary", "what it keeps", "")]))

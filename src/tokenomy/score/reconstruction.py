@@ -36,7 +36,7 @@ class Reconstruction:
         # attention an entry gets is exp(max over queries of logit - normaliser). Every replayed query sees the
         # whole context, so these logits need no causal mask, only the normalisers (over context + replay).
         b, h, m, d = replay.queries.shape
-        h_kv, n = obs.keys.shape[1], obs.keys.shape[2]
+        h_kv = obs.keys.shape[1]
         group = h // h_kv
         normalizers = replay.log_normalizers
         if normalizers is None:

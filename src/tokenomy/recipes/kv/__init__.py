@@ -2,9 +2,12 @@
 
 from tokenomy.recipes.kv import (  # noqa: F401
     adakv,
+    chunkkv,
+    duoattention,
     h2o,
     keydiff,
     knorm,
+    kvzap,
     kvzip,
     pyramidkv,
     random,

@@ -1,5 +1,6 @@
 from tokenomy.budget import HeadAdaptive, Keep
 from tokenomy.registry import register
+from tokenomy.score.base import Scorer
 from tokenomy.score.reconstruction import Reconstruction
 from tokenomy.sites.kv_cache import SITE, KVCompression
 
@@ -13,7 +14,11 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     "one budget shared by every layer's heads",
 )
 def kvzip(keep: float = 0.5, sinks: int = 4) -> KVCompression:
+    return shared_by_all_layers(Reconstruction(), keep, sinks)
+
+
+def shared_by_all_layers(score: Scorer, keep: float, sinks: int, recent: int | float = 0) -> KVCompression:
     """The paper's allocation: all heads of all layers compete for the budget (no floor). The same score with
     an even budget per head kept 1 of 21 development needles at keep 0.25 (query-agnostic), against 21 of 21."""
-    return KVCompression(score=Reconstruction(), budget=Keep(keep), heads=HeadAdaptive(0.0, across_layers=True),
-                         sinks=sinks)
+    return KVCompression(score=score, budget=Keep(keep), heads=HeadAdaptive(0.0, across_layers=True), sinks=sinks,
+                         recent=recent)
