@@ -9,8 +9,9 @@ from tokenomy.budget import HeadAdaptive, Keep, Pyramid, kept_count
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, attention_and_received
 from tokenomy.score.norms import KeyNorm
-from tokenomy.sites.kv_cache import SITE, KVCompression, KVStats
+from tokenomy.sites.kv_cache import SITE, KVCompression
 from tokenomy.sites.kv_recorder import PrefillRecorder
+from tokenomy.sites.kv_session import KVStats
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 
 from conftest import tiny_gemma3, tiny_llama

@@ -34,8 +34,9 @@ from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
 from tokenomy.models.caches import cache_bytes, copy_cache
-from tokenomy.sites.kv_cache import SITE, KVStats
+from tokenomy.sites.kv_cache import SITE
 from tokenomy.sites.kv_recorder import PrefillRecorder
+from tokenomy.sites.kv_session import KVStats
 from tokenomy.bench.html import Axis, Figure, key
 
 SETTINGS = ("aware", "agnostic")
@@ -145,7 +146,7 @@ class KVBench:
         else:
             tokens = greedy(self.model, cache, logits[:, -1:], self.config.max_new_tokens, self.stops, position)
             row.answer = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            row.correct = any(a in row.answer for a in sample.answers)
+            row.correct = sample.judge(row.answer)
             row.decode_tokens = len(tokens)
         row.decode_seconds = time.perf_counter() - start
         row.peak_kv_bytes = cache_bytes(cache, peak=True)

@@ -46,27 +46,11 @@ from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_quant import EntryQuantizer
 
 if TYPE_CHECKING:
-    from tokenomy.sites.kv_session import KVSession
+    from tokenomy.sites.kv_session import KVSession, KVStats
 
 SITE = "kv-cache"
 site_options(SITE, evict_every=0, bits=16)  # every KV method can also evict while decoding, and store its
 # kept entries quantized (see KVCompression)
-
-
-@dataclass
-class KVStats:
-    """What a session did, summed over layers: for reports and budgets checks."""
-
-    layers_compressed: int = 0
-    entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
-    entries_kept: int = 0
-    bytes_kept: int = 0  # physical size of the compressed keys + values
-    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods);
-    # H2O/VATP sums taken inside the prefill's attention (`sums_in_prefill`) are part of the forward, not this
-    per_layer_kept: list[int] = field(default_factory=list)
-    evictions: int = 0  # layer evictions while decoding (``evict_every``)
-    selections: int = 0  # decode-phase layer selections (TokenSelect), fresh or reused
-    selections_reused: int = 0  # ... of which kept the previous one (``reuse_similarity``)
 
 
 @dataclass

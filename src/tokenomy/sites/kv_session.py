@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +14,26 @@ from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import decoder, full_attention_modules, rotated_queries
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, Replay
-from tokenomy.sites.kv_cache import KVCompression, KVStats
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_mask import map_mask
 from tokenomy.sites.kv_observation import observe_prefill, observe_step
 from tokenomy.sites.scoring_attention import NORMALIZERS, PACKED, SUMS, scoring_attention
+
+
+@dataclass
+class KVStats:
+    """What a session did, summed over layers: for reports and budgets checks."""
+
+    layers_compressed: int = 0
+    entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
+    entries_kept: int = 0
+    bytes_kept: int = 0  # physical size of the compressed keys + values
+    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods);
+    # H2O/VATP sums taken inside the prefill's attention (`sums_in_prefill`) are part of the forward, not this
+    per_layer_kept: list[int] = field(default_factory=list)
+    evictions: int = 0  # layer evictions while decoding (``evict_every``)
+    selections: int = 0  # decode-phase layer selections (TokenSelect), fresh or reused
+    selections_reused: int = 0  # ... of which kept the previous one (``reuse_similarity``)
 
 
 def _replay_inputs(prefill: dict) -> dict:
@@ -35,9 +50,10 @@ def _replay_inputs(prefill: dict) -> dict:
 
 
 class KVSession:
-    """Hooks that apply a `KVCompression` to a model; a context manager, reusable once exited."""
+    """Hooks that apply a method (a `tokenomy.sites.kv_cache.KVCompression`, which builds its session with
+    ``method.apply(model)``) to a model; a context manager, reusable once exited."""
 
-    def __init__(self, model: nn.Module, method: KVCompression):
+    def __init__(self, model: nn.Module, method):
         self.model = model
         self.method = method
         self.modules = full_attention_modules(model)

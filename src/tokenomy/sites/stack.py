@@ -7,7 +7,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from tokenomy._validation import TokenomyError
-from tokenomy.sites.kv_cache import KVCompression, KVStats
+from tokenomy.sites.kv_cache import KVCompression
+from tokenomy.sites.kv_session import KVStats
 from tokenomy.sites.vision.session import VisualMethods, VisualStats
 
 WHERE = {"before": "before the language model", "inside": "between the language model's layers"}
