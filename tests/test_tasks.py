@@ -20,7 +20,7 @@ def test_haystack_ships_with_the_package():
     assert len(paragraphs) > 500 and "Alice" in paragraphs[10] + paragraphs[11] + paragraphs[12]
 
 
-@pytest.mark.parametrize("task", ["niah", "multikey", "vartrack"])
+@pytest.mark.parametrize("task", ["niah", "multikey", "multivalue", "multiquery", "vartrack"])
 def test_tasks_are_deterministic_and_answerable(tokenizer, task):
     a = TASKS[task](tokenizer, [300, 500], 4, seed=1)
     b = TASKS[task](tokenizer, [300, 500], 4, seed=1)
@@ -46,6 +46,23 @@ def test_multikey_asks_one_of_several_needles(tokenizer):
     s = TASKS["multikey"](tokenizer, [400], 1, seed=0)[0]
     assert s.context.count("The special magic number for") == 4
     assert s.question.split("for ")[1].split(" ")[0] in s.context
+
+
+@pytest.mark.parametrize("task, sentence", [("multivalue", "One of the special magic numbers for"),
+                                            ("multiquery", "The special magic number for")])
+def test_multi_answer_tasks_need_every_number(tokenizer, task, sentence):
+    s = TASKS[task](tokenizer, [400], 1, seed=0)[0]
+    assert s.context.count(sentence) == len(s.answers) == 4 and s.every_answer
+    assert all(f"{number}." in s.context for number in s.answers)
+    assert s.judge(" ".join(s.answers)) and not s.judge(" ".join(s.answers[:3]))
+    if task == "multiquery":
+        keys = [line.split("for ")[1].split(" is:")[0] for line in s.context.split("\n") if line.startswith(sentence)]
+        assert all(key in s.question for key in keys)
+
+
+def test_single_answer_tasks_accept_any_answer(tokenizer):
+    s = TASKS["niah"](tokenizer, [300], 1, seed=0)[0]
+    assert s.judge(f"It is {s.answers[0]}.") and not s.judge("It is 12.")
 
 
 def test_vartrack_chain_is_in_order(tokenizer):

@@ -31,6 +31,11 @@ class Sample:
     answer_prefix: str = ""
     continuation: str | None = None
     meta: dict = field(default_factory=dict)
+    every_answer: bool = False  # the reply must hold every one of ``answers`` (RULER's multi-value, multi-query)
+
+    def judge(self, reply: str) -> bool:
+        """Whether ``reply`` answers: it holds one accepted answer, or all of them with ``every_answer``."""
+        return (all if self.every_answer else any)(a in reply for a in self.answers)
 
 
 @lru_cache(maxsize=1)
@@ -135,6 +140,51 @@ def multikey(tokenizer, lengths: list[int], limit: int, seed: int, needles: int 
     return samples
 
 
+def multivalue(tokenizer, lengths: list[int], limit: int, seed: int, values: int = 4) -> list[Sample]:
+    """RULER's multi-value needles: one key with ``values`` magic numbers spread through the text; the reply
+    must name them all."""
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        key, numbers = _key(rng), sorted({_number(rng) for _ in range(values)})
+        paragraphs = _fill(tokenizer, rng, length)
+        places = [depth] + [rng.random() for _ in numbers[1:]]  # the first at the swept depth, the rest anywhere
+        for number, place in zip(numbers, places):
+            paragraphs = _insert(paragraphs, place, f"One of the special magic numbers for {key} is: {number}.")
+        samples.append(Sample(
+            context=_NIAH_INSTRUCTION + "\n".join(paragraphs),
+            question=f"\nWhat are all the special magic numbers for {key} mentioned in the provided text?",
+            answers=numbers, every_answer=True,
+            answer_prefix=f"The special magic numbers for {key} mentioned in the provided text are",
+            meta={"length": length, "depth": round(depth, 3), "values": len(numbers)}))
+    return samples
+
+
+def multiquery(tokenizer, lengths: list[int], limit: int, seed: int, queries: int = 4) -> list[Sample]:
+    """RULER's multi-query needles: ``queries`` keys, each with its magic number somewhere in the text, all asked
+    at once; the reply must name every number."""
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        keys = set()
+        while len(keys) < queries:
+            keys.add(_key(rng))
+        keys = sorted(keys)
+        numbers = [_number(rng) for _ in keys]
+        paragraphs = _fill(tokenizer, rng, length)
+        places = [depth] + [rng.random() for _ in keys[1:]]
+        for key, number, place in zip(keys, numbers, places):
+            paragraphs = _insert(paragraphs, place, f"The special magic number for {key} is: {number}.")
+        asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
+        samples.append(Sample(
+            context=_NIAH_INSTRUCTION + "\n".join(paragraphs),
+            question=f"\nWhat are all the special magic numbers for {asked} mentioned in the provided text?",
+            answers=numbers, every_answer=True,
+            answer_prefix=f"The special magic numbers for {asked} mentioned in the provided text are",
+            meta={"length": length, "depth": round(depth, 3), "queries": queries}))
+    return samples
+
+
 def vartrack(tokenizer, lengths: list[int], limit: int, seed: int, hops: int = 2) -> list[Sample]:
     """RULER-style variable tracking: ``VAR A = 12345`` then ``VAR B = VAR A`` ... spread through the
     haystack; the question asks for the value of the last variable of the chain."""
@@ -183,6 +233,8 @@ def perplexity(tokenizer, lengths: list[int], limit: int, seed: int, continuatio
 TASKS: dict[str, Callable[..., list[Sample]]] = {
     "niah": niah,
     "multikey": multikey,
+    "multivalue": multivalue,
+    "multiquery": multiquery,
     "vartrack": vartrack,
     "ppl": perplexity,
 }
@@ -262,3 +314,6 @@ def missing_prefix_note(samples: list[Sample]) -> str | None:
             "them (a prefix such as \"The access code is\" steers short answers)")
 
 
+
+
+REPLY_TOKENS = {"multivalue": 64, "multiquery": 64}  # tasks whose replies list several numbers; others: 16

@@ -19,14 +19,17 @@ def cmd_bench_kv(args) -> int:
     from tokenomy.bench.kv import KVBench, KVBenchConfig, Row, aggregate, by_length, columns, notes, run_cell
     from tokenomy.bench.report import result_header, table, write_json
     from tokenomy.bench.sweep import Cell
-    from tokenomy.bench.tasks import TASKS, missing_prefix_note, read_jsonl
+    from tokenomy.bench.tasks import REPLY_TOKENS, TASKS, missing_prefix_note, read_jsonl
     from tokenomy.sites.kv_cache import SITE
 
     if args.methods == ["all"]:
         method_names = [m.name for m in catalog.methods(SITE)]
     else:
         method_names = args.methods
-    config = KVBenchConfig(method_names, args.keep, args.setting, args.max_new_tokens, args.compare or [])
+    if args.max_new_tokens is not None:
+        check_int("--max-new-tokens", args.max_new_tokens, minimum=1)
+    reply = args.max_new_tokens or REPLY_TOKENS.get("" if args.data else args.task, 16)
+    config = KVBenchConfig(method_names, args.keep, args.setting, reply, args.compare or [])
     check_int("--limit", args.limit, minimum=1)
     check_int("--continuation", args.continuation, minimum=2)
     for n in args.length:
@@ -142,7 +145,8 @@ def add_commands(sub, bench) -> None:
                    help="comma list of KV methods, or all (the full sweep); options as name:option=value "
                         "(keydiff-pool:recent=32); default: four that span the families, so the first run takes minutes")
     p.add_argument("--keep", type=csv_list(float), default=[0.5, 0.25], help="comma list of kept fractions")
-    p.add_argument("--task", default="niah", help="niah, multikey, vartrack or ppl (ignored with --data)")
+    p.add_argument("--task", default="niah", help="niah, multikey, multivalue, multiquery, vartrack or ppl (ignored "
+                   "with --data)")
     p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix, template]")
     p.add_argument("--template", help="how a --data row's question follows its context (default: on a new line, "
                    "\"\\n{question}\"); a row's own template field wins")
@@ -151,7 +155,8 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--setting", type=csv_list(str), default=["aware"],
                    help="aware (question inside the compressed prompt), agnostic (question after)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="reply tokens (default: 64 for multivalue and multiquery, whose replies list four numbers; 16)")
     p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
     p.add_argument("--compare", type=csv_list(str), help="peer libraries to run side by side: kvpress")
     sweep_options(p)
