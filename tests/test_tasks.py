@@ -7,7 +7,7 @@ import torch
 
 from tokenomy import TokenomyError
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits
-from tokenomy.bench.tasks import TASKS, Sample, haystack_paragraphs, read_jsonl
+from tokenomy.bench.tasks import TASKS, Sample, haystack_paragraphs, read_jsonl, shared_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,16 @@ def test_multi_answer_tasks_need_every_number(tokenizer, task, sentence):
     if task == "multiquery":
         keys = [line.split("for ")[1].split(" is:")[0] for line in s.context.split("\n") if line.startswith(sentence)]
         assert all(key in s.question for key in keys)
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="reads ../shared/data/squad")
+def test_squad_hides_the_answering_paragraph_among_others_at_its_depth(tokenizer):
+    samples = TASKS["squad"](tokenizer, [600], 3, seed=0)
+    for s in samples:
+        n = len(tokenizer.encode(s.context))
+        assert 600 <= n <= 1200 and s.context.count("Document ") >= 3 and s.answers
+        assert s.question.endswith("?") or "Question:" in s.question
+    assert [s.meta["depth"] for s in samples] == [0.0, 0.5, 1.0]
 
 
 def test_single_answer_tasks_accept_any_answer(tokenizer):

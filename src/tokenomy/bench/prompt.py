@@ -33,7 +33,7 @@ import torch
 
 from tokenomy._validation import TokenomyError
 from tokenomy.bench.prompts import build_prompt, stop_ids
-from tokenomy.bench.tasks import Sample, niah, shared_data_dir
+from tokenomy.bench.tasks import Sample, niah, shared_file
 from tokenomy.bench.html import Axis, Figure, key
 
 TASKS = ("squad", "niah", "boolq", "logs")
@@ -46,18 +46,9 @@ COLUMNS = [
 ]
 
 
-def _data(relative: str) -> Path:
-    root = shared_data_dir()
-    path = None if root is None else root / relative
-    if path is None or not path.exists():
-        raise TokenomyError(f"this task reads ../shared/data/{relative}, which is not here; use --task niah or "
-                            "--data FILE.jsonl")
-    return path
-
-
 def squad(limit: int, seed: int, distractors: int = 8, unanswerable: float = 0.25) -> list[Sample]:
     """Multi-document QA from SQuAD 2.0 (see the module docstring)."""
-    articles = json.loads(_data("squad/dev-v2.0.json").read_text())["data"]
+    articles = json.loads(shared_file("squad/dev-v2.0.json").read_text())["data"]
     rng = random.Random(seed)
     samples = []
     while len(samples) < limit:
@@ -91,7 +82,7 @@ def squad(limit: int, seed: int, distractors: int = 8, unanswerable: float = 0.2
 def boolq(limit: int, seed: int, min_words: int = 80) -> list[Sample]:
     """BoolQ passages of at least ``min_words`` words (shorter ones leave a compressor nothing to cut at 3x:
     the question alone would be the budget) with their yes/no questions, a seeded subset."""
-    lines = _data("qa_small/boolq/boolq.jsonl").read_text().splitlines()
+    lines = shared_file("qa_small/boolq/boolq.jsonl").read_text().splitlines()
     random.Random(seed).shuffle(lines)
     samples = []
     for line in lines:

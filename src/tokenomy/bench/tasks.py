@@ -34,8 +34,10 @@ class Sample:
     every_answer: bool = False  # the reply must hold every one of ``answers`` (RULER's multi-value, multi-query)
 
     def judge(self, reply: str) -> bool:
-        """Whether ``reply`` answers: it holds one accepted answer, or all of them with ``every_answer``."""
-        return (all if self.every_answer else any)(a in reply for a in self.answers)
+        """Whether ``reply`` answers: it holds one accepted answer, or all of them with ``every_answer`` (case
+        ignored)."""
+        reply = reply.lower()
+        return (all if self.every_answer else any)(a.lower() in reply for a in self.answers)
 
 
 @lru_cache(maxsize=1)
@@ -216,6 +218,37 @@ def vartrack(tokenizer, lengths: list[int], limit: int, seed: int, hops: int = 2
     return samples
 
 
+def squad(tokenizer, lengths: list[int], limit: int, seed: int) -> list[Sample]:
+    """RULER's QA: a SQuAD 2.0 question (``../shared/data/squad``) whose paragraph sits at a depth among paragraphs
+    of other articles, enough of them to fill the length; the reply must hold one of the accepted answers."""
+    articles = json.loads(shared_file("squad/dev-v2.0.json").read_text())["data"]
+    rng = random.Random(seed)
+    samples = []
+    for length, depth in _grid(lengths, limit):
+        while True:
+            a = rng.randrange(len(articles))
+            paragraph = rng.choice(articles[a]["paragraphs"])
+            pool = [q for q in paragraph["qas"] if not q["is_impossible"]]
+            if pool:
+                break
+        question = rng.choice(pool)
+        documents, total = [], len(tokenizer.encode(paragraph["context"], add_special_tokens=False))
+        while total < length:
+            other = rng.choice([i for i in range(len(articles)) if i != a])
+            documents.append(rng.choice(articles[other]["paragraphs"])["context"])
+            total += len(tokenizer.encode(documents[-1], add_special_tokens=False)) + 4
+        documents.insert(round(depth * len(documents)), paragraph["context"])
+        samples.append(Sample(
+            context=_QA_INSTRUCTION + "\n\n".join(f"Document {k + 1}:\n{d}" for k, d in enumerate(documents)),
+            question=f"\n\n{_QA_INSTRUCTION}Question: {question['question']}",
+            answers=sorted({x["text"] for x in question["answers"]}), answer_prefix="Answer:",
+            meta={"length": length, "depth": round(depth, 3)}))
+    return samples
+
+
+_QA_INSTRUCTION = "Answer the question based on the given documents. Only give the answer, in a few words.\n\n"
+
+
 def perplexity(tokenizer, lengths: list[int], limit: int, seed: int, continuation_tokens: int = 64) -> list[Sample]:
     """A stretch of text: its first ``length`` tokens are the context, the next ones the continuation
     whose perplexity (and KL to the uncompressed model) is measured."""
@@ -236,6 +269,7 @@ TASKS: dict[str, Callable[..., list[Sample]]] = {
     "multivalue": multivalue,
     "multiquery": multiquery,
     "vartrack": vartrack,
+    "squad": squad,
     "ppl": perplexity,
 }
 
@@ -246,6 +280,16 @@ def shared_data_dir() -> Path | None:
         if root.is_dir():
             return root.resolve()
     return None
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ``../shared/data``; its absence fails naming it and what runs without it."""
+    root = shared_data_dir()
+    path = None if root is None else root / relative
+    if path is None or not path.exists():
+        raise TokenomyError(f"this task reads ../shared/data/{relative}, which is not here; use --task niah or "
+                            "--data FILE.jsonl")
+    return path
 
 
 def read_records(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:

@@ -145,8 +145,8 @@ def add_commands(sub, bench) -> None:
                    help="comma list of KV methods, or all (the full sweep); options as name:option=value "
                         "(keydiff-pool:recent=32); default: four that span the families, so the first run takes minutes")
     p.add_argument("--keep", type=csv_list(float), default=[0.5, 0.25], help="comma list of kept fractions")
-    p.add_argument("--task", default="niah", help="niah, multikey, multivalue, multiquery, vartrack or ppl (ignored "
-                   "with --data)")
+    p.add_argument("--task", default="niah", help="niah, multikey, multivalue, multiquery, vartrack, squad (reads "
+                   "../shared/data) or ppl (ignored with --data)")
     p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix, template]")
     p.add_argument("--template", help="how a --data row's question follows its context (default: on a new line, "
                    "\"\\n{question}\"); a row's own template field wins")
