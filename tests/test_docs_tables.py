@@ -31,6 +31,17 @@ def test_a_results_block_is_rebuilt_from_its_json_and_the_rest_left_alone(tmp_pa
     assert regenerate(new, tmp_path) == new  # rebuilding twice changes nothing
 
 
+def test_overall_keeps_only_a_kv_results_first_table(tmp_path):
+    row = {"setting": "aware", "method": "full", "keep": 1.0, "accuracy": 1.0, "relative_accuracy": 1.0}
+    payload = {"suite": "kv", "command": "c", "aggregate": [row], "aggregate_by_length": {"500": [row]}}
+    (tmp_path / "k.json").write_text(json.dumps(payload))
+    full = regenerate("<!-- results k.json -->\n<!-- /results -->\n", tmp_path)
+    overall = regenerate("<!-- results k.json overall -->\n<!-- /results -->\n", tmp_path)
+    assert "context length 500" in full and "context length 500" not in overall and "| full |" in overall
+    with pytest.raises(tokenomy.TokenomyError, match="overall"):
+        regenerate("<!-- results k.json sideways -->\n<!-- /results -->\n", tmp_path)
+
+
 def test_the_methods_block_lists_every_registered_method(tmp_path):
     new = regenerate("<!-- methods -->\n<!-- /methods -->\n", tmp_path)
     for method in tokenomy.methods():

@@ -3,6 +3,7 @@
 A generated block sits between two HTML comments that Markdown does not show:
 
     <!-- results benchmarks/prompt-lossless.json -->      the suite's own table of that JSON file
+                                                           (``... .json overall``: its first table only)
     ...
     <!-- /results -->
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from tokenomy._files import write_atomic
-from tokenomy._validation import TokenomyError
+from tokenomy._validation import TokenomyError, check_choice
 
 BLOCK = re.compile(r"(<!-- (results|headlines|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
 API_MODULES = ("tokenomy", "tokenomy.codec", "tokenomy.ensemble")
@@ -46,9 +47,13 @@ def methods_table() -> str:
 
 
 def _paper(reference: str) -> str:
-    """A paper's short name (the title's part before its colon, else the title) with its arXiv links."""
-    title = reference.split(" (")[0]
+    """A paper's short name (the title's part before its colon, else the title; authors and year when that is
+    long) with its arXiv links."""
+    title, _, cited = reference.partition(" (")
     short = title.split(":")[0] if ":" in title and len(title.split(":")[0]) <= 45 else title
+    cited = [part for part in cited.rstrip(")").split(", ") if not part.startswith("arXiv")]
+    if len(short) > 45 and len(cited) >= 2:  # "(VATP; Guo et al., 2024, ...)" -> VATP, "(Xiao et al., 2023, ...)"
+        short = cited[0].split(";")[0] if ";" in cited[0] else ", ".join(cited[:2])
     links = [f"[{number}](https://arxiv.org/abs/{number})" for number in re.findall(r"arXiv:\s?(\d{4}\.\d{4,5})",
                                                                                    reference)]
     return " ".join([short, *links])
@@ -157,7 +162,11 @@ def regenerate(text: str, root: Path, cli_reference: Callable[[], str] | None = 
         else:
             if not argument:
                 raise TokenomyError(f"a results block needs a JSON path: {opening.strip()}")
-            body = results_table(root / argument.strip())
+            path, *flags = argument.split()
+            check_choice("a results block's flag", " ".join(flags) or "overall", ["overall"])
+            body = results_table(root / path)
+            if flags:  # the overall table (and its notes) without the per-length ones after it
+                body = body.split("\n\n")[0]
         return f"{opening}{body}\n{closing}"
 
     return BLOCK.sub(rebuild, text)
