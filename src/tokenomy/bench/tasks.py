@@ -72,6 +72,14 @@ def _key(rng: random.Random) -> str:
     return f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}"
 
 
+def _keys(rng: random.Random, count: int) -> list[str]:
+    """``count`` different keys, sorted."""
+    keys = set()
+    while len(keys) < count:
+        keys.add(_key(rng))
+    return sorted(keys)
+
+
 def _number(rng: random.Random) -> str:
     return str(rng.randint(1_000_000, 9_999_999))
 
@@ -125,10 +133,7 @@ def multikey(tokenizer, lengths: list[int], limit: int, seed: int, needles: int 
     rng = random.Random(seed)
     samples = []
     for length, depth in _grid(lengths, limit):
-        keys = set()
-        while len(keys) < needles:
-            keys.add(_key(rng))
-        keys = sorted(keys)
+        keys = _keys(rng, needles)
         numbers = [_number(rng) for _ in keys]
         asked = rng.randrange(needles)
         paragraphs = _fill(tokenizer, rng, length)
@@ -168,10 +173,7 @@ def multiquery(tokenizer, lengths: list[int], limit: int, seed: int, queries: in
     rng = random.Random(seed)
     samples = []
     for length, depth in _grid(lengths, limit):
-        keys = set()
-        while len(keys) < queries:
-            keys.add(_key(rng))
-        keys = sorted(keys)
+        keys = _keys(rng, queries)
         numbers = [_number(rng) for _ in keys]
         paragraphs = _fill(tokenizer, rng, length)
         places = [depth] + [rng.random() for _ in keys[1:]]
