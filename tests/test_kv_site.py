@@ -13,6 +13,7 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
 from tokenomy.sites.kv_recorder import PrefillRecorder
 from tokenomy.sites.kv_session import KVStats
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
+from tokenomy.sites.kv_policies import EvictWhileDecoding, SelectPerStep
 
 from conftest import tiny_gemma3, tiny_llama
 
@@ -20,7 +21,7 @@ from conftest import tiny_gemma3, tiny_llama
 # a part trained for it. The groups below follow what each recipe declares.
 RECIPES = {m.name: m.create() for m in tokenomy.methods(SITE) if m.trained_for is None}
 METHODS = list(RECIPES)
-EVICTING = [m for m, r in RECIPES.items() if r.phase == "prefill"]
+EVICTING = [m for m, r in RECIPES.items() if not r.selects_per_step]
 UNIFORM = [m for m in EVICTING  # the same count in every head of every layer
            if not isinstance(RECIPES[m].heads, HeadAdaptive) and type(RECIPES[m].budget) is Keep]
 EVICT_WHILE_DECODING = [m for m in EVICTING if not isinstance(RECIPES[m].heads, HeadAdaptive)]
@@ -590,20 +591,35 @@ def test_selection_cache_reuses_scored_picks_while_queries_stay_similar():
     keys = torch.randn(1, 2, 40, 4)
     layer = PrunedLayer(keys, keys.clone(), torch.arange(40).expand(1, 2, 40), None, seen=40)
     query, stats = torch.randn(1, 4, 1, 4), KVStats()
-    method.choose_for_step(layer, step_observation(layer, query), stats)
+    method.choose(layer, step_observation(layer, query), stats)
     first = layer.selection[0, 0].tolist()
     assert len(first) == 10 and first[:2] == [0, 1] and first[-4:] == [36, 37, 38, 39]
 
     new = torch.randn(1, 2, 8, 4)  # eight tokens later
     layer.keys, layer.values = torch.cat([layer.keys, new], dim=2), torch.cat([layer.values, new], dim=2)
-    method.choose_for_step(layer, step_observation(layer, query * 1.5 + 0.01), stats)  # cosine > 0.9
+    method.choose(layer, step_observation(layer, query * 1.5 + 0.01), stats)  # cosine > 0.9
     assert layer.selection[0, 0].tolist() == first[:6] + [42, 43, 44, 45, 46, 47]  # 12 = 25% of 48
     assert stats.selections == 2 and stats.selections_reused == 1
 
-    method.choose_for_step(layer, step_observation(layer, -query), stats)  # cosine -1: select again
+    method.choose(layer, step_observation(layer, -query), stats)  # cosine -1: select again
     assert stats.selections == 3 and stats.selections_reused == 1
     fresh = method.select(step_observation(layer, -query))[0]
     assert torch.equal(layer.selection, fresh)
+
+
+def test_policies_wrap_a_built_method_as_the_site_options_do(model):
+    """`EvictWhileDecoding(method, every)` is what ``evict_every=`` builds; a policy passes ``bits`` to the method
+    it wraps and shares its attributes."""
+    x = ids(80)
+    with tokenomy.apply(model, "h2o", keep=0.5, evict_every=4):
+        by_option = generate(model, x)
+    wrapped = EvictWhileDecoding(tokenomy.get("h2o").create(keep=0.5), every=4)
+    assert wrapped.keep == 0.5 and wrapped.accumulates and not wrapped.packable and not wrapped.head_adaptable
+    with wrapped.apply(model) as session:
+        by_hand = generate(model, x)
+    assert torch.equal(by_hand.sequences, by_option.sequences) and session.stats.evictions > 0
+    quantized = tokenomy.get("tokenselect").create(keep=0.5, bits=4)
+    assert isinstance(quantized, SelectPerStep) and quantized.inner.bits == 4 and quantized.quantizer.bits == 4
 
 
 def test_selection_cache_generates_coherently(model):
@@ -647,12 +663,17 @@ def test_sessions_do_not_nest_and_are_reusable(model):
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, scorer="tokenselect"), "adakv cannot wrap"),
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, window=0), "window must be"),
         (lambda m: tokenomy.apply(m, "snapkv", keep=0.5, evict_every=-2), "evict_every must be"),
-        (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8), "evict_every applies to methods"),
-        (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "not supported with head-adaptive"),
-        (lambda m: tokenomy.apply(m, "kvzip", keep=0.5, evict_every=8), "compresses once, after the prefill"),
+        (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, evict_every=8),
+         "EvictWhileDecoding cannot wrap a method that selects per step"),
+        (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "cannot wrap a method that uses head-adaptive"),
+        (lambda m: tokenomy.apply(m, "kvzip", keep=0.5, evict_every=8), "cannot wrap a method that replays"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity=0), "reuse_similarity must be in"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity="high"), "reuse_similarity must be a"),
-        (lambda m: KVCompression(score=KeyNorm(), reuse_similarity=0.9), "applies to decode-time selection"),
+        (lambda m: SelectPerStep(KVCompression(score=KeyNorm(), heads=HeadAdaptive())),
+         "SelectPerStep cannot wrap a method that uses head-adaptive"),
+        (lambda m: SelectPerStep(EvictWhileDecoding(KVCompression(score=KeyNorm()), 4)), "already acts while decoding"),
+        (lambda m: EvictWhileDecoding(EvictWhileDecoding(KVCompression(score=KeyNorm()), 4), 8),
+         "already evicts while decoding"),
         (lambda m: KVCompression(score=KeyNorm(), budget=Pyramid(0.5), heads=HeadAdaptive(across_layers=True)),
          "cannot also follow a layer schedule"),
         (lambda m: HeadAdaptive(across_layers=1), "across_layers must be True or False"),

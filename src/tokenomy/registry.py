@@ -6,7 +6,6 @@ first, so lookups through it see them all."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
@@ -37,7 +36,8 @@ class MethodInfo:
     def options(self) -> dict[str, Any]:
         """Every option the method takes: its recipe's, then those its site gives every method."""
         own = self.own_options()
-        return own | {k: v for k, v in _SITE_OPTIONS.get(self.site, {}).items() if k not in own}
+        shared = _SITE_OPTIONS[self.site][0] if self.site in _SITE_OPTIONS else {}
+        return own | {k: v for k, v in shared.items() if k not in own}
 
     def create(self, **options: Any) -> Any:
         """Build the method, rejecting unknown options with the list of known ones."""
@@ -53,17 +53,17 @@ class MethodInfo:
                 raise TokenomyError(f"{self.name}: {key} must be True or False, got {value!r}")
         built = self.build(**{k: v for k, v in options.items() if k in own})
         shared = {k: v for k, v in options.items() if k not in own}
-        return dataclasses.replace(built, **shared) if shared else built
+        return _SITE_OPTIONS[self.site][1](built, **shared) if shared else built
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
-_SITE_OPTIONS: dict[str, dict[str, Any]] = {}
+_SITE_OPTIONS: dict[str, tuple[dict[str, Any], Callable[..., Any]]] = {}
 
 
-def site_options(site: str, **defaults: Any) -> None:
-    """Declare options every method of ``site`` accepts; they are set on the built method (a dataclass),
-    which validates them (e.g. the KV site's ``evict_every``)."""
-    _SITE_OPTIONS[site] = defaults
+def site_options(site: str, apply: Callable[..., Any], **defaults: Any) -> None:
+    """Declare options every method of ``site`` accepts, with their defaults; ``apply(method, **options)``
+    returns the built method with them, validated (e.g. the KV site's ``evict_every`` wraps it in a policy)."""
+    _SITE_OPTIONS[site] = (defaults, apply)
 
 
 def register(name: str, *, site: str, paper: str, summary: str, query_aware: bool = False,

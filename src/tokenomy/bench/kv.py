@@ -64,7 +64,7 @@ class Row:
     scoring_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_tokens: int = 0
-    reused_selections: float | None = None  # decode-phase methods: share of layer selections reused
+    reused_selections: float | None = None  # methods that select per step: share of layer selections reused
     error: str | None = None  # a peer that crashed on this sample (reported, not hidden)
     meta: dict = field(default_factory=dict)
 

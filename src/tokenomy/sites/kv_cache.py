@@ -19,38 +19,47 @@ budget -> select, and what it does to one layer):
 
 Compression happens on the first forward of a cache (the prefill). Later forwards (a question appended
 after the context, decoding) only read the compressed cache, so the same session serves both settings:
-the question inside the compressed prompt (query-aware) or after it (query-agnostic). With
-``evict_every=n`` the post-hook also cuts each layer back to its post-prefill budget once ``n`` new tokens
-have arrived, scored by the queries of the forward that brought the last of them (accumulating scores,
-H2O's, by all the attention each entry has received since the prompt: the hook keeps the forwards since the
-last cut and adds their share in one batched pass just before the next), so
-a long generation runs in bounded memory (at most budget + n entries per head, decoding one token per forward).
+the question inside the compressed prompt (query-aware) or after it (query-agnostic). Policies
+(`tokenomy.sites.kv_policies`) wrap a method to act while decoding too: evict again every n tokens
+(`EvictWhileDecoding`, the site option ``evict_every``), or keep everything and select per forward
+(`SelectPerStep`, TokenSelect).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenomy._validation import TokenomyError, check_choice, check_fraction, check_int
+from tokenomy._validation import TokenomyError, check_choice, check_int
 from tokenomy.budget import HeadAdaptive, Keep
 from tokenomy.registry import site_options
-from tokenomy.score.base import LayerObservation, Scorer, per_query_head
+from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
+from tokenomy.sites.kv_policies import EvictWhileDecoding
 from tokenomy.sites.kv_quant import EntryQuantizer
 
 if TYPE_CHECKING:
     from tokenomy.sites.kv_session import KVSession, KVStats
 
 SITE = "kv-cache"
-site_options(SITE, evict_every=0, bits=16)  # every KV method can also evict while decoding, and store its
-# kept entries quantized (see KVCompression)
+
+
+def site_wide(method, evict_every: int = 0, bits: int = 16):
+    """The options every KV method takes: ``bits`` (16, or 8, 4, 2: its kept entries stored quantized) and
+    ``evict_every`` (> 0: wrapped in `EvictWhileDecoding`, so it evicts while decoding too)."""
+    check_int("evict_every", evict_every)
+    if bits != 16:
+        method = method.stored_in(bits)
+    return EvictWhileDecoding(method, evict_every) if evict_every else method
+
+
+site_options(SITE, site_wide, evict_every=0, bits=16)
 
 
 @dataclass
@@ -63,15 +72,6 @@ class KVCompression:
         ``across_layers``, of the whole budget across every layer's heads, once the prefill has run).
     sinks: the first tokens always kept (attention sinks).
     recent: the last tokens always kept: an int, or a float = fraction of the layer's budget.
-    phase: "prefill" evicts once after the prefill; "decode" keeps every entry and lets each later
-        forward attend only to its selected ones (TokenSelect).
-    evict_every: 0 evicts only after the prefill; n > 0 also evicts while decoding: once n tokens have
-        been added since the last eviction, each layer goes back to its post-prefill budget (the way
-        StreamingLLM, H2O and TOVA run during generation), so one-token decoding stays within budget + n.
-    reuse_similarity: decode phase only: a layer keeps its last scored picks (refreshing the recent window)
-        while the coming forward's query fingerprint — its queries averaged over tokens, all heads — has at
-        least this cosine similarity to the one that chose them (TokenSelect's Selection Cache); None
-        selects afresh at every forward. Batches with padding always select afresh.
     bits: 16 stores the kept entries as the model computed them; 8, 4 or 2 stores each key and value
         quantized per token in groups of 32 channels (`tokenomy.sites.kv_quant`), tokens added while
         decoding too, so eviction and quantization multiply their savings.
@@ -82,10 +82,10 @@ class KVCompression:
     heads: str | HeadAdaptive = "uniform"
     sinks: int = 0
     recent: int | float = 0
-    phase: str = "prefill"
-    evict_every: int = 0
-    reuse_similarity: float | None = None
     bits: int = 16
+
+    evict_every = 0  # what policies change (`tokenomy.sites.kv_policies`): this evicts once, after the prefill,
+    selects_per_step = False  # and later forwards read what it kept
 
     def __post_init__(self):
         check_int("sinks", self.sinks)
@@ -96,24 +96,8 @@ class KVCompression:
                 raise TokenomyError(f"recent as a fraction of the budget must be in [0, 1], got {self.recent}")
         else:
             check_int("recent", self.recent)
-        check_choice("phase", self.phase, ["prefill", "decode"])
         if not isinstance(self.heads, HeadAdaptive):
             check_choice("heads", self.heads, ["uniform"])
-        if self.phase == "decode" and isinstance(self.heads, HeadAdaptive):
-            raise TokenomyError("head-adaptive budgets apply to eviction after prefill, not to decode-time selection")
-        check_int("evict_every", self.evict_every)
-        if self.replays and (self.evict_every or self.phase == "decode"):
-            raise TokenomyError("a score that replays the context (KVzip) compresses once, after the prefill: "
-                                "evict_every and decode-time selection are not supported with it")
-        if self.evict_every and self.phase == "decode":
-            raise TokenomyError("evict_every applies to methods that evict; this one keeps every entry and "
-                                "selects per step")
-        if self.reuse_similarity is not None:
-            if self.phase != "decode":
-                raise TokenomyError("reuse_similarity applies to decode-time selection (phase='decode')")
-            self.reuse_similarity = check_fraction("reuse_similarity", self.reuse_similarity)
-        if self.evict_every and isinstance(self.heads, HeadAdaptive):
-            raise TokenomyError("evict_every is not supported with head-adaptive budgets (heads keep ragged counts)")
         if self.across_layers and type(self.budget) is not Keep:
             raise TokenomyError("a budget shared across layers is allocated by the scores; it cannot also follow "
                                 f"a layer schedule ({type(self.budget).__name__})")
@@ -133,15 +117,9 @@ class KVCompression:
         return self.keep < 1.0 or self.bits != 16
 
     @property
-    def accumulates(self) -> bool:
-        """Evicting while decoding with a score summed over every query so far (H2O, VATP): the site then
-        keeps each entry's received attention, brought up to date before every eviction."""
-        return bool(self.evict_every) and self.sums_received
-
-    @property
     def sums_in_prefill(self) -> bool:
         """Applied to a model on SDPA, it sums its scores inside the prefill's attention (`scoring_attention`)."""
-        return self.compresses and self.phase == "prefill" and self.sums_received
+        return self.compresses and self.sums_received
 
     @property
     def sums_received(self) -> bool:
@@ -157,9 +135,15 @@ class KVCompression:
 
     @property
     def packable(self) -> bool:
-        """Its compressed layers may be stored packed (`PackedLayer`): it evicts after the prefill and keeps
-        no per-entry history (decode-time selection and accumulated attention read the rectangular layout)."""
-        return self.phase == "prefill" and not self.accumulates
+        """Its compressed layers may be stored packed (`PackedLayer`); a policy that reads the rectangular
+        layout while decoding says otherwise."""
+        return True
+
+    @property
+    def head_adaptable(self) -> bool:
+        """Its layer budget can be shared out across heads (`tokenomy.recipes.kv.adakv`): its heads keep even
+        budgets today, and no policy wraps it."""
+        return self.heads == "uniform"
 
     @property
     def across_layers(self) -> bool:
@@ -179,6 +163,10 @@ class KVCompression:
             score = getattr(score, "inner", None)
         return score is not None
 
+    def stored_in(self, bits: int) -> "KVCompression":
+        """The same method, storing its kept entries in ``bits`` (16: as computed; 8, 4, 2: quantized)."""
+        return dataclasses.replace(self, bits=bits)
+
     def apply(self, model: nn.Module) -> "KVSession":
         """Patch ``model`` for the duration of a ``with`` block (see `tokenomy.apply`)."""
         from tokenomy.sites.kv_session import KVSession
@@ -191,8 +179,8 @@ class KVCompression:
         """Indices ``(b, h_kv, k)`` of the entries to keep (sorted) and the slots in use (or None);
         ``per_head`` ``(b,)`` overrides the budget's count (decoding keeps the post-prefill one)."""
         if per_head is None:
-            per_head = self._counts(obs)
-        recent = self._recent(per_head)
+            per_head = self.layer_counts(obs)
+        recent = self.recent_counts(per_head)
         priority = prioritize(self.score(obs), first=self.sinks, last=recent.to(obs.keys.device), valid=obs.valid)
         if isinstance(self.heads, HeadAdaptive):
             counts = self.heads.head_counts(priority, per_head)
@@ -200,13 +188,13 @@ class KVCompression:
             counts = per_head.view(-1, 1).expand(-1, obs.keys.shape[1])
         return top_k(priority, counts.to(obs.keys.device))
 
-    def _counts(self, obs: LayerObservation) -> Tensor:
+    def layer_counts(self, obs: LayerObservation) -> Tensor:
         """The budget's entries per head ``(b,)`` for this layer."""
         b, _, n = obs.keys.shape[:3]
         n_valid = obs.valid.sum(-1) if obs.valid is not None else torch.full((b,), n)
         return self.budget.layer_counts(n_valid.cpu(), obs.layer_idx, obs.num_layers)
 
-    def _recent(self, per_head: Tensor) -> Tensor:
+    def recent_counts(self, per_head: Tensor) -> Tensor:
         """How many of the last entries are protected, per row ``(b,)``."""
         if isinstance(self.recent, float):
             return torch.floor(self.recent * per_head.double()).long()
@@ -223,9 +211,9 @@ class KVCompression:
             return
         start = time.perf_counter()
         first = next(iter(observations.values()))
-        per_head = self._counts(first)  # `Keep`: the same count in every layer, and the same real tokens
+        per_head = self.layer_counts(first)  # `Keep`: the same count in every layer, and the same real tokens
         scores = torch.cat([self.score(obs) for obs in observations.values()], dim=1)  # (b, layers * h_kv, n)
-        last = self._recent(per_head).to(scores.device)
+        last = self.recent_counts(per_head).to(scores.device)
         priority = prioritize(scores, first=self.sinks, last=last, valid=first.valid)
         counts = self.heads.head_counts(priority, per_head).to(scores.device)
         h_kv = first.keys.shape[1]
@@ -236,27 +224,19 @@ class KVCompression:
             self.compress_layer(cache, idx, obs, stats, chosen, packed)
 
     def compress_layer(self, cache, layer_idx: int, obs: LayerObservation, stats: KVStats,
-                       chosen: tuple[Tensor, Tensor | None] | None = None, packed: bool = False) -> None:
-        """Replace layer ``layer_idx`` of ``cache`` by its compressed version (prefill phase) or by a
-        selectable copy (decode phase); ``chosen``: the kept entries, when already selected. ``packed``: the
-        model runs on the site's attention, so a layer whose rows or heads keep different counts is stored
-        as a `PackedLayer` (exactly the kept entries) rather than padded to a rectangle."""
+                       chosen: tuple[Tensor, Tensor | None] | None = None, packed: bool = False) -> CompressedLayer:
+        """Replace layer ``layer_idx`` of ``cache`` by its compressed version, and return it; ``chosen``: the
+        kept entries, when already selected. ``packed``: the model runs on the site's attention, so a layer
+        whose rows or heads keep different counts is stored as a `PackedLayer` (exactly the kept entries)
+        rather than padded to a rectangle."""
         start = time.perf_counter()
-        n = obs.keys.shape[2]
-        b, h_kv = obs.keys.shape[:2]
-        if self.phase == "decode":
-            indices = torch.arange(n, device=obs.keys.device).expand(b, h_kv, n)
-            in_use = None if obs.valid is None else obs.valid.unsqueeze(1).expand(b, h_kv, n)
-        else:
-            indices, in_use = chosen if chosen is not None else self.select(obs)
+        b, h_kv, n = obs.keys.shape[:3]
+        indices, in_use = chosen if chosen is not None else self.select(obs)
         gather = indices.unsqueeze(-1).expand(-1, -1, -1, obs.keys.shape[-1])
-        layout = PackedLayer if packed and in_use is not None and self.packable else PrunedLayer
+        layout = PackedLayer if packed and in_use is not None else PrunedLayer
         pruned = layout(obs.keys.gather(2, gather), obs.values.gather(2, gather), indices, in_use, n, self.quantizer)
         cache.layers[layer_idx] = pruned
         pruned.budget = torch.full((b,), indices.shape[-1]) if in_use is None else in_use[:, 0].sum(-1).cpu()
-        if self.accumulates:
-            received = obs.received()  # (b, heads, n), already computed by the score
-            pruned.history = received.gather(-1, per_query_head(indices, received.shape[1]))
         stats.scoring_seconds += time.perf_counter() - start
         stats.layers_compressed += 1
         n_real = int(obs.valid.sum()) if obs.valid is not None else b * n
@@ -264,34 +244,10 @@ class KVCompression:
         stats.entries_kept += pruned.kept_entries()
         stats.per_layer_kept.append(pruned.kept_entries())
         stats.bytes_kept += pruned.resident_bytes()
+        return pruned
 
-    def evict(self, layer: CompressedLayer, obs: LayerObservation, stats: KVStats) -> None:
-        """Decoding: cut ``layer`` back to its post-prefill budget (``evict_every``)."""
-        start = time.perf_counter()
-        indices, in_use = self.select(obs, per_head=layer.budget)
-        layer.keep_only(indices, in_use)
-        stats.scoring_seconds += time.perf_counter() - start
-        stats.evictions += 1
+    def before_forward(self, module, layer: CompressedLayer, hidden: Tensor, rope, where, stats: KVStats) -> None:
+        """A forward after the prefill is about to read ``layer``: nothing to do (policies may select here)."""
 
-    def choose_for_step(self, layer: PrunedLayer, obs: LayerObservation, stats: KVStats) -> None:
-        """Decode phase: pick the stored entries the coming forward attends to (or reuse the last pick)."""
-        per_head = self._counts(obs)
-        n_valid = obs.valid.sum(-1).cpu() if obs.valid is not None else torch.full_like(per_head, layer.stored)
-        if bool((per_head >= n_valid).all()):
-            return
-        stats.selections += 1
-        fingerprint = None
-        if self.reuse_similarity is not None and obs.valid is None:  # no padding: rows share one count
-            fingerprint = obs.queries().mean(dim=2).flatten(1)  # (b, h * d)
-            if layer.chosen is not None:
-                last, picks = layer.chosen
-                if bool((F.cosine_similarity(fingerprint, last, dim=-1) >= self.reuse_similarity).all()):
-                    n, latest = layer.stored, int(per_head[0]) - picks.shape[-1]  # topped up to this budget
-                    newest = torch.arange(n - latest, n, device=picks.device).expand(*picks.shape[:2], -1)
-                    layer.selection = torch.cat([picks, newest], dim=-1)
-                    stats.selections_reused += 1
-                    return
-        layer.selection, layer.selection_valid = self.select(obs, per_head)
-        if fingerprint is not None:  # what the score picked, without the recent window (it moves on)
-            scored = max(layer.selection.shape[-1] - int(self._recent(per_head)[0]), 0)
-            layer.chosen = (fingerprint, layer.selection[..., :scored])
+    def after_forward(self, module, layer: CompressedLayer, hidden: Tensor, rope, where, stats: KVStats) -> None:
+        """A forward after the prefill has appended to ``layer``: nothing to do (policies may evict here)."""

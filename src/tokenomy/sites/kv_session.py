@@ -16,7 +16,7 @@ from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, Replay
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_mask import map_mask
-from tokenomy.sites.kv_observation import observe_prefill, observe_step
+from tokenomy.sites.kv_observation import observe_prefill
 from tokenomy.sites.scoring_attention import NORMALIZERS, PACKED, SUMS, scoring_attention
 
 
@@ -28,11 +28,11 @@ class KVStats:
     entries_seen: int = 0  # real tokens x KV heads x layers, at compression time
     entries_kept: int = 0
     bytes_kept: int = 0  # physical size of the compressed keys + values
-    scoring_seconds: float = 0.0  # scoring + selection (after prefill; per step for decode-phase methods);
+    scoring_seconds: float = 0.0  # scoring + selection (after prefill; before each forward with `SelectPerStep`);
     # H2O/VATP sums taken inside the prefill's attention (`sums_in_prefill`) are part of the forward, not this
     per_layer_kept: list[int] = field(default_factory=list)
-    evictions: int = 0  # layer evictions while decoding (``evict_every``)
-    selections: int = 0  # decode-phase layer selections (TokenSelect), fresh or reused
+    evictions: int = 0  # layer evictions while decoding (`EvictWhileDecoding`)
+    selections: int = 0  # layer selections before a forward (`SelectPerStep`), fresh or reused
     selections_reused: int = 0  # ... of which kept the previous one (``reuse_similarity``)
 
 
@@ -122,11 +122,7 @@ class KVSession:
             layer.armed = True
             return None
         if isinstance(layer, PrunedLayer):
-            if self.method.phase == "decode":
-                start = time.perf_counter()
-                obs = observe_step(module, layer, hidden, rope, *self._where(module))
-                self.method.choose_for_step(layer, obs, self.stats)
-                self.stats.scoring_seconds += time.perf_counter() - start
+            self.method.before_forward(module, layer, hidden, rope, self._where(module), self.stats)
             num_heads = module.config.num_attention_heads
             kwargs["attention_mask"] = map_mask(layer, kwargs.get("attention_mask"), hidden.shape[1], num_heads)
             layer.armed = True
@@ -146,7 +142,12 @@ class KVSession:
         if not self.method.compresses or self._replayed is not None:
             return None  # keep=1.0 at 16 bits leaves the cache untouched; a replay only records its queries
         if pending is None:
-            self._evict_while_decoding(module, args, kwargs)
+            cache, idx = kwargs.get("past_key_values"), module.layer_idx
+            layer = cache.layers[idx] if cache is not None and idx < len(cache.layers) else None
+            if isinstance(layer, CompressedLayer):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                self.method.after_forward(module, layer, hidden, kwargs["position_embeddings"], self._where(module),
+                                          self.stats)
             return None
         cache = kwargs["past_key_values"]
         layer = cache.layers[module.layer_idx]
@@ -206,32 +207,6 @@ class KVSession:
             obs.replay = Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
                                 valid=obs.valid, log_normalizers=normalizers)
         self.stats.scoring_seconds += time.perf_counter() - start
-
-    def _evict_while_decoding(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
-        every = self.method.evict_every
-        layer = cache.layers[module.layer_idx] if cache is not None and every else None
-        if not isinstance(layer, CompressedLayer):
-            return
-        due = layer.seen - layer.evicted_at >= every
-        if layer.history is None and not due:
-            return
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cos, sin = kwargs["position_embeddings"]
-        if layer.history is not None:  # the history is brought up to date once per eviction, for all the
-            layer.unscored = [*layer.unscored, (hidden, cos, sin)]  # forwards since the last one (one batched
-            # pass); a new list, so a `copy_cache` copy never sees another copy's forwards
-            if not due:
-                return
-            hidden, cos, sin = (torch.cat(parts, dim=-2) for parts in zip(*layer.unscored))  # the token axis
-            layer.unscored = []
-        obs = observe_step(module, layer, hidden, (cos, sin), *self._where(module), appended=True)
-        if layer.history is not None:  # what those forwards' queries gave every stored entry
-            start = time.perf_counter()
-            layer.history = layer.history + obs.received()
-            obs.history = layer.history
-            self.stats.scoring_seconds += time.perf_counter() - start
-        self.method.evict(layer, obs, self.stats)
 
     def compress(self, cache, observations: dict[int, LayerObservation]) -> None:
         """Compress an already prefilled ``cache`` from recorded observations (see `PrefillRecorder`). Each

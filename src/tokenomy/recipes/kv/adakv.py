@@ -16,9 +16,11 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     query_aware=True,
 )
 def adakv(keep: float = 0.5, scorer: str = "snapkv", floor: float = 0.2) -> KVCompression:
-    """``scorer``: name of the KV method whose scores and protections are reused (default SnapKV)."""
-    inner = registry.get(scorer)
-    if inner.site != SITE or scorer in ("adakv", "tokenselect", "pyramidkv"):
-        allowed = [m.name for m in registry.methods(SITE) if m.name not in ("adakv", "tokenselect", "pyramidkv")]
-        raise TokenomyError(f"adakv cannot wrap {scorer!r}; choose a scorer from: {', '.join(allowed)}")
-    return dataclasses.replace(inner.create(keep=keep), heads=HeadAdaptive(floor))
+    """``scorer``: name of the KV method whose scores and protections are reused (default SnapKV): one whose
+    heads keep even budgets (`KVCompression.head_adaptable`)."""
+    inner = registry.get(scorer, SITE).create(keep=keep)
+    if not inner.head_adaptable:
+        adaptable = [m.name for m in registry.methods(SITE) if m.name != "adakv" and m.create(keep=keep).head_adaptable]
+        raise TokenomyError(f"adakv cannot wrap {scorer!r} (its heads do not keep even budgets, or it acts while "
+                            f"decoding); choose a scorer from: {', '.join(adaptable)}")
+    return dataclasses.replace(inner, heads=HeadAdaptive(floor))

@@ -2,6 +2,7 @@ from tokenomy.budget import Keep
 from tokenomy.registry import register
 from tokenomy.score.attention import Attention
 from tokenomy.sites.kv_cache import SITE, KVCompression
+from tokenomy.sites.kv_policies import SelectPerStep
 
 
 @register(
@@ -14,10 +15,10 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     query_aware=True,
 )
 def tokenselect(keep: float = 0.5, sinks: int = 4, recent: int = 16,
-                reuse_similarity: float | None = 0.9) -> KVCompression:
+                reuse_similarity: float | None = 0.9) -> SelectPerStep:
     """``keep`` is the fraction of cached entries each decoding step attends to (memory is not saved);
     ``reuse_similarity`` is the Selection Cache's cosine threshold (0.9, as the paper's code; None: select
     at every step)."""
     score = Attention(window=None, reduce="sum", heads="layer")
-    return KVCompression(score=score, budget=Keep(keep), sinks=sinks, recent=recent, phase="decode",
+    return SelectPerStep(KVCompression(score=score, budget=Keep(keep), sinks=sinks, recent=recent),
                          reuse_similarity=reuse_similarity)
