@@ -597,6 +597,7 @@ def test_selection_cache_reuses_scored_picks_while_queries_stay_similar():
 
     new = torch.randn(1, 2, 8, 4)  # eight tokens later
     layer.keys, layer.values = torch.cat([layer.keys, new], dim=2), torch.cat([layer.values, new], dim=2)
+    layer.positions = torch.cat([layer.positions, torch.arange(40, 48).expand(1, 2, 8)], dim=-1)
     method.choose(layer, step_observation(layer, query * 1.5 + 0.01), stats)  # cosine > 0.9
     assert layer.selection[0, 0].tolist() == first[:6] + [42, 43, 44, 45, 46, 47]  # 12 = 25% of 48
     assert stats.selections == 2 and stats.selections_reused == 1
@@ -701,24 +702,36 @@ def test_public_listing_survives_loading_the_recipes():
 
 @pytest.mark.parametrize("bits, tolerance", [(8, 0.01), (4, 0.1), (2, 0.5)])
 def test_quantized_entries_round_trip_within_their_step(bits, tolerance):
-    from tokenomy.sites.kv_quant import EntryQuantizer
+    """Keys per channel over groups of 32 tokens (the last group shorter), values per token over groups of 32
+    channels: every value within half a step of its group's range."""
+    from tokenomy.sites.kv_quant import KVQuantizer
 
-    quantizer = EntryQuantizer(bits)
-    x = torch.randn(2, 3, 5, 64)
-    rows = quantizer.encode(x)
-    assert rows.dtype == torch.uint8 and rows.shape == (2, 3, 5, quantizer.width(64))
-    assert quantizer.width(64) == 64 * bits // 8 + 2 * 4  # two groups of 32, a float16 scale and minimum each
-    back = quantizer.decode(rows, 64, torch.float32)
-    step = (x.view(2, 3, 5, 2, 32).amax(-1) - x.view(2, 3, 5, 2, 32).amin(-1)) / (2**bits - 1)
-    assert ((back - x).abs().view(2, 3, 5, 2, 32) <= step.unsqueeze(-1) / 2 + 1e-2).all()
-    assert (back - x).abs().mean() < tolerance
+    quantizer = KVQuantizer(bits)
+    x = torch.randn(2, 3, 40, 64)
+    x[..., 5] *= 20  # an outlier channel, as keys have
+    rows, table = quantizer.encode_keys(x, first_id=7)
+    assert rows.dtype == torch.uint8 and rows.shape == (2, 3, 40, 64 * bits // 8 + 4)
+    assert table.shape == (2 * 3 * 2, 2, 64)  # two groups (32 + 8 tokens) per row and head
+    table = torch.cat([torch.zeros(7, 2, 64, dtype=table.dtype), table])
+    back = quantizer.decode_keys(rows, table, torch.float32)
+    for tokens in (slice(0, 32), slice(32, 40)):
+        group = x[:, :, tokens]
+        step = (group.amax(2, keepdim=True) - group.amin(2, keepdim=True)) / (2**bits - 1)
+        assert ((back[:, :, tokens] - group).abs() <= step / 2 + 1e-2 * step.abs().amax()).all()
+    assert ((back - x).abs()[..., 6:]).mean() < tolerance
+
+    rows = quantizer.encode_values(x)
+    assert rows.shape == (2, 3, 40, quantizer.value_width(64)) and quantizer.value_width(64) == 64 * bits // 8 + 8
+    back = quantizer.decode_values(rows, 64, torch.float32)
+    step = (x.view(2, 3, 40, 2, 32).amax(-1) - x.view(2, 3, 40, 2, 32).amin(-1)) / (2**bits - 1)
+    assert ((back - x).abs().view(2, 3, 40, 2, 32) <= step.unsqueeze(-1) / 2 + 1e-2).all()
 
 
 @pytest.mark.parametrize("name", ["snapkv", "adakv", "kvzip"])
 def test_quantized_cache_stores_bytes_and_decodes_close_to_the_float_one(name):
     """bits=4 on rectangular and packed layouts: the layers store uint8 rows (resident bytes = kept entries x
-    row width, exactly), tokens added while decoding are stored quantized too, and the logits stay close to
-    the float cache's."""
+    row widths + the key groups' scales, exactly), tokens added while decoding wait in full precision until
+    a key group of them is complete, and the logits stay close to the float cache's."""
     model, x = tiny_llama(), ids(80)
     logits, stats = {}, {}
     for bits in (16, 4):
@@ -729,11 +742,36 @@ def test_quantized_cache_stores_bytes_and_decodes_close_to_the_float_one(name):
                                  do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
         logits[bits], stats[bits] = torch.stack(out.scores), session.stats
         if bits == 4:
-            assert all(layer.keys.dtype == torch.uint8 for layer in cache.layers)
-            assert sum(layer.kept_entries() for layer in cache.layers) == stats[16].entries_kept + 6 * 2 * 3  # 6 tokens fed, 2 KV heads, 3 layers
+            for layer in cache.layers:
+                assert layer.keys.dtype == torch.uint8 and layer.tail_length == 6  # 6 tokens fed: fewer than 32
+            assert sum(layer.kept_entries() for layer in cache.layers) == stats[16].entries_kept + 6 * 2 * 3  # 2 KV heads, 3 layers
     assert stats[4].entries_kept == stats[16].entries_kept
-    assert stats[4].bytes_kept == stats[4].entries_kept * 2 * (16 * 4 // 8 + 4)  # head size 16: one group
+    groups = sum(layer.table.shape[0] for layer in cache.layers)
+    assert stats[4].bytes_kept == stats[4].entries_kept * ((16 * 4 // 8 + 4) * 2) + groups * 2 * 16 * 2  # head size 16
     assert torch.allclose(logits[4].softmax(-1), logits[16].softmax(-1), atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["snapkv", "kvzip", "h2o"])
+def test_quantized_tail_is_stored_once_a_group_fills_and_before_eviction(name):
+    """Decoding past 32 new tokens stores them as a key group (the tail restarts), in either layout; eviction
+    while decoding stores the tail first; the cache still matches its positions."""
+    model, x = tiny_llama(), ids(60)
+    options = {"evict_every": 8} if name == "h2o" else {}
+    cache = DynamicCache()
+    with tokenomy.apply(model, name, keep=0.5, bits=4, **options):
+        model(x, past_key_values=cache)
+        groups = [layer.table.shape[0] for layer in cache.layers]
+        out = model.generate(torch.cat([x, ids(1, seed=5)], dim=1), past_key_values=cache, max_new_tokens=36,
+                             min_new_tokens=36, do_sample=False, pad_token_id=0)
+    assert out.shape[1] == 61 + 36
+    for layer, before in zip(cache.layers, groups):
+        assert layer.seen == 60 + 37 - 1
+        if name == "h2o":  # evicted every 8 tokens: the tail is stored each time
+            assert layer.tail_length <= 8 and layer.table.shape[0] > before
+        else:  # 36 tokens went in: one group of 32 per row and head, 4 waiting
+            assert layer.tail_length == 4 and layer.table.shape[0] == before + 2
+        keys, values, positions, valid = layer.padded()
+        assert keys.dtype == torch.float32 and keys.shape[:3] == positions.shape
 
 
 def test_bits_keep_one_quantizes_without_evicting_and_bad_bits_fail(model):

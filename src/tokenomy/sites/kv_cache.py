@@ -42,7 +42,7 @@ from tokenomy.score.base import LayerObservation, Scorer
 from tokenomy.select import prioritize, top_k
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_policies import EvictWhileDecoding
-from tokenomy.sites.kv_quant import EntryQuantizer
+from tokenomy.sites.kv_quant import KVQuantizer
 
 if TYPE_CHECKING:
     from tokenomy.sites.kv_session import KVSession, KVStats
@@ -72,9 +72,9 @@ class KVCompression:
         ``across_layers``, of the whole budget across every layer's heads, once the prefill has run).
     sinks: the first tokens always kept (attention sinks).
     recent: the last tokens always kept: an int, or a float = fraction of the layer's budget.
-    bits: 16 stores the kept entries as the model computed them; 8, 4 or 2 stores each key and value
-        quantized per token in groups of 32 channels (`tokenomy.sites.kv_quant`), tokens added while
-        decoding too, so eviction and quantization multiply their savings.
+    bits: 16 stores the kept entries as the model computed them; 8, 4 or 2 stores them quantized as KIVI
+        does (`tokenomy.sites.kv_quant`: keys per channel over groups of 32 tokens, values per token), tokens
+        added while decoding too once 32 have arrived, so eviction and quantization multiply their savings.
     """
 
     score: Scorer
@@ -90,7 +90,7 @@ class KVCompression:
     def __post_init__(self):
         check_int("sinks", self.sinks)
         if self.bits != 16:
-            EntryQuantizer(self.bits)  # validates
+            KVQuantizer(self.bits)  # validates
         if isinstance(self.recent, float):
             if not 0.0 <= self.recent <= 1.0:
                 raise TokenomyError(f"recent as a fraction of the budget must be in [0, 1], got {self.recent}")
@@ -107,9 +107,9 @@ class KVCompression:
         return self.budget.keep
 
     @property
-    def quantizer(self) -> EntryQuantizer | None:
+    def quantizer(self) -> KVQuantizer | None:
         """How kept entries are stored: quantized to ``bits`` (2, 4, 8), or as the model computed them (16)."""
-        return None if self.bits == 16 else EntryQuantizer(self.bits)
+        return None if self.bits == 16 else KVQuantizer(self.bits)
 
     @property
     def compresses(self) -> bool:

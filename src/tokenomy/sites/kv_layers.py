@@ -11,8 +11,10 @@ positions and masks exactly as for the uncompressed model.
   bytes resident are the kept entries' bytes, whatever the budgets. The site's attention
   (`tokenomy.sites.scoring_attention`) attends each segment on its own.
 
-Either layout may store its entries quantized (`tokenomy.sites.kv_quant`): each key or value vector is then a
-row of bytes, which the layouts move about as they move float vectors, read back as floats by attention.
+Either layout may store its entries quantized (`tokenomy.sites.kv_quant`, KIVI): each key or value vector is
+then a row of bytes, which the layouts move about as they move float vectors, read back as floats by attention.
+Tokens added while decoding wait in a full-precision tail, the same tokens for every row and head, until a
+key group of them is complete; evicting or reordering first stores the tail.
 """
 
 from __future__ import annotations
@@ -24,17 +26,20 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError
 from tokenomy.score.base import per_query_head
-from tokenomy.sites.kv_quant import EntryQuantizer
+from tokenomy.sites.kv_quant import KVQuantizer
 
 
 class CompressedLayer(DynamicLayer):
     """What both layouts share: the tokens seen, the budget decoding returns to, batch reordering."""
 
-    def __init__(self, dtype: torch.dtype, device: torch.device, seen: int, quantizer: EntryQuantizer | None,
+    def __init__(self, dtype: torch.dtype, device: torch.device, seen: int, quantizer: KVQuantizer | None,
                  channels: int):
         super().__init__()
         self.dtype, self.device = dtype, device
         self.quantizer, self.channels = quantizer, channels  # stored as rows of bytes when quantized
+        self.table: Tensor | None = None  # (groups, 2, channels) float16 scales of the quantized key groups
+        self.tail: tuple[Tensor, Tensor] | None = None  # (b, h_kv, t, d) keys, values added since the last
+        # complete key group, in full precision (quantized layers only)
         self.seen = seen
         self.evicted_at = seen  # tokens seen at the last eviction
         self.budget: Tensor | None = None  # (b,) entries per head after the prefill's eviction
@@ -43,12 +48,54 @@ class CompressedLayer(DynamicLayer):
         # attention the history does not hold yet: folded in, all at once, before the next eviction
         self.is_initialized = True
         self.armed = False  # set by the site's pre-hook, which prepares the next update's attention
+        self.peak_bytes = 0  # the most bytes held at once
 
-    def _store(self, x: Tensor) -> Tensor:
-        return x if self.quantizer is None else self.quantizer.encode(x)
+    def _encode(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Float keys and values ``(..., n, d)`` -> what the layer stores (rows of bytes when quantized)."""
+        if self.quantizer is None:
+            return keys, values
+        first = 0 if self.table is None else self.table.shape[0]
+        key_rows, groups = self.quantizer.encode_keys(keys, first)
+        self.table = groups if self.table is None else torch.cat([self.table, groups])
+        return key_rows, self.quantizer.encode_values(values)
 
-    def _read(self, rows: Tensor) -> Tensor:
-        return rows if self.quantizer is None else self.quantizer.decode(rows, self.channels, self.dtype)
+    def _decode(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Stored keys and values -> floats."""
+        if self.quantizer is None:
+            return keys, values
+        return (self.quantizer.decode_keys(keys, self.table, self.dtype),
+                self.quantizer.decode_values(values, self.channels, self.dtype))
+
+    @property
+    def tail_length(self) -> int:
+        return 0 if self.tail is None else self.tail[0].shape[-2]
+
+    def _grow_tail(self, key_states: Tensor, value_states: Tensor) -> int:
+        """Quantized layers: add new tokens to the tail; returns how many of its oldest make whole key groups."""
+        if self.tail is None:
+            self.tail = (key_states, value_states)
+        else:
+            self.tail = tuple(torch.cat([old, new], dim=-2) for old, new in zip(self.tail, (key_states, value_states)))
+        return self.tail_length // self.quantizer.group * self.quantizer.group
+
+    def _take_tail(self, count: int) -> tuple[Tensor, Tensor]:
+        """The tail's ``count`` oldest tokens, encoded, removed from the tail."""
+        keys, values = self.tail
+        self.tail = (keys[..., count:, :], values[..., count:, :]) if count < keys.shape[-2] else None
+        return self._encode(keys[..., :count, :], values[..., :count, :])
+
+    def _stored_bytes(self) -> int:
+        """Bytes held now: keys, values, the tail and the key groups' scales."""
+        tensors = [self.keys, self.values, *(self.tail or ()), *(() if self.table is None else (self.table,))]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def resident_bytes(self, peak: bool = False) -> int:
+        """Bytes of keys + values stored, unused slots and quantization scales included (``peak``: the most
+        held at once)."""
+        return self.peak_bytes if peak else self._stored_bytes()
+
+    def _note_peak(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self._stored_bytes())
 
     def _arm_check(self) -> None:
         if not self.armed:
@@ -79,70 +126,84 @@ class CompressedLayer(DynamicLayer):
     def _index_budget(self, fn) -> None:
         if self.budget is not None:
             self.budget = fn(self.budget)
+        if self.tail is not None:
+            self.tail = (fn(self.tail[0]), fn(self.tail[1]))
 
 
 class PrunedLayer(CompressedLayer):
     """A rectangular cache layer holding a subset of the tokens seen, each with its original position.
 
-    keys, values: ``(b, h_kv, L, d)`` (stored: ``(b, h_kv, L, bytes)`` rows when quantized); positions:
-    ``(b, h_kv, L)`` original token index of each entry; valid: ``(b, h_kv, L)`` False for unused slots
-    (ragged per-head budgets, padding) or None.
+    keys, values: ``(b, h_kv, L, d)`` (stored: ``(b, h_kv, L, bytes)`` rows when quantized, the tail's tokens
+    after them); positions: ``(b, h_kv, L + t)`` original token index of each entry, tail included; valid:
+    ``(b, h_kv, L + t)`` False for unused slots (ragged per-head budgets, padding) or None.
     """
 
     def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int,
-                 quantizer: EntryQuantizer | None = None):
+                 quantizer: KVQuantizer | None = None):
         super().__init__(keys.dtype, keys.device, seen, quantizer, keys.shape[-1])
-        self.keys, self.values = self._store(keys), self._store(values)
+        self.keys, self.values = self._encode(keys, values)
         self.positions, self.valid = positions, valid
-        self.peak_stored = keys.shape[-2]  # most entries held at once (eviction while decoding lowers it again)
         self.selection: Tensor | None = None  # entries to attend to in the next forward only
         self.selection_valid: Tensor | None = None  # its slots in use, when rows select different counts
         self.chosen: tuple[Tensor, Tensor] | None = None  # (query fingerprint, scored picks) of the last fresh
         # selection, which similar later queries reuse (``reuse_similarity``)
+        self._note_peak()
 
     @property
     def stored(self) -> int:
-        return self.keys.shape[-2]
+        return self.positions.shape[-1]
 
     def kept_entries(self) -> int:
         """Entries in use, summed over batch and heads."""
         return int(self.valid.sum()) if self.valid is not None else self.positions.numel()
 
-    def resident_bytes(self, peak: bool = False) -> int:
-        """Bytes of keys + values stored, unused slots included (``peak``: the most held at once)."""
-        b, h, stored, d = self.keys.shape
-        return 2 * b * h * (self.peak_stored if peak else stored) * d * self.keys.element_size()
-
     def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(keys, values, positions, valid)`` in the rectangular layout: the layer's own tensors (read back
-        as floats when quantized)."""
-        return self._read(self.keys), self._read(self.values), self.positions, self.valid
+        as floats when quantized, the tail after them)."""
+        keys, values = self._decode(self.keys, self.values)
+        if self.tail is not None:
+            keys, values = torch.cat([keys, self.tail[0]], dim=-2), torch.cat([values, self.tail[1]], dim=-2)
+        return keys, values, self.positions, self.valid
 
     def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
         self._arm_check()
         b, h, q, _ = key_states.shape
         stored = self.stored
         new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
-        self.keys = torch.cat([self.keys, self._store(key_states)], dim=-2)
-        self.values = torch.cat([self.values, self._store(value_states)], dim=-2)
+        if self.quantizer is None:
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+        else:
+            complete = self._grow_tail(key_states, value_states)
+            if complete:
+                self._store_tail(complete)
         self.positions = torch.cat([self.positions, new_positions], dim=-1)
         if self.history is not None:  # the site adds what the new queries give (see KVSession)
             self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
         if self.valid is not None:
             self.valid = torch.cat([self.valid, self.valid.new_ones(b, h, q)], dim=-1)
         self.seen += q
-        self.peak_stored = max(self.peak_stored, self.stored)
+        self._note_peak()
         selection, self.selection, self.selection_valid = self.selection, None, None
+        keys, values = self.padded()[:2]
         if selection is None:
-            return self._read(self.keys), self._read(self.values)
+            return keys, values
         idx = torch.cat([selection, (stored + torch.arange(q, device=self.device)).expand(b, h, q)], dim=-1)
-        idx = idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
-        return self._read(self.keys.gather(2, idx)), self._read(self.values.gather(2, idx))
+        idx = idx.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+        return keys.gather(2, idx), values.gather(2, idx)
+
+    def _store_tail(self, count: int) -> None:
+        """Move the tail's ``count`` oldest tokens into the stored rows (they stay last, in order)."""
+        keys, values = self._take_tail(count)
+        self.keys, self.values = torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
-        gather = indices.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
-        self.keys, self.values = self.keys.gather(2, gather), self.values.gather(2, gather)
+        if self.tail is not None:
+            self._store_tail(self.tail_length)
+        gather = indices.unsqueeze(-1)
+        self.keys = self.keys.gather(2, gather.expand(-1, -1, -1, self.keys.shape[-1]))
+        self.values = self.values.gather(2, gather.expand(-1, -1, -1, self.values.shape[-1]))
         self.positions = self.positions.gather(-1, indices)
         self.valid = valid  # the selection never picks padding: budgets count real entries only
         if self.history is not None:
@@ -166,16 +227,17 @@ class PackedLayer(CompressedLayer):
     """A cache layer storing exactly the kept entries of every (row, KV head), packed segment after segment.
 
     keys, values: ``(N, d)`` (``(N, bytes)`` rows when quantized); positions: ``(N,)``; lengths: ``(b, h_kv)``
-    entries per segment, in row-major (row, head) order, each segment in increasing position. Attention over
-    it runs segment by segment (`attend`), so nothing is stored, or attended, for slots a rectangular layout
+    entries per segment, in row-major (row, head) order, each segment in increasing position; a quantized
+    layer's tail (the newest tokens, the same in every segment) comes after each segment. Attention over it
+    runs segment by segment (`attend`), so nothing is stored, or attended, for slots a rectangular layout
     would pad. Built from the rectangular layout (``valid``: the slots in use, or None for all).
     """
 
     def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int,
-                 quantizer: EntryQuantizer | None = None):
+                 quantizer: KVQuantizer | None = None):
         super().__init__(keys.dtype, keys.device, seen, quantizer, keys.shape[-1])
-        self._repack(self._store(keys), self._store(values), positions, valid)
-        self.peak_entries = self.keys.shape[0]
+        self._repack(*self._encode(keys, values), positions, valid)
+        self._note_peak()
 
     @property
     def lengths(self) -> Tensor:
@@ -188,44 +250,62 @@ class PackedLayer(CompressedLayer):
 
     def kept_entries(self) -> int:
         """Entries stored, summed over batch and heads."""
-        return self.keys.shape[0]
+        return self.keys.shape[0] + self.lengths.numel() * self.tail_length
 
-    def resident_bytes(self, peak: bool = False) -> int:
-        """Bytes of keys + values stored (``peak``: the most held at once)."""
-        entries = self.peak_entries if peak else self.keys.shape[0]
-        return 2 * entries * self.keys.shape[-1] * self.keys.element_size()
+    def _entries(self) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """Every entry as floats, the tail after each segment: ``(keys, values, positions, segment sizes)``."""
+        keys, values = self._decode(self.keys, self.values)
+        if self.tail is None:
+            return keys, values, self.positions, self._sizes
+        t = self.tail_length
+        tail_positions = (self.seen - t + torch.arange(t, device=self.device)).expand(*self.lengths.shape, t)
+        keys, values, positions = (self._interleave(old, new) for old, new in
+                                   ((keys, self.tail[0]), (values, self.tail[1]), (self.positions, tail_positions)))
+        return keys, values, positions, [size + t for size in self._sizes]
+
+    def _interleave(self, stored: Tensor, new: Tensor) -> Tensor:
+        """Segment after segment: each stored segment ``(N, ...)``, then its row's and head's ``new`` entries
+        ``(b, h_kv, q, ...)``."""
+        return torch.cat([part for pair in zip(stored.split(self._sizes), new.flatten(0, 1).unbind(0))
+                          for part in pair])
 
     def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``(keys, values, positions, valid)`` in the rectangular layout, for scoring: a copy, each segment
-        padded to the longest (unused slots repeat the segment's first entry and are marked invalid)."""
-        keys, values, positions, valid = self._stored_padded()
-        return self._read(keys), self._read(values), positions, valid
+        """``(keys, values, positions, valid)`` in the rectangular layout, for scoring: a copy, each segment (its
+        tail included) padded to the longest (unused slots repeat the segment's first entry, marked invalid)."""
+        keys, values, positions, sizes = self._entries()
+        return self._pad(keys, values, positions, torch.tensor(sizes).view_as(self.lengths))
 
-    def _stored_padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """`padded`, as stored (rows of bytes when quantized)."""
-        lengths = self.lengths.to(self.device)
+    def _pad(self, keys: Tensor, values: Tensor, positions: Tensor, lengths: Tensor):
+        lengths = lengths.to(self.device)
         width = int(lengths.max()) if lengths.numel() else 0
         slot = torch.arange(width, device=self.device)
         valid = slot < lengths.unsqueeze(-1)
         starts = (lengths.flatten().cumsum(0) - lengths.flatten()).view_as(lengths)
-        index = (starts.unsqueeze(-1) + torch.where(valid, slot, 0)).clamp(max=max(self.keys.shape[0] - 1, 0))
-        return self.keys[index], self.values[index], self.positions[index], (None if bool(valid.all()) else valid)
+        index = (starts.unsqueeze(-1) + torch.where(valid, slot, 0)).clamp(max=max(keys.shape[0] - 1, 0))
+        return keys[index], values[index], positions[index], (None if bool(valid.all()) else valid)
 
     def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
-        """Append the new tokens to every segment; the site's attention reads the layer itself, so the
-        states returned are only the new ones."""
+        """Append the new tokens to every segment (a quantized layer: to its tail); the site's attention reads the
+        layer itself, so the states returned are only the new ones."""
         self._arm_check()
-        b, h, q, _ = key_states.shape
-        new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
-        sizes = self._sizes
-        self.keys, self.values, self.positions = (
-            torch.cat([part for pair in zip(old.split(sizes), new.flatten(0, 1).unbind(0)) for part in pair])
-            for old, new in ((self.keys, self._store(key_states)), (self.values, self._store(value_states)),
-                             (self.positions, new_positions)))
-        self.lengths = self.lengths + q
-        self.seen += q
-        self.peak_entries = max(self.peak_entries, self.keys.shape[0])
+        if self.quantizer is None:
+            self._append(key_states, value_states, self.seen)
+        else:
+            waiting = self.tail_length
+            complete = self._grow_tail(key_states, value_states)
+            if complete:
+                self._append(*self._take_tail(complete), self.seen - waiting)
+        self.seen += key_states.shape[2]
+        self._note_peak()
         return key_states, value_states
+
+    def _append(self, keys: Tensor, values: Tensor, first: int) -> None:
+        """Add tokens, as stored ``(b, h_kv, count, ...)``, at positions ``first`` on, after every segment."""
+        b, h, count = keys.shape[:3]
+        positions = (first + torch.arange(count, device=self.device)).expand(b, h, count)
+        self.keys, self.values, self.positions = (self._interleave(old, new) for old, new in
+                                                  ((self.keys, keys), (self.values, values), (self.positions, positions)))
+        self.lengths = self.lengths + count
 
     def attend(self, query: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         """Attention of ``query`` ``(b, heads, q, d)`` (the forward that just updated this layer) over each
@@ -236,12 +316,13 @@ class PackedLayer(CompressedLayer):
         group = heads // kv_heads
         out = query.new_empty(b, heads, q, d)
         now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)  # the queries' positions
+        keys, values, every_position, sizes = self._entries()
         start = 0
-        for index, length in enumerate(self._sizes):
+        for index, length in enumerate(sizes):
             row, head = divmod(index, kv_heads)
             segment = slice(start, start + length)
             start += length
-            positions = self.positions[segment]
+            positions = every_position[segment]
             if mask is not None:
                 allowed = mask[row, 0, -q:].index_select(-1, positions)
             elif q > 1:
@@ -254,20 +335,24 @@ class PackedLayer(CompressedLayer):
             # the group's query heads share these keys: fold them into the query axis, one call per segment
             folded = query[row, heads_of].reshape(1, 1, group * q, d)
             result = F.scaled_dot_product_attention(
-                folded, self._read(self.keys[segment])[None, None], self._read(self.values[segment])[None, None],
+                folded, keys[segment][None, None], values[segment][None, None],
                 attn_mask=None if allowed is None else allowed.repeat(group, 1)[None, None], scale=scale)
             out[row, heads_of] = result.view(group, q, -1)
         return out.transpose(1, 2).contiguous()
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the entries at ``indices`` ``(b, h_kv, k)`` of the rectangular layout (`padded`)."""
-        keys, values, positions, _ = self._stored_padded()
-        gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
-        self._repack(keys.gather(2, gather), values.gather(2, gather), positions.gather(-1, indices), valid)
+        if self.tail is not None:  # stored first: each segment then holds what `padded` showed, in that order
+            t = self.tail_length
+            self._append(*self._take_tail(t), self.seen - t)
+        keys, values, positions, _ = self._pad(self.keys, self.values, self.positions, self.lengths)
+        gather = indices.unsqueeze(-1)
+        self._repack(keys.gather(2, gather.expand(-1, -1, -1, keys.shape[-1])),
+                     values.gather(2, gather.expand(-1, -1, -1, values.shape[-1])), positions.gather(-1, indices), valid)
         self.evicted_at = self.seen
 
     def _index_batch(self, fn) -> None:
-        keys, values, positions, valid = self._stored_padded()
+        keys, values, positions, valid = self._pad(self.keys, self.values, self.positions, self.lengths)
         valid = fn(valid) if valid is not None else None
         self._repack(fn(keys), fn(values), fn(positions), valid)
         self._index_budget(fn)
