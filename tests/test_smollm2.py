@@ -149,7 +149,7 @@ def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):
         (["bench", "kv", "--methods", "snapkv,nope"], "unknown method 'nope'; choose one of:"),
         (["bench", "kv", "--keep", "0"], "keep must be in (0, 1]"),
         (["bench", "kv", "--methods", "keydiff-pool:window=3"], "method 'keydiff-pool' has no option 'window'"),
-        (["bench", "kv", "--task", "qa"], "unknown task 'qa'; choose one of: niah, multikey, multivalue, multiquery, vartrack, squad, ppl"),
+        (["bench", "kv", "--task", "qa"], "unknown task 'qa'; choose one of: niah, multikey, multivalue, multiquery, cwe, vartrack, squad, ppl"),
         (["bench", "kv", "--setting", "both"], "unknown setting 'both'"),
         (["bench", "kv", "--compare", "llmlingua"], "unknown peer 'llmlingua'"),
         (["bench", "kv", "--model", "./no/such/dir"], "no such model folder"),

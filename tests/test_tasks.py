@@ -20,7 +20,7 @@ def test_haystack_ships_with_the_package():
     assert len(paragraphs) > 500 and "Alice" in paragraphs[10] + paragraphs[11] + paragraphs[12]
 
 
-@pytest.mark.parametrize("task", ["niah", "multikey", "multivalue", "multiquery", "vartrack"])
+@pytest.mark.parametrize("task", ["niah", "multikey", "multivalue", "multiquery", "vartrack", "cwe"])
 def test_tasks_are_deterministic_and_answerable(tokenizer, task):
     a = TASKS[task](tokenizer, [300, 500], 4, seed=1)
     b = TASKS[task](tokenizer, [300, 500], 4, seed=1)
@@ -178,3 +178,13 @@ def test_jsonl_missing_or_empty_file(tmp_path):
         read_jsonl(tmp_path / "absent.jsonl")
     with pytest.raises(TokenomyError, match="holds no samples"):
         read_jsonl(write_lines(tmp_path, [""]))
+
+
+def test_cwe_common_words_outnumber_every_other_word(tokenizer):
+    sample = TASKS["cwe"](tokenizer, [1200], 1, seed=3)[0]
+    words = [token for token in sample.context.split("\n", 1)[1].split() if not token.endswith(".")]
+    counts = {w: words.count(w) for w in set(words)}
+    assert sample.meta["repeats"] == 1200 // (16 * 5) and len(words) == sample.meta["entries"]
+    assert sorted(w for w, c in counts.items() if c == 15) == sample.answers and len(sample.answers) == 5
+    assert set(counts.values()) == {15, 3} and sample.every_answer
+    assert sample.judge("are: " + ", ".join(reversed(sample.answers))) and not sample.judge(sample.answers[0])

@@ -220,6 +220,50 @@ def vartrack(tokenizer, lengths: list[int], limit: int, seed: int, hops: int = 2
     return samples
 
 
+@lru_cache(maxsize=1)
+def _vocabulary() -> tuple[str, ...]:
+    """Distinct lowercase words of four letters or more from the packaged haystack, in order of appearance."""
+    seen: dict[str, None] = {}
+    for paragraph in haystack_paragraphs():
+        for word in paragraph.split():
+            word = word.strip(".,;:!?'\"()-_*`").lower()
+            if len(word) >= 4 and word.isalpha():
+                seen.setdefault(word)
+    return tuple(seen)
+
+
+def cwe(tokenizer, lengths: list[int], limit: int, seed: int, common: int = 5, common_count: int = 30,
+        rare_count: int = 3) -> list[Sample]:
+    """RULER's common-words extraction (aggregation, no needle): a numbered list of words in which ``common``
+    words appear ``common_count`` times each (fewer in short contexts: the common words fill at most about a
+    quarter of the list, and appear at least twice as often as the others) and every other word ``rare_count``
+    times, shuffled, enough to fill the length; the reply must name every common word."""
+    rng = random.Random(seed)
+    vocabulary = _vocabulary()
+    samples = []
+    for length, _ in _grid(lengths, limit):
+        words = rng.sample(vocabulary, len(vocabulary))
+        frequent, rare = words[:common], iter(words[common:])
+        repeats = max(2 * rare_count, min(common_count, length // (16 * common)))  # a numbered word: ~4 tokens
+        entries = [w for w in frequent for _ in range(repeats)]
+        while True:  # rare words until the list fills the length (its tokens counted, not guessed)
+            order = rng.sample(entries, len(entries))
+            listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(order))
+            missing = length - len(tokenizer.encode(listing, add_special_tokens=False))
+            if missing <= 0:
+                break
+            for _ in range(missing // (4 * rare_count) + 1):  # a numbered word takes about four tokens
+                entries += [next(rare)] * rare_count
+        samples.append(Sample(
+            context="Below is a numbered list of words. In these words, some appear more often than others. "
+                    f"Memorize the ones that appear most often.\n{listing}",
+            question=f"\nQuestion: What are the {common} most common words in the above list?",
+            answers=sorted(frequent), every_answer=True,
+            answer_prefix=f"Answer: The top {common} words that appear most often in the list are:",
+            meta={"length": length, "common": common, "repeats": repeats, "entries": len(order)}))
+    return samples
+
+
 def squad(tokenizer, lengths: list[int], limit: int, seed: int) -> list[Sample]:
     """RULER's QA: a SQuAD 2.0 question (``../shared/data/squad``) whose paragraph sits at a depth among paragraphs
     of other articles, enough of them to fill the length; the reply must hold one of the accepted answers."""
@@ -270,6 +314,7 @@ TASKS: dict[str, Callable[..., list[Sample]]] = {
     "multikey": multikey,
     "multivalue": multivalue,
     "multiquery": multiquery,
+    "cwe": cwe,
     "vartrack": vartrack,
     "squad": squad,
     "ppl": perplexity,
@@ -362,4 +407,4 @@ def missing_prefix_note(samples: list[Sample]) -> str | None:
 
 
 
-REPLY_TOKENS = {"multivalue": 64, "multiquery": 64}  # tasks whose replies list several numbers; others: 16
+REPLY_TOKENS = {"multivalue": 64, "multiquery": 64, "cwe": 64}  # tasks whose replies list several items; others: 16

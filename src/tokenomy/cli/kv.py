@@ -145,7 +145,7 @@ def add_commands(sub, bench) -> None:
                    help="comma list of KV methods, or all (the full sweep); options as name:option=value "
                         "(keydiff-pool:recent=32); default: four that span the families, so the first run takes minutes")
     p.add_argument("--keep", type=csv_list(float), default=[0.5, 0.25], help="comma list of kept fractions")
-    p.add_argument("--task", default="niah", help="niah, multikey, multivalue, multiquery, vartrack, squad (reads "
+    p.add_argument("--task", default="niah", help="niah, multikey, multivalue, multiquery, cwe, vartrack, squad (reads "
                    "../shared/data) or ppl (ignored with --data)")
     p.add_argument("--data", help="JSONL with context, question, answers (list) [, answer_prefix, template]")
     p.add_argument("--template", help="how a --data row's question follows its context (default: on a new line, "
@@ -156,7 +156,8 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--setting", type=csv_list(str), default=["aware"],
                    help="aware (question inside the compressed prompt), agnostic (question after)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="reply tokens (default: 64 for multivalue and multiquery, whose replies list four numbers; 16)")
+                   help="reply tokens (default: 64 for multivalue, multiquery and cwe, whose replies list several "
+                   "items; 16)")
     p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
     p.add_argument("--compare", type=csv_list(str), help="peer libraries to run side by side: kvpress")
     sweep_options(p)
