@@ -83,3 +83,13 @@ def test_bench_prompt_on_ray_equals_one_process_record_for_record(tmp_path, ray_
     timing = {"compress_s", "answer_s"}
     for a, b in zip(one, ray):
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+@pytest.mark.integration
+def test_bench_vision_on_ray_equals_one_process_record_for_record(tmp_path, ray_two_cpus):
+    argv = ["bench", "vision", "--limit", "2", "--methods", "divprune,fastv", "--keep", "0.33", "--timing", "0"]
+    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
+    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["samples"] for name in ("one", "ray"))
+    assert len(one) == 2 * 4 and one == ray  # full, blank image, two methods; nothing timed
+    assert not (tmp_path / "ray.cells").exists()

@@ -210,35 +210,62 @@ def _record(session) -> dict:
             "placeholders": stats.tokens_seen}
 
 
-def run(vlm, processor, rows: list[Row], limit: int, seed: int, repeats: int, timing: int,
-        progress: Callable[[int], Any] = lambda n: None, split: str = "test", oracle: list[float] | None = None,
-        style: scenes.Style = scenes.FLAT) -> tuple[list[dict], list[dict]]:
-    """Answer every sample (drawn in ``style``, the model's) with every row; then time the prefills (not the blank
-    image's or the oracle's: theirs is the full model's and a method's). Returns (per-sample records, timings)."""
-    samples = [scenes.sample(split, seed * 1_000_000 + i, style) for i in range(limit)]
-    configs: list = ["full", "blank image", *rows]
-    configs += [Row(ORACLE, target, None) for target in oracle or ()]
+def configurations(rows: list[Row], oracle: list[float] | None = None) -> list:
+    """What every sample is answered with: the full model, a blanked image, every row, a label oracle per target."""
+    return ["full", "blank image", *rows, *(Row(ORACLE, target, None) for target in oracle or ())]
+
+
+def draw(split: str, seed: int, index: int, style: scenes.Style) -> scenes.Sample:
+    """Sample ``index`` of a run (the same for every process and machine)."""
+    return scenes.sample(split, seed * 1_000_000 + index, style)
+
+
+def answer_sample(vlm, processor, configs: list, index: int, s: scenes.Sample,
+                  progress: Callable[[int], Any] = lambda n: None) -> list[dict]:
+    """Sample ``index``'s records: its question answered with every configuration."""
     patches = processor.layout.num_crops * processor.layout.tokens_per_crop
     depth = len(decoder(vlm).layers)
     records = []
-    for index, s in enumerate(samples):
-        for config in configs:
-            image = blank_like(s.image) if config == "blank image" else s.image
-            inputs = processor(image, s.question)
-            with _session(config, vlm, processor, s) as session:
-                text = answer(vlm, processor, inputs)
-            label, target = (config, 1.0) if isinstance(config, str) else (config.label, config.target)
-            seen = _record(session) or {"visual_tokens": patches, "layer_tokens": [patches] * depth,
-                                        "placeholders": patches}
-            records.append({"sample": index, "qtype": s.qtype, "objects": s.count, "method": label, "target": target,
-                            "answer": s.answer, "output": text, "correct": first_word(text) == s.answer,
-                            "text_tokens": int(inputs["input_ids"].shape[1]) - patches, **seen})
-            progress(1)
+    for config in configs:
+        image = blank_like(s.image) if config == "blank image" else s.image
+        inputs = processor(image, s.question)
+        with _session(config, vlm, processor, s) as session:
+            text = answer(vlm, processor, inputs)
+        label, target = (config, 1.0) if isinstance(config, str) else (config.label, config.target)
+        seen = _record(session) or {"visual_tokens": patches, "layer_tokens": [patches] * depth,
+                                    "placeholders": patches}
+        records.append({"sample": index, "qtype": s.qtype, "objects": s.count, "method": label, "target": target,
+                        "answer": s.answer, "output": text, "correct": first_word(text) == s.answer,
+                        "text_tokens": int(inputs["input_ids"].shape[1]) - patches, **seen})
+        progress(1)
+    return records
+
+
+_MODELS: dict[str, tuple] = {}
+
+
+def run_cell(payload: tuple) -> list[dict]:
+    """One sample of a sweep (a `tokenomy.bench.sweep` cell, run here or in a Ray worker): ``(model name, configs,
+    split, seed, index)`` -> its records. The model loads once per process."""
+    import tokenomy
+    from tokenomy.models.reference_vlm import variant
+
+    name, configs, split, seed, index = payload
+    if name not in _MODELS:
+        _MODELS[name] = tokenomy.load(name)
+    vlm, processor = _MODELS[name]
+    return answer_sample(vlm, processor, configs, index, draw(split, seed, index, variant(name).style))
+
+
+def time_prefills(vlm, processor, configs: list, samples: list[scenes.Sample], repeats: int,
+                  progress: Callable[[int], Any] = lambda n: None) -> list[dict]:
+    """Time the prefill of ``samples`` with every configuration but the blank image's and the oracle's (theirs is
+    the full model's and a method's), ``repeats`` rounds, in this process."""
     timings = []
     timed = [c for c in configs if c != "blank image" and not (isinstance(c, Row) and c.label == ORACLE)]
     for _ in range(repeats):
         for config in timed:
-            for s in samples[:timing]:
+            for s in samples:
                 inputs = processor(s.image, s.question)
                 with _session(config, vlm) as session, torch.no_grad():
                     tic = time.perf_counter()
@@ -248,7 +275,7 @@ def run(vlm, processor, rows: list[Row], limit: int, seed: int, repeats: int, ti
                 timings.append({"method": label, "target": target, "seconds": seconds,
                                 "selection_seconds": session.stats.selection_seconds if session else 0.0})
                 progress(1)
-    return records, timings
+    return timings
 
 
 def summarize(vlm, processor, records: list[dict], timings: list[dict]) -> list[dict]:

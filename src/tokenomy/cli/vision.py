@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from tokenomy.cli._common import csv_list, json_option
+from tokenomy.cli._common import csv_list, json_option, sample_sweep, sweep_options
 
 
 def cmd_bench_vision(args) -> int:
@@ -13,8 +13,10 @@ def cmd_bench_vision(args) -> int:
 
     import tokenomy
     from tokenomy.adapters.lm import decoder
+    from tokenomy.bench import sweep
     from tokenomy.bench import vision as bench
     from tokenomy.bench.report import result_header, table, write_json
+    from tokenomy.bench.sweep import Cell
     from tokenomy.models.reference_vlm import variant
     from tokenomy._validation import check_fraction, check_int
 
@@ -27,14 +29,24 @@ def cmd_bench_vision(args) -> int:
     specs = list(dict.fromkeys(name for spec in args.methods for name in (every if spec == "all" else [spec])))
     bench.check_specs(specs)
     chosen = variant(args.model)
+    if args.ray:
+        sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the model loads
     vlm, processor = tokenomy.load(chosen.name)
     rows = bench.rows_for(specs, targets, adaptive, len(decoder(vlm).layers))
-    oracle = targets if args.oracle else []
+    configs = bench.configurations(rows, targets if args.oracle else [])
+    samples = [bench.draw(args.split, args.seed, i, chosen.style) for i in range(args.limit)]
     timing = min(args.timing, args.limit)
-    total = args.limit * (2 + len(rows) + len(oracle)) + args.repeats * timing * (1 + len(rows))
-    with progress_bar(total=total, desc="bench vision", unit="run") as bar:
-        records, timings = bench.run(vlm, processor, rows, args.limit, args.seed, args.repeats, timing,
-                                     progress=bar.update, split=args.split, oracle=oracle, style=chosen.style)
+    timed = len(configs) - 1 - (len(targets) if args.oracle else 0)  # not the blank image's, nor the oracle's
+    cells = [Cell(f"sample-{i}", (chosen.name, configs, args.split, args.seed, i),
+                  f"{chosen.name}|{configs!r}|{args.split}|{args.seed}|{i}") for i in range(args.limit)]
+    with progress_bar(total=args.limit * len(configs) + args.repeats * timing * timed, desc="bench vision",
+                      unit="run") as bar:
+        def here(payload) -> list[dict]:  # in this process: the loaded model, progress run by run
+            return bench.answer_sample(vlm, processor, configs, payload[-1], samples[payload[-1]], progress=bar.update)
+
+        per_cell, folder = sample_sweep(args, "vision", cells, here, bench.run_cell, bar)
+        timings = bench.time_prefills(vlm, processor, configs, samples[:timing], args.repeats, progress=bar.update)
+    records = [record for cell in per_cell for record in cell]
     results = bench.summarize(vlm, processor, records, timings)
     print(table(results, bench.COLUMNS))
     if args.json:
@@ -42,6 +54,7 @@ def cmd_bench_vision(args) -> int:
         path = write_json(args.json, payload)
         figure = bench.plot(results, records, Path(path).with_suffix(".png"), args.split, chosen.name)
         print(f"wrote {path} and {figure}")
+    sweep.clear(folder, cells)  # complete and written: nothing left to resume
     return 0
 
 
@@ -102,6 +115,7 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--oracle", action="store_true",
                    help="add a 'label oracle' row per --keep: the tokens the generator's labels say show an object "
                         "or the word (no method can know this; it separates the selection's loss from the model's)")
+    sweep_options(p)
     json_option(p, "write per-sample rows and aggregates here; the plot goes next to it (.png)")
     p.set_defaults(func=cmd_bench_vision)
 
