@@ -73,3 +73,20 @@ def test_headlines_fill_claims_from_the_one_matching_row(tmp_path):
     (tmp_path / "h.json").write_text(json.dumps([{**spec[0], "where": {"keep": 0.5}}]))
     with pytest.raises(tokenomy.TokenomyError, match="matches 2 rows"):
         regenerate("<!-- headlines h.json -->\n<!-- /headlines -->\n", tmp_path)
+
+
+def test_a_draws_block_sums_correct_answers_over_seeds(tmp_path):
+    def draw(name, full, kvzip):
+        rows = [{"setting": "agnostic", "method": "full", "keep": 1.0, "samples": 30, "accuracy": full},
+                {"setting": "agnostic", "method": "kvzip", "keep": 0.1, "samples": 30, "accuracy": kvzip}]
+        (tmp_path / name).write_text(json.dumps({"suite": "kv", "aggregate": rows}))
+
+    draw("a.json", 1.0, 0.9)
+    draw("b.json", 29 / 30, 0.8)
+    text = regenerate("<!-- draws a.json b.json -->\nold\n<!-- /draws -->\n", tmp_path)
+    lines = text.splitlines()
+    assert lines[1] == "| setting | method | keep | draw 1 | draw 2 | total | rel |"
+    assert lines[3] == "| agnostic | full | 1 | 30/30 | 29/30 | 59/60 | 1.000 |"
+    assert lines[4] == "| agnostic | kvzip | 0.1 | 27/30 | 24/30 | 51/60 | 0.864 |"
+    with pytest.raises(tokenomy.TokenomyError, match="two or more JSON files"):
+        regenerate("<!-- draws a.json -->\n<!-- /draws -->\n", tmp_path)

@@ -4,6 +4,8 @@ A generated block sits between two HTML comments that Markdown does not show:
 
     <!-- results benchmarks/prompt-lossless.json -->      the suite's own table of that JSON file
                                                            (``... .json overall``: its first table only)
+    <!-- draws A.json B.json -->                           the same command on several draws (seeds): correct
+                                                           answers per draw, summed, relative to the full model's
     ...
     <!-- /results -->
 
@@ -30,7 +32,8 @@ from typing import Callable
 from tokenomy._files import write_atomic
 from tokenomy._validation import TokenomyError, check_choice
 
-BLOCK = re.compile(r"(<!-- (results|headlines|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- (results|draws|headlines|methods|cli|api|manifest)(?: ([^\n]*?))? -->\n)(.*?)(<!-- /\2 -->)",
+                   re.S)
 API_MODULES = ("tokenomy", "tokenomy.codec", "tokenomy.ensemble")
 
 
@@ -143,6 +146,46 @@ def results_table(path: Path) -> str:
     return suite_module(suite_of(payload)).render(payload, markdown=True)
 
 
+_IDENTITY = ("setting", "method", "keep", "rate")  # what names a row of an aggregate table (the rest is measured)
+
+
+def draws_table(root: Path, paths: list[str]) -> str:
+    """Several draws of one benchmark side by side: for each row of the first file's aggregate (setting, method,
+    budget), the correct answers in each draw, their total, and that total relative to the full model's."""
+    if len(paths) < 2:
+        raise TokenomyError(f"a draws block compares two or more JSON files, got {paths}")
+    tables = []
+    for path in paths:
+        try:
+            payload = json.loads((root / path).read_text())
+        except (OSError, ValueError) as err:
+            raise TokenomyError(f"a draws block names {path}, which cannot be read: {err}") from err
+        rows = payload.get("aggregate", [])
+        if not rows or not {"accuracy", "samples", "method"} <= set(rows[0]) or rows[0]["accuracy"] is None:
+            raise TokenomyError(f"{path}: a draws block needs aggregate rows with method, accuracy and samples")
+        tables.append({tuple(r.get(k) for k in _IDENTITY if k in r): r for r in rows})
+    keys = [k for k in _IDENTITY if k in next(iter(tables[0].values()))]
+
+    def correct(row: dict) -> int:
+        return round(row["accuracy"] * row["samples"])
+
+    lines = ["| " + " | ".join([*keys, *(f"draw {i + 1}" for i in range(len(paths))), "total", "rel"]) + " |",
+             "|" + "---|" * len(keys) + "---:|" * (len(paths) + 2)]
+    for key, first in tables[0].items():
+        found = [table.get(key) for table in tables]
+        if any(row is None for row in found):
+            raise TokenomyError(f"a draws block: {dict(zip(keys, key))} is not in every file of {paths}")
+        total, samples = sum(map(correct, found)), sum(row["samples"] for row in found)
+        # a full row per setting: relative to the full model's total over the same draws and setting
+        base = sum(correct(r) for table in tables for r in table.values()
+                   if r["method"] == "full" and r.get("setting") == first.get("setting"))
+        cells = [f"{v:g}" if isinstance(v, float) else str(v) for v in key]
+        cells += [f"{correct(row)}/{row['samples']}" for row in found]
+        cells += [f"{total}/{samples}", f"{total / base:.3f}" if base else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def regenerate(text: str, root: Path, cli_reference: Callable[[], str] | None = None) -> str:
     """``text`` with every generated block rebuilt (JSON paths are relative to ``root``, the checkout;
     ``cli_reference`` gives the CLI's help, which only the CLI knows)."""
@@ -151,6 +194,8 @@ def regenerate(text: str, root: Path, cli_reference: Callable[[], str] | None = 
         opening, kind, argument, _, closing = match.groups()
         if kind == "manifest":
             body = manifest(root)
+        elif kind == "draws":
+            body = draws_table(root, (argument or "").split())
         elif kind == "headlines":
             body = headlines(root, root / (argument or "").strip())
         elif kind == "cli":
