@@ -197,6 +197,26 @@ def test_budget_is_honoured_exactly(model, name, keep):
     assert session.stats.entries_kept == expected * 2 * 3  # 2 KV heads x 3 layers
 
 
+def test_kvzip_pool_keeps_neighbours_of_what_it_keeps(model):
+    """``pool=3``: the same exact budget, and a kept entry (sinks aside) mostly arrives with a neighbour."""
+    x = ids(90)
+    kept = {}
+    for pool in (1, 3):
+        cache = DynamicCache()
+        with tokenomy.apply(model, "kvzip", keep=0.2, pool=pool) as session:
+            model(x, past_key_values=cache)
+        assert session.stats.entries_kept == kept_count(0.2, 90).item() * 2 * 3
+        runs = []
+        for layer in cache.layers:
+            _, _, positions, valid = layer.padded()
+            for head in range(2):
+                chosen = positions[0, head][valid[0, head]] if valid is not None else positions[0, head]
+                chosen = chosen[chosen >= 4]
+                runs.append(float((chosen.diff() == 1).float().mean()) if len(chosen) > 1 else 0.0)
+        kept[pool] = sum(runs) / len(runs)
+    assert kept[3] > kept[1]  # more kept entries sit next to another kept one
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.25, 0.013])
 def test_kvzip_shares_the_exact_total_across_layers_and_heads(model, keep):
     x = ids(77)
@@ -668,6 +688,7 @@ def test_sessions_do_not_nest_and_are_reusable(model):
          "EvictWhileDecoding cannot wrap a method that selects per step"),
         (lambda m: tokenomy.apply(m, "adakv", keep=0.5, evict_every=8), "cannot wrap a method that uses head-adaptive"),
         (lambda m: tokenomy.apply(m, "kvzip", keep=0.5, evict_every=8), "cannot wrap a method that replays"),
+        (lambda m: tokenomy.apply(m, "kvzip", keep=0.5, pool=0), "pool must be"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity=0), "reuse_similarity must be in"),
         (lambda m: tokenomy.apply(m, "tokenselect", keep=0.5, reuse_similarity="high"), "reuse_similarity must be a"),
         (lambda m: SelectPerStep(KVCompression(score=KeyNorm(), heads=HeadAdaptive())),

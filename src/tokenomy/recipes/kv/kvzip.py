@@ -1,6 +1,8 @@
+from tokenomy._validation import check_int
 from tokenomy.budget import HeadAdaptive, Keep
 from tokenomy.registry import register
 from tokenomy.score.base import Scorer
+from tokenomy.score.pooling import Pooled
 from tokenomy.score.reconstruction import Reconstruction
 from tokenomy.sites.kv_cache import SITE, KVCompression
 
@@ -13,8 +15,12 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     summary="keeps what the model attends to while replaying the context after itself (one extra forward); "
     "one budget shared by every layer's heads",
 )
-def kvzip(keep: float = 0.5, sinks: int = 4) -> KVCompression:
-    return shared_by_all_layers(Reconstruction(), keep, sinks)
+def kvzip(keep: float = 0.5, sinks: int = 4, pool: int = 1) -> KVCompression:
+    """``pool`` > 1: each entry scores the most any of its ``pool`` neighbours (centred) scores (`Pooled`), so a
+    kept token keeps the tokens next to it, e.g. every digit of a number."""
+    check_int("pool", pool, minimum=1)
+    score = Reconstruction() if pool == 1 else Pooled(Reconstruction(), kernel=pool, kind="max")
+    return shared_by_all_layers(score, keep, sinks)
 
 
 def shared_by_all_layers(score: Scorer, keep: float, sinks: int, recent: int | float = 0) -> KVCompression:
