@@ -60,25 +60,30 @@ def test_ray_returns_what_one_process_returns_in_cell_order(tmp_path, ray_two_cp
 TIMING = {"prefill_seconds", "scoring_seconds", "decode_seconds", "peak_memory_bytes"}
 
 
+def one_process_and_ray(tmp_path, argv: list[str], field: str) -> tuple[list[dict], list[dict]]:
+    """The ``field`` records of ``argv`` run in this process and on the local Ray; the Ray run's cell folder is
+    gone once it completes (nothing left to resume)."""
+    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    cells = tmp_path / "cells"
+    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local", "--cells", str(cells)]) == 0
+    assert not cells.exists()
+    return tuple(json.loads((tmp_path / f"{name}.json").read_text())[field] for name in ("one", "ray"))
+
+
 @pytest.mark.integration
 def test_bench_kv_on_ray_equals_one_process_row_for_row(tmp_path, ray_two_cpus):
     argv = ["bench", "kv", "--limit", "2", "--length", "200", "--methods", "snapkv,streamingllm", "--keep", "0.5"]
-    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
-    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
-    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["rows"] for name in ("one", "ray"))
+    one, ray = one_process_and_ray(tmp_path, argv, "rows")
     assert len(one) == len(ray) == 2 * 3
     for a, b in zip(one, ray):
         assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
-    assert not (tmp_path / "ray.cells").exists()  # complete: the cell cache is gone
 
 
 @pytest.mark.integration
 def test_bench_prompt_on_ray_equals_one_process_record_for_record(tmp_path, ray_two_cpus):
     argv = ["bench", "prompt", "--task", "niah", "--length", "300", "--limit", "2", "--methods", "ehpc,lossless",
             "--rate", "0.5"]
-    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
-    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
-    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["samples"] for name in ("one", "ray"))
+    one, ray = one_process_and_ray(tmp_path, argv, "samples")
     assert len(one) == len(ray) == 2 * 3 and [r["sample"] for r in ray] == [0, 0, 0, 1, 1, 1]
     timing = {"compress_s", "answer_s"}
     for a, b in zip(one, ray):
@@ -88,8 +93,5 @@ def test_bench_prompt_on_ray_equals_one_process_record_for_record(tmp_path, ray_
 @pytest.mark.integration
 def test_bench_vision_on_ray_equals_one_process_record_for_record(tmp_path, ray_two_cpus):
     argv = ["bench", "vision", "--limit", "2", "--methods", "divprune,fastv", "--keep", "0.33", "--timing", "0"]
-    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
-    assert main([*argv, "--json", str(tmp_path / "ray.json"), "--ray", "local"]) == 0
-    one, ray = (json.loads((tmp_path / f"{name}.json").read_text())["samples"] for name in ("one", "ray"))
+    one, ray = one_process_and_ray(tmp_path, argv, "samples")
     assert len(one) == 2 * 4 and one == ray  # full, blank image, two methods; nothing timed
-    assert not (tmp_path / "ray.cells").exists()
