@@ -76,17 +76,35 @@ def test_headlines_fill_claims_from_the_one_matching_row(tmp_path):
 
 
 def test_a_draws_block_sums_correct_answers_over_seeds(tmp_path):
-    def draw(name, full, kvzip):
+    def draw(name, full, kvzip, speed):
         rows = [{"setting": "agnostic", "method": "full", "keep": 1.0, "samples": 30, "accuracy": full},
-                {"setting": "agnostic", "method": "kvzip", "keep": 0.1, "samples": 30, "accuracy": kvzip}]
+                {"setting": "agnostic", "method": "kvzip", "keep": 0.1, "samples": 30, "accuracy": kvzip,
+                 "kept_fraction": 0.1, "decode_tokens_per_second_median": speed}]
         (tmp_path / name).write_text(json.dumps({"suite": "kv", "aggregate": rows}))
 
-    draw("a.json", 1.0, 0.9)
-    draw("b.json", 29 / 30, 0.8)
+    draw("a.json", 1.0, 0.9, 20.0)
+    draw("b.json", 29 / 30, 0.8, 22.04)
     text = regenerate("<!-- draws a.json b.json -->\nold\n<!-- /draws -->\n", tmp_path)
     lines = text.splitlines()
-    assert lines[1] == "| setting | method | keep | draw 1 | draw 2 | total | rel |"
-    assert lines[3] == "| agnostic | full | 1 | 30/30 | 29/30 | 59/60 | 1.000 |"
-    assert lines[4] == "| agnostic | kvzip | 0.1 | 27/30 | 24/30 | 51/60 | 0.864 |"
+    assert lines[1] == "| setting | method | keep | draw 1 | draw 2 | total | rel | kept | bytes | decode tok/s |"
+    assert lines[3] == "| agnostic | full | 1 | 30/30 | 29/30 | 59/60 | 1.000 | - | - | - |"
+    assert lines[4] == "| agnostic | kvzip | 0.1 | 27/30 | 24/30 | 51/60 | 0.864 | 0.100 | - | 20.0–22.0 |"
     with pytest.raises(tokenomy.TokenomyError, match="two or more JSON files"):
         regenerate("<!-- draws a.json -->\n<!-- /draws -->\n", tmp_path)
+
+
+def test_a_draw_joins_later_runs_on_the_same_samples_keeping_the_first_reference(tmp_path):
+    def run(name, rows):
+        (tmp_path / name).write_text(json.dumps({"suite": "prompt", "command": "c", "results": [
+            {"method": method, "rate": rate, "samples": 10, "accuracy": accuracy, "end_to_end_ms": ms}
+            for method, rate, accuracy, ms in rows]}))
+
+    run("s1.json", [("original", 1.0, 1.0, 100), ("ehpc", 0.33, 0.5, 50)])
+    run("s1-ehpc.json", [("original", 1.0, 1.0, 999), ("ehpc", 0.33, 0.9, 60)])  # ehpc re-run: it replaces
+    run("s2.json", [("original", 1.0, 0.8, 110), ("ehpc", 0.33, 0.6, 40)])
+    lines = regenerate("<!-- draws s1.json+s1-ehpc.json s2.json -->\n<!-- /draws -->\n", tmp_path).splitlines()
+    assert lines[3].startswith("| original | 1 | 10/10 | 8/10 | 18/20 | 1.000 |") and lines[3].endswith("| 100–110 |")
+    assert lines[4].startswith("| ehpc | 0.33 | 9/10 | 6/10 | 15/20 | 0.833 |") and lines[4].endswith("| 40–60 |")
+    run("s2.json", [("original", 1.0, 0.8, 110)])
+    with pytest.raises(tokenomy.TokenomyError, match="not in every draw"):
+        regenerate("<!-- draws s1.json s2.json -->\n<!-- /draws -->\n", tmp_path)

@@ -5,7 +5,8 @@ A generated block sits between two HTML comments that Markdown does not show:
     <!-- results benchmarks/prompt-lossless.json -->      the suite's own table of that JSON file
                                                            (``... .json overall``: its first table only)
     <!-- draws A.json B.json -->                           the same command on several draws (seeds): correct
-                                                           answers per draw, summed, relative to the full model's
+                                                           answers per draw, summed, relative to the reference row
+                                                           (``A.json+A2.json``: one draw from runs of their own)
     ...
     <!-- /results -->
 
@@ -146,42 +147,69 @@ def results_table(path: Path) -> str:
     return suite_module(suite_of(payload)).render(payload, markdown=True)
 
 
-_IDENTITY = ("setting", "method", "keep", "rate")  # what names a row of an aggregate table (the rest is measured)
+_IDENTITY = ("task", "setting", "method", "keep", "rate")  # what names a row of a results table (the rest is measured)
 
 
-def draws_table(root: Path, paths: list[str]) -> str:
-    """Several draws of one benchmark side by side: for each row of the first file's aggregate (setting, method,
-    budget), the correct answers in each draw, their total, and that total relative to the full model's."""
-    if len(paths) < 2:
-        raise TokenomyError(f"a draws block compares two or more JSON files, got {paths}")
-    tables = []
-    for path in paths:
+def _draw_rows(root: Path, draw: str) -> tuple[dict, object]:
+    """One draw's rows by identity, and the suite module that wrote them: ``A.json`` or ``A.json+B.json`` (a
+    later run on the same samples: its rows replace the earlier file's, but for the reference row, which stays
+    the first file's; rows new to it are appended)."""
+    from tokenomy.bench.suites import suite_module, suite_of
+
+    rows: dict[tuple, dict] = {}
+    module = None
+    for path in draw.split("+"):
         try:
             payload = json.loads((root / path).read_text())
         except (OSError, ValueError) as err:
             raise TokenomyError(f"a draws block names {path}, which cannot be read: {err}") from err
-        rows = payload.get("aggregate", [])
-        if not rows or not {"accuracy", "samples", "method"} <= set(rows[0]) or rows[0]["accuracy"] is None:
-            raise TokenomyError(f"{path}: a draws block needs aggregate rows with method, accuracy and samples")
-        tables.append({tuple(r.get(k) for k in _IDENTITY if k in r): r for r in rows})
-    keys = [k for k in _IDENTITY if k in next(iter(tables[0].values()))]
+        found = payload.get("aggregate") or payload.get("results") or []
+        if not found or not {"accuracy", "samples", "method"} <= set(found[0]) or found[0]["accuracy"] is None:
+            raise TokenomyError(f"{path}: a draws block needs result rows with method, accuracy and samples")
+        module = suite_module(suite_of(payload))
+        for row in found:
+            key = tuple((k, row[k]) for k in _IDENTITY if k in row)
+            if key not in rows or row["method"] != module.REFERENCE:
+                rows[key] = row
+    return rows, module
+
+
+def draws_table(root: Path, draws: list[str]) -> str:
+    """Several draws of one benchmark side by side: for each row of the first draw (task or setting, method,
+    budget), the correct answers in each draw, their total, that total relative to the reference's (the
+    suite's ``REFERENCE`` row: the full cache, the original prompt), then the suite's ``DRAW_COLUMNS``
+    (one value, or the range over the draws)."""
+    if len(draws) < 2:
+        raise TokenomyError(f"a draws block compares two or more JSON files, got {draws}")
+    tables, modules = zip(*(_draw_rows(root, draw) for draw in draws))
+    module = modules[0]
+    measured = getattr(module, "DRAW_COLUMNS", [])
+    keys = [k for k, _ in next(iter(tables[0]))]
 
     def correct(row: dict) -> int:
         return round(row["accuracy"] * row["samples"])
 
-    lines = ["| " + " | ".join([*keys, *(f"draw {i + 1}" for i in range(len(paths))), "total", "rel"]) + " |",
-             "|" + "---|" * len(keys) + "---:|" * (len(paths) + 2)]
-    for key, first in tables[0].items():
+    def group(key: tuple) -> tuple:  # the rows a reference row stands for: same task, same setting
+        return tuple((k, v) for k, v in key if k in ("task", "setting"))
+
+    def spread(values: list, fmt: str) -> str:
+        shown = sorted(set(format(v, fmt) for v in values if v is not None), key=lambda t: float(t.rstrip("%")))
+        return "-" if not shown else shown[0] if len(shown) == 1 else f"{shown[0]}–{shown[-1]}"
+
+    lines = ["| " + " | ".join([*keys, *(f"draw {i + 1}" for i in range(len(draws))), "total", "rel",
+                                *(header for _, header, _ in measured)]) + " |",
+             "|" + "---|" * len(keys) + "---:|" * (len(draws) + 2 + len(measured))]
+    for key in tables[0]:
         found = [table.get(key) for table in tables]
         if any(row is None for row in found):
-            raise TokenomyError(f"a draws block: {dict(zip(keys, key))} is not in every file of {paths}")
+            raise TokenomyError(f"a draws block: {dict(key)} is not in every draw of {draws}")
         total, samples = sum(map(correct, found)), sum(row["samples"] for row in found)
-        # a full row per setting: relative to the full model's total over the same draws and setting
-        base = sum(correct(r) for table in tables for r in table.values()
-                   if r["method"] == "full" and r.get("setting") == first.get("setting"))
-        cells = [f"{v:g}" if isinstance(v, float) else str(v) for v in key]
+        base = sum(correct(r) for table in tables for k, r in table.items()
+                   if r["method"] == module.REFERENCE and group(k) == group(key))
+        cells = [f"{v:g}" if isinstance(v, float) else str(v) for _, v in key]
         cells += [f"{correct(row)}/{row['samples']}" for row in found]
         cells += [f"{total}/{samples}", f"{total / base:.3f}" if base else "-"]
+        cells += [spread([row.get(field) for row in found], fmt) for field, _, fmt in measured]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

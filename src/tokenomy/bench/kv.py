@@ -306,6 +306,11 @@ def by_length(rows: list[Row]) -> dict[int, list[dict]]:
     return {n: aggregate([r for r in rows if r.meta.get("length") == n]) for n in lengths}
 
 
+REFERENCE = "full"  # the row every other is measured against (`tokenomy report --docs`' draws tables)
+DRAW_COLUMNS = [("kept_fraction", "kept", ".3f"), ("bytes_fraction", "bytes", ".3f"),
+                ("decode_tokens_per_second_median", "decode tok/s", ".1f")]  # shown per draws-table row
+
+
 def columns(perplexity: bool) -> list[tuple[str, str, str]]:
     """The summary table's columns (accuracy tasks or the perplexity task)."""
     quality = [("perplexity", "ppl", ".3f"), ("kl", "KL", ".4f"), ("peak_kv_mib_median", "peak KV MiB", ".2f")] \

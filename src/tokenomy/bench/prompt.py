@@ -45,6 +45,10 @@ COLUMNS = [
     ("end_to_end_ms", "end-to-end ms", ".0f"), ("samples", "samples", "d"),
 ]
 
+REFERENCE = ORIGINAL  # the row every other is measured against (`tokenomy report --docs`' draws tables)
+DRAW_COLUMNS = [("ratio", "achieved ratio", ".2f"), ("compress_ms", "compressor ms", ".0f"),
+                ("end_to_end_ms", "end-to-end ms", ".0f")]  # shown per draws-table row
+
 
 def squad(limit: int, seed: int, distractors: int = 8, unanswerable: float = 0.25) -> list[Sample]:
     """Multi-document QA from SQuAD 2.0 (see the module docstring)."""
