@@ -95,3 +95,27 @@ def test_bench_vision_on_ray_equals_one_process_record_for_record(tmp_path, ray_
     argv = ["bench", "vision", "--limit", "2", "--methods", "divprune,fastv", "--keep", "0.33", "--timing", "0"]
     one, ray = one_process_and_ray(tmp_path, argv, "samples")
     assert len(one) == 2 * 4 and one == ray  # full, blank image, two methods; nothing timed
+
+
+@pytest.mark.integration
+def test_bench_codec_on_ray_equals_one_process_row_for_row(tmp_path, ray_two_cpus):
+    argv = ["bench", "codec", "--files", "gen:server.log", "--max-bytes", "300", "--levels", "0,1", "--repeats", "1"]
+    one, ray = one_process_and_ray(tmp_path, argv, "results")
+    assert [r["method"] for r in one] == [r["method"] for r in ray] and len(one) == len(ray) >= 5
+    speed = {"encode_bytes_per_second", "decode_bytes_per_second", "encode_kbps", "decode_kbps"}
+    for a, b in zip(one, ray):  # the classic coders too: same sizes; the archives the same bits
+        assert {k: v for k, v in a.items() if k not in speed} == {k: v for k, v in b.items() if k not in speed}
+    assert [r["round_trip"] for r in ray] == [True] * len(ray)
+
+
+@pytest.mark.integration
+def test_bench_ensemble_on_ray_equals_one_process_record_for_record(tmp_path, ray_two_cpus):
+    argv = ["bench", "ensemble", "--models", "smollm2-135m,smollm2-135m", "--limit", "2", "--alignments", "bytes",
+            "--strategies", "average", "--core", "off"]
+    one, ray = one_process_and_ray(tmp_path, argv, "samples")
+    assert len(one) == len(ray) == 2 * 5 and [r["sample"] for r in ray] == [0] * 5 + [1] * 5
+    timing = {"seconds", "prompt_seconds"}
+    for a, b in zip(one, ray):  # Ray's workers run one thread: float sums may differ in the last digits
+        assert {k: v for k, v in a.items() if k not in timing | {"pruned_mass"}} == \
+            {k: v for k, v in b.items() if k not in timing | {"pruned_mass"}}
+        assert b["pruned_mass"] == pytest.approx(a["pruned_mass"], rel=1e-4, abs=1e-9)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import platform
 import random
 import statistics
 import time
@@ -149,8 +150,24 @@ def run_tokenomy(codec: Codec, path: str, data: bytes, level: int, window_bits: 
         extra={"level": level, "tokens": stats["tokens"], "payload_bytes": stats["payload_bytes"],
                "table_and_header_bytes": len(blob) - stats["payload_bytes"], "coded_bits": stats["coded_bits"],
                "model_bits": stats["model_bits"], "blocks": stats["blocks"],
-               "segment_tokens": segment_tokens or LEVELS[level].segment_tokens, "lanes": batch},
+               "segment_tokens": segment_tokens or LEVELS[level].segment_tokens, "lanes": batch,
+               "host": platform.node()},
     )
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def run_cell(payload: tuple, progress=None) -> list[dict]:
+    """One level (and window size) on one input, encoded and decoded (a `tokenomy.bench.sweep` cell, run here or
+    in a Ray worker): ``(model, name, data, level, window_bits, segment_tokens, batch)`` -> its `Result` as a
+    dict. The codec loads once per process; speeds are those of the machine that ran it (``extra["host"]``)."""
+    from tokenomy.codec import load_codec
+
+    model, name, data, level, window_bits, segment_tokens, batch = payload
+    if model not in _CODECS:
+        _CODECS[model] = load_codec(model)
+    return [asdict(run_tokenomy(_CODECS[model], name, data, level, window_bits, segment_tokens, batch, progress))]
 
 
 def read_inputs(paths: list[str], max_bytes: int | None) -> list[tuple[str, bytes]]:

@@ -162,40 +162,63 @@ def render(payload: dict, markdown: bool = False) -> str:
     return table(payload["results"], COLUMNS, markdown=markdown)
 
 
-def run(members: list, names: list[str], items: list[Item], *, alignments: list[str], strategies: list[str],
-        weights: list[float] | None, core: list[bool], progress: Callable[[int], None] | None = None,
-        byte_options: dict | None = None) -> list[dict]:
-    """Decode every item with every system; one row per (item, system)."""
-    from tokenomy.ensemble import Combiner, Core, Strategy, decode
+def systems(members: list, names: list[str], *, alignments: list[str], strategies: list[str],
+            weights: list[float] | None, core: list[bool], byte_options: dict | None = None) -> list[tuple]:
+    """Every system a sample is decoded with, as (label, alignment, combiner): each model alone on its tokens
+    and as an exact byte-level model, then every alignment x strategy, without and with CoRE."""
+    from tokenomy.ensemble import Combiner, Core, Strategy
     from tokenomy.ensemble.align import ByteAlignment, TokenAlignment, UnionAlignment
 
     byte_options = byte_options or {}
-    systems: list[tuple[str, object, Combiner]] = []
+    out: list[tuple[str, object, Combiner]] = []
     plain = Combiner(Strategy())
     for name, member in zip(names, members):
-        systems.append((f"{name} (tokens)", TokenAlignment(member), plain))
-        systems.append((f"{name} (bytes)", ByteAlignment([member], **byte_options), plain))
+        out.append((f"{name} (tokens)", TokenAlignment(member), plain))
+        out.append((f"{name} (bytes)", ByteAlignment([member], **byte_options), plain))
     for alignment in alignments:
         aligned = ByteAlignment(members, **byte_options) if alignment == "bytes" else UnionAlignment(members)
         for strategy in strategies:
             chosen = Strategy(strategy, tuple(weights) if weights and strategy == "weighted" else None)
             for with_core in core:
                 label = f"ensemble {alignment} {strategy}" + (" + CoRE" if with_core else "")
-                systems.append((label, aligned, Combiner(chosen, Core() if with_core else None)))
+                out.append((label, aligned, Combiner(chosen, Core() if with_core else None)))
+    return out
+
+
+def run_item(chosen: list[tuple], number: int, item: Item, progress: Callable[[int], None] | None = None
+             ) -> list[dict]:
+    """Decode sample ``number`` with every system of ``chosen`` (`systems`); one row per system."""
+    from tokenomy.ensemble import decode
+
+    options = decoding(item.task)
     rows = []
-    for number, item in enumerate(items):
-        options = decoding(item.task)
-        for label, alignment, combiner in systems:
-            out = decode(alignment, combiner, item.prompt.encode("utf-8"), **options)
-            rows.append({
-                "task": item.task, "sample": number, "system": label, "output": out.text,
-                "answers": item.answers, "correct": correct(item, out.text), "steps": out.steps,
-                "core_changed": out.core_changed, "bytes": len(out.data), "seconds": out.seconds,
-                "prompt_seconds": out.prompt_seconds, "decode_tokens": out.forwarded_tokens, "pruned_mass": out.pruned_mass, "respelled": out.respelled, "stopped": out.stopped,
-            })
-            if progress is not None:
-                progress(1)
+    for label, alignment, combiner in chosen:
+        out = decode(alignment, combiner, item.prompt.encode("utf-8"), **options)
+        rows.append({
+            "task": item.task, "sample": number, "system": label, "output": out.text,
+            "answers": item.answers, "correct": correct(item, out.text), "steps": out.steps,
+            "core_changed": out.core_changed, "bytes": len(out.data), "seconds": out.seconds,
+            "prompt_seconds": out.prompt_seconds, "decode_tokens": out.forwarded_tokens,
+            "pruned_mass": out.pruned_mass, "respelled": out.respelled, "stopped": out.stopped,
+        })
+        if progress is not None:
+            progress(1)
     return rows
+
+
+_SYSTEMS: dict[str, list[tuple]] = {}
+
+
+def run_cell(payload: tuple, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """One sample of a sweep (a `tokenomy.bench.sweep` cell, run here or in a Ray worker): ``(model names,
+    options for `systems`, index, item)`` -> its rows. The models load once per process, when first needed."""
+    from tokenomy.ensemble.generate import member
+
+    names, options, number, item = payload
+    key = repr((names, options))
+    if key not in _SYSTEMS:
+        _SYSTEMS[key] = systems([member(n) for n in names], names, **options)
+    return run_item(_SYSTEMS[key], number, item, progress)
 
 
 FIGURES = [Figure("accuracy vs decoding speed (every task)", Axis(key("bytes_per_second"), "bytes/s", "high", log=True),

@@ -78,10 +78,11 @@ def sweep_options(p: argparse.ArgumentParser) -> None:
                         "sweep)")
 
 
-def sample_sweep(args, suite: str, cells: list, here, remote, bar):
+def sample_sweep(args, suite: str, cells: list, here, remote, bar, size=len):
     """Run a benchmark's sample cells (`tokenomy.bench.sweep`): ``here`` in this process (it moves ``bar``
-    itself, run by run), or ``remote`` as Ray tasks with ``--ray``; finished cells kept in ``--cells`` or one
-    folder per sweep under the results folder. Returns the records per cell and that folder."""
+    itself, run by run), or ``remote`` as Ray tasks with ``--ray``, where ``bar`` moves by ``size(records)`` as
+    each cell completes; finished cells kept in ``--cells`` or one folder per sweep under the results folder.
+    Returns the records per cell and that folder."""
     import os
 
     from tokenomy.bench import sweep
@@ -90,6 +91,6 @@ def sample_sweep(args, suite: str, cells: list, here, remote, bar):
 
     def done(cell, records, cached) -> None:
         if cached or args.ray:
-            bar.update(len(records))
+            bar.update(size(records))
 
     return sweep.run(cells, remote if args.ray else here, folder, ray_address=args.ray, done=done), folder

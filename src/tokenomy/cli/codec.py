@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from tokenomy._validation import TokenomyError
-from tokenomy.cli._common import csv_list, json_option, read_input, refuse_existing, write_output
+from tokenomy.cli._common import (csv_list, json_option, read_input, refuse_existing, sample_sweep, sweep_options,
+                                   write_output)
 
 
 def cmd_zip(args) -> int:
@@ -72,7 +73,13 @@ def _progress(total: int, desc: str):
 def cmd_bench_codec(args) -> int:
     from tokenomy._progress import progress_bar
 
-    from tokenomy.bench.codec import COLUMNS, classic, default_files, read_inputs, run_classic, run_tokenomy, summarize
+    import hashlib
+    from dataclasses import asdict
+
+    from tokenomy.bench import sweep
+    from tokenomy.bench.codec import (COLUMNS, Result, classic, default_files, read_inputs, run_cell, run_classic,
+                                      run_tokenomy, summarize)
+    from tokenomy.bench.sweep import Cell
     from tokenomy.bench.report import result_header, table, write_json
     from tokenomy.codec import load_codec
     from tokenomy.codec.blocks import split
@@ -87,24 +94,34 @@ def cmd_bench_codec(args) -> int:
     for level, bits in settings:
         check_options(level, bits, args.segment_tokens, args.batch)
     inputs = read_inputs(paths, args.max_bytes)
+    if args.ray:
+        sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the model loads
     codec = load_codec(args.model)
-    results = []
     texts = [b"".join(data[a:b] for is_text, a, b in split(data) if is_text) for _, data in inputs]
-    total = sum(len(codec.bytes.encode(text)) for text in texts) * len(settings) * 2  # the model's steps
-    with progress_bar(total=total, desc="bench codec", unit="tok") as bar:
-        for path, data in inputs:
-            name = path.rsplit("/", 1)[-1]
-            for method in classic():
-                results.append(run_classic(method, name, data, args.repeats))
-            for level, bits in settings:
-                results.append(run_tokenomy(codec, name, data, level, bits, args.segment_tokens, args.batch,
-                                            bar.update))
+    steps = [len(codec.bytes.encode(text)) * 2 for text in texts]  # the model's steps, encoding and decoding
+    names = [path.rsplit("/", 1)[-1] for path, _ in inputs]
+    cells = [Cell(f"input{i}-level{level}-window{bits}",
+                  (args.model, names[i], data, level, bits, args.segment_tokens, args.batch),
+                  f"{args.model}|{hashlib.sha256(data).hexdigest()}|{level}|{bits}|{args.segment_tokens}|{args.batch}")
+             for i, (_, data) in enumerate(inputs) for level, bits in settings]
+    with progress_bar(total=sum(steps) * len(settings), desc="bench codec", unit="tok") as bar:
+        def here(payload) -> list[dict]:  # in this process: the loaded codec, progress token by token
+            return [asdict(run_tokenomy(codec, *payload[1:], bar.update))]
+
+        per_cell, folder = sample_sweep(args, "codec", cells, here, run_cell, bar,
+                                        size=lambda records: 2 * records[0]["extra"]["tokens"])
+        coded = iter(per_cell)
+        results = []
+        for name, (_, data) in zip(names, inputs):
+            results += [run_classic(method, name, data, args.repeats) for method in classic()]
+            results += [Result(**next(coded)[0]) for _ in settings]
     rows = summarize(results)
     print(table(rows, COLUMNS))
     bad = [r for r in results if not r.round_trip]
     if args.json:
         payload = {**result_header("codec", args), "model": args.model, "results": rows}
         print(f"wrote {write_json(args.json, payload)}")
+    sweep.clear(folder, cells)  # complete and written: nothing left to resume
     if bad:
         raise TokenomyError(f"round trip failed for {[(r.file, r.method, r.window_bits) for r in bad]}")
     return 0
@@ -155,4 +172,5 @@ def add_commands(sub, bench) -> None:
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--repeats", type=int, default=3, help="timing repeats for the classic compressors (median)")
     json_option(p, "write all results to this JSON file")
+    sweep_options(p)
     p.set_defaults(func=cmd_bench_codec)

@@ -6,18 +6,7 @@ import argparse
 import sys
 
 from tokenomy._validation import TokenomyError
-from tokenomy.cli._common import csv_list, json_option, read_input
-
-
-def _members(names: list[str]):
-    from tokenomy.ensemble.vocab import Vocabulary
-    from tokenomy.models.loader import load
-
-    members = []
-    for name in names:
-        model, tokenizer = load(name)
-        members.append((model, tokenizer, Vocabulary(tokenizer, model.config.vocab_size)))
-    return members
+from tokenomy.cli._common import csv_list, json_option, read_input, sample_sweep, sweep_options
 
 
 def cmd_ensemble(args) -> int:
@@ -60,7 +49,9 @@ def cmd_bench_ensemble(args) -> int:
     from tokenomy._progress import progress_bar
 
     from tokenomy.bench import ensemble as bench
+    from tokenomy.bench import sweep
     from tokenomy.bench.report import result_header, table, write_json
+    from tokenomy.bench.sweep import Cell
     from tokenomy.ensemble import ALIGNMENTS, STRATEGIES
     from tokenomy._validation import check_choice, check_int
 
@@ -83,19 +74,27 @@ def cmd_bench_ensemble(args) -> int:
         for task in args.tasks:
             check_choice("task", task, bench.TASKS)
             items += loaders[task](args.limit, args.seed)
-    members = _members(args.models)
     core = {"both": [False, True], "on": [True], "off": [False]}[args.core]
-    systems = 2 * len(members) + len(args.alignments) * len(args.strategies) * len(core)
-    with progress_bar(total=len(items) * systems, desc="bench ensemble", unit="run") as bar:
-        rows = bench.run(members, args.models, items, alignments=args.alignments, strategies=args.strategies,
-                         weights=args.weights, core=core, progress=bar.update,
-                         byte_options={"max_hypotheses": args.max_hypotheses or None, "prune": args.prune,
-                                       "backoff": args.backoff})
+    options = {"alignments": args.alignments, "strategies": args.strategies, "weights": args.weights, "core": core,
+               "byte_options": {"max_hypotheses": args.max_hypotheses or None, "prune": args.prune,
+                                "backoff": args.backoff}}
+    if args.ray:
+        sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the models load
+    count = 2 * len(args.models) + len(args.alignments) * len(args.strategies) * len(core)  # `bench.systems`
+    cells = [Cell(f"sample-{i}", (args.models, options, i, item), f"{args.models}|{options!r}|{i}|{item!r}")
+             for i, item in enumerate(items)]
+    with progress_bar(total=len(items) * count, desc="bench ensemble", unit="run") as bar:
+        def here(payload) -> list[dict]:  # in this process, progress system by system
+            return bench.run_cell(payload, progress=bar.update)
+
+        per_cell, folder = sample_sweep(args, "ensemble", cells, here, bench.run_cell, bar)
+    rows = [row for cell in per_cell for row in cell]
     results = bench.summarize(rows, args.models)
     print(table(results, bench.COLUMNS))
     if args.json:
         payload = {**result_header("ensemble", args), "results": results, "samples": rows}
         print(f"wrote {write_json(args.json, payload)}")
+    sweep.clear(folder, cells)  # complete and written: nothing left to resume
     return 0
 
 
@@ -149,4 +148,5 @@ def add_commands(sub, bench) -> None:
                    help="byte level: prompt tokens re-read as bytes (0: every row conditions on the same canonical "
                         "prompt tokens; the tasks' prompts end at word boundaries)")
     json_option(p, "write per-sample rows and aggregates to this JSON file")
+    sweep_options(p)
     p.set_defaults(func=cmd_bench_ensemble)

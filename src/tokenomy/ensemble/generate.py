@@ -105,7 +105,7 @@ class Ensemble:
         consistency = (Core() if core_beta is None else Core(core_beta)) if core else None
         combination = Strategy(strategy, tuple(weights) if weights is not None else None)
         combination.model_weights(len(models))  # checks the number of weights before any model loads
-        self.members = [_member(m) for m in models]
+        self.members = [member(m) for m in models]
         self.combiner = Combiner(combination, consistency)
         if alignment == "bytes":
             self.alignment = ByteAlignment(self.members, max_hypotheses=max_hypotheses, prune=prune,
@@ -143,7 +143,7 @@ def check_generation(prompts: str | Sequence[str], max_new_bytes: int = 64, stop
     return prompts, stops
 
 
-def _member(spec):
+def member(spec):
     """(model, tokenizer, vocabulary) from a name/path or a (model, tokenizer) pair."""
     if isinstance(spec, str):
         from tokenomy.models.loader import load
