@@ -175,3 +175,15 @@ def test_methods_lists_every_method(capsys):
     for name in METHODS:
         assert name in printed
     assert "arXiv:2404.14469" in printed
+
+
+def test_transformers_quantized_cache_runs_side_by_side_and_its_bytes_are_counted(smollm2, needle):
+    pytest.importorskip("optimum.quanto")
+    model, tokenizer = smollm2
+    config = KVBenchConfig(["streamingllm"], [0.5], ["agnostic"], compare=["quanto"])
+    rows = {r.label: r for r in KVBench(model, tokenizer, config).run_sample(0, needle[0])}
+    full, four, two = rows["full"], rows["quanto:bits=4"], rows["quanto:bits=2"]
+    assert four.error is None and two.error is None and four.keep == two.keep == four.kept_fraction == 1.0
+    assert four.answer == full.answer  # 4 bits keep the needle
+    # float32 entries: 4-bit codes + a float32 scale and shift per 64 values ~ 5/32 of the bytes, 2-bit ~ 3/32
+    assert 0.14 < four.kv_bytes / full.kv_bytes < 0.17 and 0.08 < two.kv_bytes / full.kv_bytes < 0.11

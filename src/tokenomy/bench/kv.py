@@ -29,7 +29,8 @@ from transformers import DynamicCache
 from tokenomy import catalog
 from tokenomy.registry import method_spec
 from tokenomy._validation import check_choice, check_fraction
-from tokenomy.bench.peers import import_kvpress, kvpress_cleanup, kvpress_matches, kvpress_prefill
+from tokenomy.bench.peers import (QUANTO_BITS, entries, import_kvpress, import_quanto, kvpress_cleanup,
+                                  kvpress_matches, kvpress_prefill, quantized_cache_prefill)
 from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
@@ -48,7 +49,7 @@ class Row:
 
     sample: int
     setting: str
-    label: str  # "full", a method name, or "kvpress:<method>"
+    label: str  # "full", a method name, "kvpress:<method>" or "quanto:bits=<n>"
     keep: float
     prompt_tokens: int
     compressed_tokens: int
@@ -85,9 +86,10 @@ class KVBenchConfig:
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for c in self.compare:
-            check_choice("peer", c, ["kvpress"])
+            check_choice("peer", c, PEERS)
 
 
+PEERS = ["kvpress", "quanto"]  # libraries `--compare` runs side by side (`tokenomy.bench.peers`)
 _BENCHES: dict[str, KVBench] = {}
 
 
@@ -113,6 +115,9 @@ class KVBench:
         self.stops = stop_ids(model, tokenizer)
         self.kvpress = import_kvpress() if "kvpress" in config.compare else None
         self.peer_methods = kvpress_matches(config.methods) if self.kvpress else []
+        if "quanto" in config.compare:
+            import_quanto()
+        self.quanto_bits = QUANTO_BITS if "quanto" in config.compare else ()
 
     @torch.no_grad()
     def _prefill(self, ids: torch.Tensor):
@@ -172,11 +177,11 @@ class KVBench:
         row.decode_tokens = ids.shape[1]
 
     def cells(self, sample: Sample) -> int:
-        """How many rows `run_sample` makes of ``sample``: per setting, the full cache and every method x keep
-        (twice where kvpress runs the same method)."""
+        """How many rows `run_sample` makes of ``sample``: per setting, the full cache, transformers'
+        quantized caches, and every method x keep (twice where kvpress runs the same method)."""
         settings = 1 if sample.continuation is not None else len(self.config.settings)
         runs = sum(len(self.config.keeps) * (2 if name in self.peer_methods else 1) for name in self.config.methods)
-        return settings * (1 + runs)
+        return settings * (1 + len(self.quanto_bits) + runs)
 
     def run_sample(self, index: int, sample: Sample, progress: Callable[[Row], Any] = lambda row: None
                    ) -> list[Row]:
@@ -197,6 +202,10 @@ class KVBench:
             self._finish(full, copy_cache(cache), logits, prompt, setting, sample)
             rows.append(full)
             progress(full)
+            for bits in self.quanto_bits:
+                rows.append(self._run_peer(f"quanto:bits={bits}", 1.0, base, prefill_s, prompt, sample,
+                                           lambda: quantized_cache_prefill(self.model, bits, ids)))
+                progress(rows[-1])
             for name in self.config.methods:
                 for keep in self.config.keeps:
                     rows.append(self._run_ours(name, keep, base, ids, cache, logits, observations, prefill_s, prompt,
@@ -235,19 +244,25 @@ class KVBench:
         return row
 
     def _run_kvpress(self, name, keep, base, ids, plain_prefill_s, prompt, sample) -> Row:
-        row = Row(label=f"kvpress:{name}", keep=keep, **base)
         try:
-            run = kvpress_prefill(self.kvpress, self.model, name, keep, ids)
-            row.prefill_seconds = run.prefill_seconds
-            row.scoring_seconds = max(0.0, run.prefill_seconds - plain_prefill_s)
-            seen = sum(layer.keys.shape[1] for layer in run.cache.layers) * ids.shape[1]
-            row.kept_fraction = run.kept_entries / seen
-            row.kv_bytes = run.bytes_kept
-            self._finish(row, run.cache, run.logits, prompt, base["setting"], sample, position=ids.shape[1])
-        except Exception as err:  # a peer's failure is a result to report, not a reason to stop
-            row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            return self._run_peer(f"kvpress:{name}", keep, base, plain_prefill_s, prompt, sample,
+                                  lambda: kvpress_prefill(self.kvpress, self.model, name, keep, ids))
         finally:
             kvpress_cleanup(self.model)
+
+    def _run_peer(self, label, keep, base, plain_prefill_s, prompt, sample, prefill: Callable[[], Any]) -> Row:
+        """A peer library's row: ``prefill()`` gives its cache (a `PeerRun`), tokenomy's loop decodes."""
+        row = Row(label=label, keep=keep, **base)
+        try:
+            run = prefill()
+            row.prefill_seconds = run.prefill_seconds
+            row.scoring_seconds = max(0.0, run.prefill_seconds - plain_prefill_s)
+            row.kept_fraction = run.kept_entries / entries(self.model, base["compressed_tokens"])
+            row.kv_bytes = run.bytes_kept
+            self._finish(row, run.cache, run.logits, prompt, base["setting"], sample,
+                         position=base["compressed_tokens"])
+        except Exception as err:  # a peer's failure is a result to report, not a reason to stop
+            row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         return row
 
 
@@ -340,7 +355,7 @@ def _seconds(row: dict) -> float | None:
 _QUALITY = Axis(_quality, "quality / full cache's", "high")
 FIGURES = [
     Figure(title, x, _QUALITY, series=lambda r: f"{r['method']} ({r['setting']})",
-           peer=lambda r: r["method"].startswith("kvpress:"), rows=lambda payload: payload["aggregate"])
+           peer=lambda r: r["method"].split(":")[0] in PEERS, rows=lambda payload: payload["aggregate"])
     for title, x in [("quality vs KV entries kept", Axis(key("kept_fraction"), "share of KV entries kept", "low")),
                      ("quality vs time", Axis(_seconds, "prefill + scoring, s (median)", "low"))]
 ]
@@ -357,7 +372,7 @@ def render(payload: dict, markdown: bool = False) -> str:
     """The tables of a `tokenomy bench kv` JSON: overall, then per context length."""
     perplexity = any("perplexity" in e for e in payload["aggregate"])
     parts = [table(payload["aggregate"], columns(perplexity), markdown), *notes(payload["aggregate"])]
-    for length, entries in payload.get("aggregate_by_length", {}).items():
+    for length, rows in payload.get("aggregate_by_length", {}).items():
         parts.append(f"\ncontext length {length} tokens:\n")
-        parts.append(table(entries, columns(perplexity), markdown))
+        parts.append(table(rows, columns(perplexity), markdown))
     return "\n".join(parts)

@@ -4,6 +4,10 @@ kvpress (NVIDIA, ``pip install "tokenomy[compare]"``): for each tokenomy method 
 press runs with kvpress's own defaults at the same kept fraction (``compression_ratio = 1 - keep``),
 through kvpress's own API (``with press(model): model(...)``), prefilling the same token ids; tokenomy's
 greedy loop then decodes for both, with explicit positions as kvpress's pipeline does.
+
+quanto (transformers' own ``QuantizedCache``, KIVI-like, with the optimum-quanto backend): the whole cache at
+4 and 2 bits with transformers' defaults (groups of 64 along the channel axis, the last 128 tokens in full
+precision until they are quantized together); it never evicts, so its rows are at keep 1.0.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import attention_modules
+from tokenomy.models.caches import cache_bytes
 
 # tokenomy method -> kvpress press factory (compression ratio -> press)
 _KVPRESS: dict[str, Callable[[object, float], object]] = {
@@ -47,6 +52,23 @@ def import_kvpress():
             'the kvpress comparison needs the optional extra: pip install "tokenomy[compare]"'
         ) from err
     return kvpress
+
+
+QUANTO_BITS = (4, 2)  # the widths transformers' quanto backend offers
+
+
+def import_quanto() -> None:
+    """Fail now, not mid-benchmark, when transformers' QuantizedCache could not import its backend."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("optimum.quanto") is not None
+    except ModuleNotFoundError:  # no optimum at all
+        found = False
+    if not found:
+        raise TokenomyError(
+            'the quanto comparison (transformers\' QuantizedCache) needs the optional extra: pip install "tokenomy[compare]"'
+        )
 
 
 @dataclass
@@ -99,3 +121,23 @@ def kvpress_cleanup(model) -> None:
     for module in attention_modules(model):
         if getattr(module, "masked_key_indices", None) is not None:
             module.masked_key_indices = None
+
+
+@torch.no_grad()
+def quantized_cache_prefill(model, bits: int, ids: torch.Tensor) -> PeerRun:
+    """Prefill ``ids`` into transformers' ``QuantizedCache`` (quanto backend, ``bits`` wide, its defaults
+    otherwise); return the cache and last logits. Every entry is kept, quantized."""
+    from transformers import QuantizedCache
+
+    cache = QuantizedCache("quanto", model.config, nbits=bits)
+    start = time.perf_counter()
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    seconds = time.perf_counter() - start
+    return PeerRun(cache, logits, seconds, ids.shape[0] * entries(model, ids.shape[1]), cache_bytes(cache))
+
+
+def entries(model, tokens: int) -> int:
+    """KV entries (one key and value vector per layer, KV head and token) a model's cache holds for ``tokens``."""
+    config = model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return config.num_hidden_layers * heads * tokens

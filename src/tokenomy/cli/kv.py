@@ -159,7 +159,8 @@ def add_commands(sub, bench) -> None:
                    help="reply tokens (default: 64 for multivalue, multiquery and cwe, whose replies list several "
                    "items; 16)")
     p.add_argument("--continuation", type=int, default=64, help="ppl: tokens of continuation scored after the context")
-    p.add_argument("--compare", type=csv_list(str), help="peer libraries to run side by side: kvpress")
+    p.add_argument("--compare", type=csv_list(str), help="peers to run side by side: kvpress (its presses for the "
+                   "same methods), quanto (transformers' QuantizedCache at 4 and 2 bits)")
     sweep_options(p)
     json_option(p, "write per-sample rows and aggregates to this JSON file")
     p.set_defaults(func=cmd_bench_kv)

@@ -24,6 +24,19 @@ def cache_bytes(cache, peak: bool = False) -> int:
     for layer in cache.layers:
         if hasattr(layer, "resident_bytes"):
             total += layer.resident_bytes(peak)
-        elif getattr(layer, "keys", None) is not None:
+            continue
+        for quantized in (getattr(layer, "_quantized_keys", None), getattr(layer, "_quantized_values", None)):
+            if quantized is not None:  # transformers' QuantizedLayer (quanto): packed codes, scales, shifts
+                total += sum(_tensor_bytes(t) for t in (quantized._data, quantized._scale, quantized._shift))
+        if getattr(layer, "keys", None) is not None:  # a QuantizedLayer's keys: its full-precision recent tokens
             total += (layer.keys.numel() + layer.values.numel()) * layer.keys.element_size()
     return total
+
+
+def _tensor_bytes(tensor) -> int:
+    """Bytes a tensor stores; quanto's packed codes keep them in an inner ``_data`` tensor."""
+    import torch
+
+    inner = getattr(tensor, "_data", None)
+    return _tensor_bytes(inner) if isinstance(inner, torch.Tensor) and inner is not tensor else \
+        tensor.numel() * tensor.element_size()
