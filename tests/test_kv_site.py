@@ -136,6 +136,45 @@ def test_kvzip_keeps_what_the_replayed_context_attends_to_most(implementation, m
         assert torch.equal(keys, full.keys.gather(2, gather))
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_kvzip_replays_a_long_context_chunk_by_chunk_after_the_whole_context(implementation):
+    """``chunk=15`` on 40 tokens: three replays (15, 15, 10 tokens), each fed right after the whole context,
+    positions continuing from it; an entry's score is the most attention any chunk's query pays it, against
+    HF's own attention weights for each chunk appended to the context."""
+    model = tiny_llama()
+    model.set_attn_implementation("eager")
+    x, n = ids(40), 40
+    per_chunk = []
+    for first in range(0, n, 15):
+        part = x[:, first:first + 15]
+        positions = torch.cat([torch.arange(n), n + torch.arange(part.shape[1])])[None]
+        attentions = model(torch.cat([x, part], dim=1), position_ids=positions, output_attentions=True).attentions
+        per_chunk.append(torch.stack([a[0, :, n:, :n].amax(dim=1).view(2, 2, n).amax(dim=1) for a in attentions]))
+    scores = torch.stack(per_chunk).amax(dim=0)  # (3 layers, 2 KV heads, 40)
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[scores.flatten().topk(3 * 2 * 20).indices] = True
+    model.set_attn_implementation(implementation)
+    cache = DynamicCache()
+    with tokenomy.apply(model, "kvzip", keep=0.5, sinks=0, chunk=15), torch.no_grad():
+        model(x, past_key_values=cache)
+    for expected, layer in zip(chosen.view(3, 2, n), cache.layers):
+        _, _, positions, valid = layer.padded()
+        for head in range(2):
+            in_use = valid[0, head] if valid is not None else slice(None)
+            assert torch.equal(positions[0, head][in_use], expected[head].nonzero().flatten())
+
+
+def test_kvzip_refuses_a_replay_past_the_models_positions_and_names_a_chunk_that_fits():
+    model = tiny_llama()
+    limit = model.config.max_position_embeddings
+    x = ids(limit // 2 + 10)
+    with tokenomy.apply(model, "kvzip", keep=0.5), pytest.raises(tokenomy.TokenomyError, match="kvzip:chunk="):
+        model(x, past_key_values=DynamicCache())
+    with tokenomy.apply(model, "kvzip", keep=0.5, chunk=limit // 4) as session:
+        model(x, past_key_values=DynamicCache())
+    assert session.stats.layers_compressed == 3
+
+
 def test_kvzip_leaves_sliding_window_layers_as_the_prefill_left_them():
     """The replay runs on a copy of the cache: Gemma-3's local layers (which would roll over to the replay's
     tokens) hold exactly what a plain prefill leaves."""

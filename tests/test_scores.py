@@ -206,7 +206,7 @@ def test_reconstruction_is_the_replays_largest_attention_per_kv_group(padded, ha
     replay's softmax over the context and the replay so far; replayed padding neither attends nor is seen.
     The same whether the replay's attention handed its log-normalisers over or the scorer computes them,
     and across blocks of replayed queries."""
-    monkeypatch.setattr(reconstruction, "_CHUNK", 7)
+    monkeypatch.setattr(reconstruction, "_QUERY_BLOCK", 7)
     torch.manual_seed(0)
     keys, replay_keys = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8)
     replay_queries = torch.randn(2, 4, 30, 8)
@@ -215,7 +215,7 @@ def test_reconstruction_is_the_replays_largest_attention_per_kv_group(padded, ha
     obs = observation(keys, valid=valid)
     logits = naive_logits(torch.cat([keys, replay_keys], 2), replay_queries, both, first=30)
     normalizers = logits.logsumexp(dim=-1) if handed_over else None
-    obs.replay = Replay(replay_queries, replay_keys, valid=valid, log_normalizers=normalizers)
+    obs.replay = [Replay(replay_queries, replay_keys, valid=valid, log_normalizers=normalizers)]
     probs = logits.softmax(dim=-1)[..., :30]
     if valid is not None:
         probs = probs * valid[:, None, :, None]

@@ -17,10 +17,11 @@ from torch import Tensor
 
 @dataclass
 class Replay:
-    """One layer's view of a replay: the context fed again right after itself, over its own cache.
+    """One layer's view of a replay: a chunk of the context fed again right after the whole context, over its
+    own copy of the cache.
 
     queries: ``(b, h, m, d)`` rotated queries of the ``m`` replayed tokens; keys: ``(b, h_kv, m, d)`` the
-    replay's own keys (replayed token ``i`` sees the whole context and replayed keys ``<= i``);
+    replay's own keys (replayed token ``i`` sees the whole context and the chunk's replayed keys ``<= i``);
     valid: ``(b, m)`` False at replayed padding, or None; log_normalizers: ``(b, h, m)`` the log of each
     replayed query's softmax denominator when the replay's own attention handed it over (PyTorch's fused CPU
     kernel computes it anyway), else None and the scorer computes it.
@@ -47,8 +48,8 @@ class LayerObservation:
     scale: the attention's softmax scale.
     history: ``(b, h, n)`` attention each entry has received from every query since the prompt (its own
         included) — kept by the KV site while decoding, so accumulating scores (H2O) keep accumulating — or None.
-    replay: the context run again after itself over this cache (KVzip's reconstruction), when the method
-        asked the site for one, else None.
+    replay: the context run again after itself over this cache (KVzip's reconstruction), one `Replay` per
+        chunk of the context fed at a time, when the method asked the site for one, else None.
     """
 
     keys: Tensor
@@ -61,7 +62,7 @@ class LayerObservation:
     scale: float
     query_fn: Callable[[int], Tensor] = field(repr=False)
     history: Tensor | None = None
-    replay: Replay | None = None
+    replay: list[Replay] | None = None
     _queries: dict[int, Tensor] = field(default_factory=dict, repr=False)
     _received: Tensor | None = field(default=None, repr=False)
 

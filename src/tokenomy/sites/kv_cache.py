@@ -156,12 +156,21 @@ class KVCompression:
         its budget across layers."""
         return self.replays or self.across_layers
 
+    @property
+    def replay_chunk(self) -> int:
+        """Context tokens its replay feeds per forward (the score's ``chunk``); 0: the whole context at once."""
+        return getattr(self._score_with("replays"), "chunk", 0)
+
     def _score_says(self, flag: str) -> bool:
         """Whether the score, or a score it wraps (`Pooled`), sets ``flag``."""
+        return self._score_with(flag) is not None
+
+    def _score_with(self, flag: str):
+        """The score, or the score it wraps (`Pooled`), that sets ``flag``; None if none does."""
         score = self.score
         while score is not None and not getattr(score, flag, False):
             score = getattr(score, "inner", None)
-        return score is not None
+        return score
 
     def stored_in(self, bits: int) -> "KVCompression":
         """The same method, storing its kept entries in ``bits`` (16: as computed; 8, 4, 2: quantized)."""

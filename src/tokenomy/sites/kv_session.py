@@ -36,17 +36,17 @@ class KVStats:
     selections_reused: int = 0  # ... of which kept the previous one (``reuse_similarity``)
 
 
-def _replay_inputs(prefill: dict) -> dict:
-    """Decoder inputs that feed a prefill's tokens again right after them: same ids (or embeddings) and
-    padding, each row's positions continuing from its last one."""
+def _replay_inputs(prefill: dict, first: int, last: int) -> dict:
+    """Decoder inputs that feed a prefill's tokens ``first:last`` again right after the whole prefill: same ids
+    (or embeddings) and padding, each row's positions continuing from its last one."""
     tokens = prefill["input_ids"] if prefill["input_ids"] is not None else prefill["inputs_embeds"]
     positions, mask = prefill["position_ids"], prefill["attention_mask"]
     if positions is None:
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-    replay = {"position_ids": positions + positions.amax(dim=-1, keepdim=True) + 1,
-              "attention_mask": None if mask is None else torch.cat([mask, mask], dim=1)}
+    replay = {"position_ids": (positions + positions.amax(dim=-1, keepdim=True) + 1 - first)[:, first:last],
+              "attention_mask": None if mask is None else torch.cat([mask, mask[:, first:last]], dim=1)}
     key = "input_ids" if prefill["input_ids"] is not None else "inputs_embeds"
-    return replay | {key: tokens}
+    return replay | {key: tokens[:, first:last]}
 
 
 class KVSession:
@@ -191,21 +191,32 @@ class KVSession:
         return None
 
     def _replay(self, stack, inputs: dict, cache, observations: dict[int, LayerObservation]) -> None:
-        """Feed the prefill's inputs again over a copy of its ``cache`` and attach each layer's `Replay`."""
+        """Feed the prefill's inputs again, ``method.replay_chunk`` tokens at a time, each chunk over its own copy
+        of the prefill's ``cache``, and attach each layer's `Replay` of every chunk."""
         start = time.perf_counter()
-        replica = copy_cache(cache)  # grows by the replay; the prefill's own cache stays as it was
-        self._replayed = {}
-        try:
-            stack(**_replay_inputs(inputs), past_key_values=replica, use_cache=True)
-            replayed = self._replayed
-        finally:
-            self._replayed = None
+        n = next(iter(observations.values())).keys.shape[2]
+        size = self.method.replay_chunk or n
+        limit = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        if limit is not None and n + min(size, n) > limit:
+            raise TokenomyError(f"replaying a {n}-token context {min(size, n)} tokens at a time needs "
+                                f"{n + min(size, n)} positions; the model allows {limit}: give the method a smaller "
+                                f"chunk (e.g. kvzip:chunk={max(1, (limit - n) // 2)})")
         modules = {m.layer_idx: m for m in self.modules}
-        for idx, obs in observations.items():
-            hidden, rope, normalizers = replayed[idx]
-            n = obs.keys.shape[2]
-            obs.replay = Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
-                                valid=obs.valid, log_normalizers=normalizers)
+        for obs in observations.values():
+            obs.replay = []
+        for first in range(0, n, size):
+            replica = copy_cache(cache)  # grows by the chunk; the prefill's own cache stays as it was
+            self._replayed = {}
+            try:
+                stack(**_replay_inputs(inputs, first, min(first + size, n)), past_key_values=replica, use_cache=True)
+                replayed = self._replayed
+            finally:
+                self._replayed = None
+            for idx, obs in observations.items():
+                hidden, rope, normalizers = replayed[idx]
+                valid = None if obs.valid is None else obs.valid[:, first:first + size]
+                obs.replay.append(Replay(rotated_queries(modules[idx], hidden, rope), replica.layers[idx].keys[:, :, n:],
+                                         valid=valid, log_normalizers=normalizers))
         self.stats.scoring_seconds += time.perf_counter() - start
 
     def compress(self, cache, observations: dict[int, LayerObservation]) -> None:

@@ -15,11 +15,14 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     summary="keeps what the model attends to while replaying the context after itself (one extra forward); "
     "one budget shared by every layer's heads",
 )
-def kvzip(keep: float = 0.5, sinks: int = 4, pool: int = 1) -> KVCompression:
+def kvzip(keep: float = 0.5, sinks: int = 4, pool: int = 1, chunk: int = 2048) -> KVCompression:
     """``pool`` > 1: each entry scores the most any of its ``pool`` neighbours (centred) scores (`Pooled`), so a
-    kept token keeps the tokens next to it, e.g. every digit of a number."""
+    kept token keeps the tokens next to it, e.g. every digit of a number. The context is replayed ``chunk``
+    tokens at a time (the paper's 2048), each chunk right after the whole context, so a context up to the
+    model's window less ``chunk`` can be replayed; 0 replays it whole, which needs twice its length in
+    positions."""
     check_int("pool", pool, minimum=1)
-    score = Reconstruction() if pool == 1 else Pooled(Reconstruction(), kernel=pool, kind="max")
+    score = Reconstruction(chunk) if pool == 1 else Pooled(Reconstruction(chunk), kernel=pool, kind="max")
     return shared_by_all_layers(score, keep, sinks)
 
 
