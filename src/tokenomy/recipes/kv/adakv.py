@@ -11,8 +11,8 @@ from tokenomy.sites.kv_cache import SITE, KVCompression
     site=SITE,
     paper="Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference "
     "(Feng et al., 2024, arXiv:2407.11550)",
-    summary="wraps any KV scorer: each layer's budget is shared out across heads by one top-k over "
-    "all heads (each head keeps >= `floor` of its uniform share)",
+    summary="wraps any KV scorer: one top-k over all heads shares out each layer's budget (each head "
+    "keeps >= `floor` of its even share)",
     query_aware=True,
 )
 def adakv(keep: float = 0.5, scorer: str = "snapkv", floor: float = 0.2) -> KVCompression:

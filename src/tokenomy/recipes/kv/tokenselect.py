@@ -10,8 +10,8 @@ from tokenomy.sites.kv_policies import SelectPerStep
     site=SITE,
     paper="TokenSelect: Efficient Long-Context Inference and Length Extrapolation for LLMs via Dynamic "
     "Token-Level KV Cache Selection (Wu et al., 2024, arXiv:2411.02886)",
-    summary="no eviction: each forward after the prefill attends only to the entries its queries "
-    "soft-vote for (per-head softmax summed over heads); similar consecutive queries reuse the pick",
+    summary="no eviction: each decoding step attends only to the entries its queries soft-vote for; "
+    "similar consecutive queries reuse the pick",
     query_aware=True,
 )
 def tokenselect(keep: float = 0.5, sinks: int = 4, recent: int = 16,

@@ -8,8 +8,8 @@ from tokenomy.sites.prompt import SITE, PromptCompression
     site=SITE,
     paper="LongLLMLingua: Accelerating and Enhancing LLMs in Long Context Scenarios via Prompt Compression "
           "(Jiang et al., 2024, arXiv:2310.06839)",
-    summary="documents ranked by how likely they make the question, the best kept up to the budget (most "
-            "relevant first, more budget); tokens by contrastive perplexity (what the question makes likelier)",
+    summary="the documents that make the question likeliest, kept best first up to the budget; tokens by "
+            "contrastive perplexity (what the question makes likelier)",
     query_aware=True,
 )
 def longllmlingua(rate: float = 0.33, dynamic: float = 0.3, coarse_share: float = 1.0) -> PromptCompression:

@@ -9,8 +9,8 @@ from tokenomy.sites.vision.in_llm import SITE, FromLayer, InLLM, SpatiallyAugmen
     site=SITE,
     paper="ATP-LLaVA: Adaptive Token Pruning for Large Vision Language Models (Ye et al., CVPR 2025, "
     "arXiv:2412.00447), training-free form",
-    summary="from layer `start`, every `every` layers: the fewest visual tokens covering `keep` (tau) of the "
-    "instruction's attention mass, plus a spatially uniform lattice; easy images keep fewer",
+    summary="every `every` layers from `start`: the fewest visual tokens covering `keep` of the instruction's "
+    "attention, plus a uniform lattice; easy images keep fewer",
 )
 def atp(keep: float = 0.9, start: int = 2, every: int = 4, stride: int = 4) -> InLLM:
     """``keep`` is the mass tau each pruning point must cover; how many tokens that keeps depends on the image

@@ -13,8 +13,8 @@ LAYERS = (2 / 32, 6 / 32, 15 / 32)
     site=SITE,
     paper="SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference (Zhang et al., "
     "ICML 2025, arXiv:2410.04417)",
-    summary="the question's tokens most drawn to the image rate the visual tokens at three layers; a share of "
-    "each budget recycles the pruned ones into merged tokens",
+    summary="the question's tokens most drawn to the image rate visual tokens at three layers; part of each "
+    "budget recycles pruned ones as merged tokens",
 )
 def sparsevlm(keep: float = 0.33, recycle: float = 0.1) -> InLLM:
     """After the three pruning layers ``keep`` of the visual tokens remain (each keeps ``keep ** (1/3)``)."""
