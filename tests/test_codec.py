@@ -236,6 +236,22 @@ def test_round_trip_is_exact(codec, data, level, window_bits):
     assert decompress(codec, blob, batch=3) == data
 
 
+def test_round_trip_survives_a_library_that_wraps_every_attention_function(codec):
+    """kvpress, once imported, wraps every registered HF attention function in one that reads ``key.shape``;
+    the codec's own attention (whose key is a cache layer) is registered again at each use."""
+    from transformers import AttentionInterface
+
+    from tokenomy.codec.engine import ATTENTION, _row_attention
+
+    def wrapped(module, query, key, *args, **kwargs):
+        key.shape  # what kvpress's wrapper reads first
+        return _row_attention(module, query, key, *args, **kwargs)
+
+    AttentionInterface.register(ATTENTION, wrapped)
+    data = b"a text to code after another library patched attention"
+    assert decompress(codec, compress(codec, data, level=1)) == data
+
+
 def test_equal_info_windows_are_exactly_that_many_bits_and_decode_alone(codec):
     data = b"the cat sat on the mat. " * 30
     blob = compress(codec, data, level=0, window_bits=64, segment_tokens=1000, batch=4)

@@ -140,8 +140,6 @@ def _row_attention(module, query: Tensor, layer: _Layer, cache: RowCache, attent
     return out, None
 
 
-AttentionInterface.register(ATTENTION, _row_attention)
-
 
 class Engine:
     """Steps independent contexts through ``model``; ``step({row: token})`` -> ``{row: logits}``.
@@ -227,6 +225,9 @@ def _onednn_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]
 def exact(model):
     """Switch ``model`` to the row-exact attention (and oneDNN linears on a CPU) for a block."""
     previous = model.config._attn_implementation
+    # registered at each use: a library imported since (kvpress) may have wrapped every registered attention
+    # function in one that reads ``key.shape``, and this one's "key" is a cache layer
+    AttentionInterface.register(ATTENTION, _row_attention)
     model.set_attn_implementation(ATTENTION)
     swapped = _onednn_linears(model)
     try:
