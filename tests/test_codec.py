@@ -236,18 +236,20 @@ def test_round_trip_is_exact(codec, data, level, window_bits):
     assert decompress(codec, blob, batch=3) == data
 
 
-def test_round_trip_survives_a_library_that_wraps_every_attention_function(codec):
-    """kvpress, once imported, wraps every registered HF attention function in one that reads ``key.shape``;
-    the codec's own attention (whose key is a cache layer) is registered again at each use."""
-    from transformers import AttentionInterface
+def test_round_trip_survives_a_library_that_wraps_every_attention_function(codec, monkeypatch):
+    """kvpress, once imported, replaces every HF attention function with a wrapper that reads ``key.shape``;
+    the codec's own attention (whose key is a cache layer) is set again at each use."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from tokenomy.codec.engine import ATTENTION, _row_attention
+    def wrap(func):
+        def wrapped(module, query, key, *args, **kwargs):
+            key.shape  # what kvpress's wrapper reads first
+            return func(module, query, key, *args, **kwargs)
+        return wrapped
 
-    def wrapped(module, query, key, *args, **kwargs):
-        key.shape  # what kvpress's wrapper reads first
-        return _row_attention(module, query, key, *args, **kwargs)
-
-    AttentionInterface.register(ATTENTION, wrapped)
+    monkeypatch.setattr(ALL_ATTENTION_FUNCTIONS, "_local_mapping", dict(ALL_ATTENTION_FUNCTIONS._local_mapping))
+    for name in list(ALL_ATTENTION_FUNCTIONS):  # as kvpress's patch_attention_functions does on import
+        ALL_ATTENTION_FUNCTIONS[name] = wrap(ALL_ATTENTION_FUNCTIONS[name])
     data = b"a text to code after another library patched attention"
     assert decompress(codec, compress(codec, data, level=1)) == data
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.cache_utils import Cache
 
 ATTENTION = "tokenomy_rows"
@@ -225,9 +225,9 @@ def _onednn_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]
 def exact(model):
     """Switch ``model`` to the row-exact attention (and oneDNN linears on a CPU) for a block."""
     previous = model.config._attn_implementation
-    # registered at each use: a library imported since (kvpress) may have wrapped every registered attention
-    # function in one that reads ``key.shape``, and this one's "key" is a cache layer
-    AttentionInterface.register(ATTENTION, _row_attention)
+    # set at each use, in the mapping models read: a library imported since (kvpress) may have replaced every
+    # attention function there with a wrapper that reads ``key.shape``, and this one's "key" is a cache layer
+    ALL_ATTENTION_FUNCTIONS[ATTENTION] = _row_attention
     model.set_attn_implementation(ATTENTION)
     swapped = _onednn_linears(model)
     try:
