@@ -187,3 +187,12 @@ def test_transformers_quantized_cache_runs_side_by_side_and_its_bytes_are_counte
     assert four.answer == full.answer  # 4 bits keep the needle
     # float32 entries: 4-bit codes + a float32 scale and shift per 64 values ~ 5/32 of the bytes, 2-bit ~ 3/32
     assert 0.14 < four.kv_bytes / full.kv_bytes < 0.17 and 0.08 < two.kv_bytes / full.kv_bytes < 0.11
+
+
+def test_a_missing_quanto_fails_before_the_model_loads(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optimum.quanto" else real(name, *a))
+    with pytest.raises(tokenomy.TokenomyError, match=r"tokenomy\[compare\]"):
+        KVBenchConfig(["snapkv"], [0.5], ["agnostic"], compare=["quanto"])

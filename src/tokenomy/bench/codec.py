@@ -158,16 +158,21 @@ def run_tokenomy(codec: Codec, path: str, data: bytes, level: int, window_bits: 
 _CODECS: dict[str, Codec] = {}
 
 
+def codec_for(model: str) -> Codec:
+    """``model``'s codec, loaded once per process."""
+    from tokenomy.codec import load_codec
+
+    if model not in _CODECS:
+        _CODECS[model] = load_codec(model)
+    return _CODECS[model]
+
+
 def run_cell(payload: tuple, progress=None) -> list[dict]:
     """One level (and window size) on one input, encoded and decoded (a `tokenomy.bench.sweep` cell, run here or
     in a Ray worker): ``(model, name, data, level, window_bits, segment_tokens, batch)`` -> its `Result` as a
-    dict. The codec loads once per process; speeds are those of the machine that ran it (``extra["host"]``)."""
-    from tokenomy.codec import load_codec
-
-    model, name, data, level, window_bits, segment_tokens, batch = payload
-    if model not in _CODECS:
-        _CODECS[model] = load_codec(model)
-    return [asdict(run_tokenomy(_CODECS[model], name, data, level, window_bits, segment_tokens, batch, progress))]
+    dict. Speeds are those of the machine that ran it (``extra["host"]``)."""
+    model, *setting = payload
+    return [asdict(run_tokenomy(codec_for(model), *setting, progress))]
 
 
 def read_inputs(paths: list[str], max_bytes: int | None) -> list[tuple[str, bytes]]:

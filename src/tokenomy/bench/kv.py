@@ -87,6 +87,10 @@ class KVBenchConfig:
             check_choice("setting", s, SETTINGS)
         for c in self.compare:
             check_choice("peer", c, PEERS)
+        if "kvpress" in self.compare:  # a missing extra fails here, before any model loads
+            import_kvpress()
+        if "quanto" in self.compare:
+            import_quanto()
 
 
 PEERS = ["kvpress", "quanto"]  # libraries `--compare` runs side by side (`tokenomy.bench.peers`)
@@ -115,8 +119,6 @@ class KVBench:
         self.stops = stop_ids(model, tokenizer)
         self.kvpress = import_kvpress() if "kvpress" in config.compare else None
         self.peer_methods = kvpress_matches(config.methods) if self.kvpress else []
-        if "quanto" in config.compare:
-            import_quanto()
         self.quanto_bits = QUANTO_BITS if "quanto" in config.compare else ()
 
     @torch.no_grad()

@@ -74,14 +74,12 @@ def cmd_bench_codec(args) -> int:
     from tokenomy._progress import progress_bar
 
     import hashlib
-    from dataclasses import asdict
 
     from tokenomy.bench import sweep
-    from tokenomy.bench.codec import (COLUMNS, Result, classic, default_files, read_inputs, run_cell, run_classic,
-                                      run_tokenomy, summarize)
+    from tokenomy.bench.codec import (COLUMNS, Result, classic, codec_for, default_files, read_inputs, run_cell,
+                                      run_classic, summarize)
     from tokenomy.bench.sweep import Cell
     from tokenomy.bench.report import result_header, table, write_json
-    from tokenomy.codec import load_codec
     from tokenomy.codec.blocks import split
     from tokenomy.codec.core import check_options
 
@@ -96,7 +94,7 @@ def cmd_bench_codec(args) -> int:
     inputs = read_inputs(paths, args.max_bytes)
     if args.ray:
         sweep.connect(args.ray)  # an unreachable cluster or a missing ray fails before the model loads
-    codec = load_codec(args.model)
+    codec = codec_for(args.model)  # loaded here too: the progress bar counts its tokens
     texts = [b"".join(data[a:b] for is_text, a, b in split(data) if is_text) for _, data in inputs]
     steps = [len(codec.bytes.encode(text)) * 2 for text in texts]  # the model's steps, encoding and decoding
     names = [path.rsplit("/", 1)[-1] for path, _ in inputs]
@@ -105,8 +103,8 @@ def cmd_bench_codec(args) -> int:
                   f"{args.model}|{hashlib.sha256(data).hexdigest()}|{level}|{bits}|{args.segment_tokens}|{args.batch}")
              for i, (_, data) in enumerate(inputs) for level, bits in settings]
     with progress_bar(total=sum(steps) * len(settings), desc="bench codec", unit="tok") as bar:
-        def here(payload) -> list[dict]:  # in this process: the loaded codec, progress token by token
-            return [asdict(run_tokenomy(codec, *payload[1:], bar.update))]
+        def here(payload) -> list[dict]:  # in this process, progress token by token
+            return run_cell(payload, bar.update)
 
         per_cell, folder = sample_sweep(args, "codec", cells, here, run_cell, bar,
                                         size=lambda records: 2 * records[0]["extra"]["tokens"])
