@@ -1,10 +1,14 @@
 """`tokenomy bench kv-decode` on a tiny random-weight model: rows, resident bytes, the CLI's validation."""
 
 import pytest
+import torch
+from transformers import DynamicCache
 
 import tokenomy
 from tokenomy.budget import kept_count
 from tokenomy.bench import kv_decode
+from tokenomy.models.caches import cache_bytes, copy_cache
+from tokenomy.sites import kv_layers
 
 from conftest import tiny_llama
 
@@ -27,6 +31,51 @@ def test_resident_bytes_follow_the_kept_entries_for_uniform_and_ragged_budgets()
     for name in ("snapkv", "kvzip"):  # kvzip's heads keep ragged counts: stored packed, nothing padded
         assert rows[name]["resident_share"] == pytest.approx(share, abs=1e-12)
         assert 0.0 <= rows[name]["same_tokens"] <= 1.0 and rows[name]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("name, bits", [("snapkv", 16), ("kvzip", 16), ("snapkv", 4), ("kvzip", 4)])
+def test_decoding_into_spare_room_changes_no_logit_and_copies_of_a_cache_never_share_it(name, bits, monkeypatch):
+    """Appends go into room a layer made after what it stores (rectangular for SnapKV, per segment for KVzip's
+    packed heads, quantized or not). The logits equal those of layers that copy everything at every step, and
+    copies of one cache (`copy_cache` shares tensors), decoded in turns with different tokens and one copied
+    mid-way, each get what they get alone."""
+    model = tiny_llama()
+    context = torch.randint(3, 128, (1, 96), generator=torch.Generator().manual_seed(1))
+    streams = torch.randint(3, 128, (3, 70), generator=torch.Generator().manual_seed(2))
+
+    def session():
+        return tokenomy.apply(model, name, keep=0.5, bits=bits)
+
+    with session(), torch.no_grad():
+        prefilled = DynamicCache()
+        model(context, past_key_values=prefilled)
+
+    def decode(cache, stream):
+        return [model(t.view(1, 1), past_key_values=cache).logits[0, -1] for t in stream]
+
+    with session(), torch.no_grad():
+        monkeypatch.setattr(kv_layers, "SPARE", 10 ** 9)  # no room: every append copies (as torch.cat does)
+        plain = [copy_cache(prefilled) for _ in streams]
+        expected = [torch.stack(decode(cache, stream)) for cache, stream in zip(plain, streams)]
+        monkeypatch.setattr(kv_layers, "SPARE", 2)  # room for half more: most appends in place, a quantized group too
+        for stream, want in zip(streams, expected):
+            assert torch.equal(torch.stack(decode(copy_cache(prefilled), stream)), want)
+        first, second = copy_cache(prefilled), copy_cache(prefilled)
+        got = [[], [], []]
+        for i in range(70):
+            if i == 40:
+                third = copy_cache(first)  # holds the first stream's 40 tokens, goes on with the third's
+            got[0] += decode(first, streams[0, i:i + 1])
+            got[1] += decode(second, streams[1, i:i + 1])
+            if i >= 40:
+                got[2] += decode(third, streams[2, i:i + 1])
+        third_got = torch.stack(got[2])
+        reference = copy_cache(prefilled)
+        decode(reference, streams[0, :40])
+        third_expected = torch.stack(decode(reference, streams[2, 40:]))
+    assert torch.equal(torch.stack(got[0]), expected[0]) and torch.equal(torch.stack(got[1]), expected[1])
+    assert torch.equal(third_got, third_expected)
+    assert cache_bytes(plain[0]) < cache_bytes(first) <= 1.5 * cache_bytes(plain[0])  # room: at most 1/SPARE more
 
 
 def test_the_context_depends_on_the_seed_and_has_the_length_asked():

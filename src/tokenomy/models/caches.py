@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 def copy_cache(cache):
-    """A new DynamicCache sharing ``cache``'s tensors: HF's dynamic (and sliding-window) layers and
-    tokenomy's pruned layers never write into a tensor in place — an update concatenates into a new one —
-    so two copies can grow apart without copying what they share (a deep copy costs a memory pass)."""
+    """A new DynamicCache sharing ``cache``'s tensors: HF's dynamic (and sliding-window) layers never write
+    into a tensor in place — an update concatenates into a new one — and tokenomy's compressed layers write
+    only into room they made themselves (a copy makes its own), so two copies can grow apart without copying
+    what they share (a deep copy costs a memory pass)."""
     from transformers import DynamicCache
 
     fresh = DynamicCache()

@@ -15,9 +15,17 @@ Either layout may store its entries quantized (`tokenomy.sites.kv_quant`, KIVI):
 then a row of bytes, which the layouts move about as they move float vectors, read back as floats by attention.
 Tokens added while decoding wait in a full-precision tail, the same tokens for every row and head, until a
 key group of them is complete; evicting or reordering first stores the tail.
+
+Decoding appends a token per step. Rather than copy everything stored to make room for it each time (what
+`torch.cat`, and HF's own layers, do), both layouts write it into spare room left after what they store: when
+the room runs out they copy once, leaving room for 1/128 more (`SPARE`), so the bytes resident exceed the kept
+entries' by under 1% while decoding, and not at all after a compression. A layer writes only into room it made
+itself: a copy of it (`tokenomy.models.caches.copy_cache` shares tensors) makes its own at its first append.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,14 @@ from transformers.cache_utils import DynamicLayer
 from tokenomy._validation import TokenomyError
 from tokenomy.score.base import per_query_head
 from tokenomy.sites.kv_quant import KVQuantizer
+
+SPARE = 128  # room made when a layer's runs out: for 1/SPARE more entries than it then stores
+
+
+def writable(buffer: Tensor) -> bool:
+    """Whether ``buffer`` may be written in place now (a tensor made under `torch.inference_mode` may not be,
+    outside it)."""
+    return not buffer.is_inference() or torch.is_inference_mode_enabled()
 
 
 class CompressedLayer(DynamicLayer):
@@ -49,6 +65,8 @@ class CompressedLayer(DynamicLayer):
         self.is_initialized = True
         self.armed = False  # set by the site's pre-hook, which prepares the next update's attention
         self.peak_bytes = 0  # the most bytes held at once
+        self._rooms: dict[str, tuple[Tensor, CompressedLayer]] = {}  # stored tensor -> (buffer it starts, the
+        # layer that made it): appends while decoding write into the buffer's room (`_grow`)
 
     def _encode(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Float keys and values ``(..., n, d)`` -> what the layer stores (rows of bytes when quantized)."""
@@ -84,9 +102,31 @@ class CompressedLayer(DynamicLayer):
         self.tail = (keys[..., count:, :], values[..., count:, :]) if count < keys.shape[-2] else None
         return self._encode(keys[..., :count, :], values[..., :count, :])
 
+    def _grow(self, name: str, new: Tensor, dim: int) -> None:
+        """Append ``new`` to the stored tensor ``name`` along ``dim``: written into the room after it when this
+        layer made that room and it suffices, else copied with ``new`` into a buffer with 1/`SPARE` more room."""
+        stored, room = getattr(self, name), self._rooms.get(name)
+        n, q = stored.shape[dim], new.shape[dim]
+        if not (room is not None and room[1] is self and stored.data_ptr() == room[0].data_ptr()
+                and room[0].shape[dim] >= n + q and writable(room[0])):
+            shape = list(stored.shape)
+            shape[dim] = n + q + (n + q) // SPARE
+            buffer = stored.new_empty(shape)
+            buffer.narrow(dim, 0, n).copy_(stored)
+            room = (buffer, self)
+            self._rooms = {**self._rooms, name: room}  # a new dict: a copy of this layer shares the old one
+        room[0].narrow(dim, n, q).copy_(new)
+        setattr(self, name, room[0].narrow(dim, 0, n + q))
+
+    def _held(self, name: str) -> Tensor:
+        """The stored tensor ``name``, or the buffer it is the start of (room included)."""
+        stored, room = getattr(self, name), self._rooms.get(name)
+        return room[0] if room is not None and stored.data_ptr() == room[0].data_ptr() else stored
+
     def _stored_bytes(self) -> int:
-        """Bytes held now: keys, values, the tail and the key groups' scales."""
-        tensors = [self.keys, self.values, *(self.tail or ()), *(() if self.table is None else (self.table,))]
+        """Bytes held now: keys, values (with their room), the tail and the key groups' scales."""
+        tensors = [self._held("keys"), self._held("values"), *(self.tail or ()),
+                   *(() if self.table is None else (self.table,))]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def resident_bytes(self, peak: bool = False) -> int:
@@ -171,13 +211,13 @@ class PrunedLayer(CompressedLayer):
         stored = self.stored
         new_positions = (self.seen + torch.arange(q, device=self.device)).expand(b, h, q)
         if self.quantizer is None:
-            self.keys = torch.cat([self.keys, key_states], dim=-2)
-            self.values = torch.cat([self.values, value_states], dim=-2)
+            self._grow("keys", key_states, 2)
+            self._grow("values", value_states, 2)
         else:
             complete = self._grow_tail(key_states, value_states)
             if complete:
                 self._store_tail(complete)
-        self.positions = torch.cat([self.positions, new_positions], dim=-1)
+        self._grow("positions", new_positions, 2)
         if self.history is not None:  # the site adds what the new queries give (see KVSession)
             self.history = torch.cat([self.history, self.history.new_zeros(b, self.history.shape[1], q)], dim=-1)
         if self.valid is not None:
@@ -195,7 +235,8 @@ class PrunedLayer(CompressedLayer):
     def _store_tail(self, count: int) -> None:
         """Move the tail's ``count`` oldest tokens into the stored rows (they stay last, in order)."""
         keys, values = self._take_tail(count)
-        self.keys, self.values = torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
+        self._grow("keys", keys, 2)
+        self._grow("values", values, 2)
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the stored entries at ``indices`` ``(b, h_kv, k)`` (``valid``: slots in use, or None)."""
@@ -206,6 +247,7 @@ class PrunedLayer(CompressedLayer):
         self.values = self.values.gather(2, gather.expand(-1, -1, -1, self.values.shape[-1]))
         self.positions = self.positions.gather(-1, indices)
         self.valid = valid  # the selection never picks padding: budgets count real entries only
+        self._rooms = {}
         if self.history is not None:
             self.history = self.history.gather(-1, per_query_head(indices, self.history.shape[1]))
         self.evicted_at = self.seen
@@ -214,6 +256,7 @@ class PrunedLayer(CompressedLayer):
         rows = self.keys.shape[0]
         self.chosen = None  # the next forward selects afresh
         self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
+        self._rooms = {}
         if self.valid is not None:
             self.valid = fn(self.valid)
         if self.history is not None:
@@ -227,10 +270,11 @@ class PackedLayer(CompressedLayer):
     """A cache layer storing exactly the kept entries of every (row, KV head), packed segment after segment.
 
     keys, values: ``(N, d)`` (``(N, bytes)`` rows when quantized); positions: ``(N,)``; lengths: ``(b, h_kv)``
-    entries per segment, in row-major (row, head) order, each segment in increasing position; a quantized
-    layer's tail (the newest tokens, the same in every segment) comes after each segment. Attention over it
-    runs segment by segment (`attend`), so nothing is stored, or attended, for slots a rectangular layout
-    would pad. Built from the rectangular layout (``valid``: the slots in use, or None for all).
+    entries per segment, in row-major (row, head) order, each segment in increasing position from its first
+    row (``_starts``) on, followed by ``_room`` free rows while decoding; a quantized layer's tail (the newest
+    tokens, the same in every segment) comes after each segment. Attention over it runs segment by segment
+    (`attend`), so nothing is stored, or attended, for slots a rectangular layout would pad. Built from the
+    rectangular layout (``valid``: the slots in use, or None for all).
     """
 
     def __init__(self, keys: Tensor, values: Tensor, positions: Tensor, valid: Tensor | None, seen: int,
@@ -250,38 +294,41 @@ class PackedLayer(CompressedLayer):
 
     def kept_entries(self) -> int:
         """Entries stored, summed over batch and heads."""
-        return self.keys.shape[0] + self.lengths.numel() * self.tail_length
+        return sum(self._sizes) + self.lengths.numel() * self.tail_length
 
-    def _entries(self) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-        """Every entry as floats, the tail after each segment: ``(keys, values, positions, segment sizes)``."""
+    def _entries(self) -> tuple[Tensor, Tensor, Tensor, list[int], list[int]]:
+        """Every entry as floats, the tail after each segment: ``(keys, values, positions, segment starts,
+        segment sizes)``."""
         keys, values = self._decode(self.keys, self.values)
         if self.tail is None:
-            return keys, values, self.positions, self._sizes
+            return keys, values, self.positions, self._starts, self._sizes
         t = self.tail_length
         tail_positions = (self.seen - t + torch.arange(t, device=self.device)).expand(*self.lengths.shape, t)
         keys, values, positions = (self._interleave(old, new) for old, new in
                                    ((keys, self.tail[0]), (values, self.tail[1]), (self.positions, tail_positions)))
-        return keys, values, positions, [size + t for size in self._sizes]
+        sizes = [size + t for size in self._sizes]
+        return keys, values, positions, _starts(sizes), sizes
 
-    def _interleave(self, stored: Tensor, new: Tensor) -> Tensor:
+    def _interleave(self, stored: Tensor, new: Tensor, spare: int = 0) -> Tensor:
         """Segment after segment: each stored segment ``(N, ...)``, then its row's and head's ``new`` entries
-        ``(b, h_kv, q, ...)``."""
-        return torch.cat([part for pair in zip(stored.split(self._sizes), new.flatten(0, 1).unbind(0))
-                          for part in pair])
+        ``(b, h_kv, q, ...)``, then ``spare`` zero rows."""
+        room = new.new_zeros(spare, *new.shape[3:])
+        return torch.cat([part for start, size, fresh in zip(self._starts, self._sizes, new.flatten(0, 1).unbind(0))
+                          for part in (stored[start:start + size], fresh, room)])
 
     def padded(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(keys, values, positions, valid)`` in the rectangular layout, for scoring: a copy, each segment (its
         tail included) padded to the longest (unused slots repeat the segment's first entry, marked invalid)."""
-        keys, values, positions, sizes = self._entries()
-        return self._pad(keys, values, positions, torch.tensor(sizes).view_as(self.lengths))
+        keys, values, positions, starts, sizes = self._entries()
+        return self._pad(keys, values, positions, starts, torch.tensor(sizes).view_as(self.lengths))
 
-    def _pad(self, keys: Tensor, values: Tensor, positions: Tensor, lengths: Tensor):
+    def _pad(self, keys: Tensor, values: Tensor, positions: Tensor, starts: list[int], lengths: Tensor):
         lengths = lengths.to(self.device)
         width = int(lengths.max()) if lengths.numel() else 0
         slot = torch.arange(width, device=self.device)
         valid = slot < lengths.unsqueeze(-1)
-        starts = (lengths.flatten().cumsum(0) - lengths.flatten()).view_as(lengths)
-        index = (starts.unsqueeze(-1) + torch.where(valid, slot, 0)).clamp(max=max(keys.shape[0] - 1, 0))
+        first = torch.tensor(starts, dtype=torch.long, device=self.device).view_as(lengths)
+        index = (first.unsqueeze(-1) + torch.where(valid, slot, 0)).clamp(max=max(keys.shape[0] - 1, 0))
         return keys[index], values[index], positions[index], (None if bool(valid.all()) else valid)
 
     def update(self, key_states: Tensor, value_states: Tensor, cache_kwargs: dict | None = None):
@@ -300,11 +347,23 @@ class PackedLayer(CompressedLayer):
         return key_states, value_states
 
     def _append(self, keys: Tensor, values: Tensor, first: int) -> None:
-        """Add tokens, as stored ``(b, h_kv, count, ...)``, at positions ``first`` on, after every segment."""
+        """Add tokens, as stored ``(b, h_kv, count, ...)``, at positions ``first`` on, after every segment: into
+        the room after each when this layer made it and it suffices, else in a new layout with room for 1/`SPARE`
+        more entries, shared equally by the segments (they all grow alike)."""
         b, h, count = keys.shape[:3]
         positions = (first + torch.arange(count, device=self.device)).expand(b, h, count)
-        self.keys, self.values, self.positions = (self._interleave(old, new) for old, new in
-                                                  ((self.keys, keys), (self.values, values), (self.positions, positions)))
+        added = ((self.keys, keys), (self.values, values), (self.positions, positions))
+        if self._room_owner is self and self._room >= count and writable(self.keys):
+            ends = torch.tensor([start + size for start, size in zip(self._starts, self._sizes)], device=self.device)
+            rows = (ends.unsqueeze(-1) + torch.arange(count, device=self.device)).flatten()
+            for stored, new in added:
+                stored.index_copy_(0, rows, new.reshape(-1, *stored.shape[1:]))
+            self._room -= count
+        else:
+            spare = (sum(self._sizes) + len(self._sizes) * count) // SPARE // max(len(self._sizes), 1)
+            self.keys, self.values, self.positions = (self._interleave(old, new, spare) for old, new in added)
+            self._starts = _starts([size + count + spare for size in self._sizes])
+            self._room, self._room_owner = spare, self
         self.lengths = self.lengths + count
 
     def attend(self, query: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -316,12 +375,10 @@ class PackedLayer(CompressedLayer):
         group = heads // kv_heads
         out = query.new_empty(b, heads, q, d)
         now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)  # the queries' positions
-        keys, values, every_position, sizes = self._entries()
-        start = 0
-        for index, length in enumerate(sizes):
+        keys, values, every_position, starts, sizes = self._entries()
+        for index, (start, length) in enumerate(zip(starts, sizes)):
             row, head = divmod(index, kv_heads)
             segment = slice(start, start + length)
-            start += length
             positions = every_position[segment]
             if mask is not None:
                 allowed = mask[row, 0, -q:].index_select(-1, positions)
@@ -345,14 +402,14 @@ class PackedLayer(CompressedLayer):
         if self.tail is not None:  # stored first: each segment then holds what `padded` showed, in that order
             t = self.tail_length
             self._append(*self._take_tail(t), self.seen - t)
-        keys, values, positions, _ = self._pad(self.keys, self.values, self.positions, self.lengths)
+        keys, values, positions, _ = self._pad(self.keys, self.values, self.positions, self._starts, self.lengths)
         gather = indices.unsqueeze(-1)
         self._repack(keys.gather(2, gather.expand(-1, -1, -1, keys.shape[-1])),
                      values.gather(2, gather.expand(-1, -1, -1, values.shape[-1])), positions.gather(-1, indices), valid)
         self.evicted_at = self.seen
 
     def _index_batch(self, fn) -> None:
-        keys, values, positions, valid = self._pad(self.keys, self.values, self.positions, self.lengths)
+        keys, values, positions, valid = self._pad(self.keys, self.values, self.positions, self._starts, self.lengths)
         valid = fn(valid) if valid is not None else None
         self._repack(fn(keys), fn(values), fn(positions), valid)
         self._index_budget(fn)
@@ -362,3 +419,9 @@ class PackedLayer(CompressedLayer):
         if valid is None:
             valid = torch.ones(positions.shape, dtype=torch.bool, device=positions.device)
         self.keys, self.values, self.positions, self.lengths = keys[valid], values[valid], positions[valid], valid.sum(-1)
+        self._starts, self._room, self._room_owner = _starts(self._sizes), 0, None
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    """First row of each of consecutive segments of ``sizes`` rows."""
+    return [total - size for total, size in zip(itertools.accumulate(sizes), sizes)]
