@@ -78,6 +78,16 @@ def test_decoding_into_spare_room_changes_no_logit_and_copies_of_a_cache_never_s
     assert cache_bytes(plain[0]) < cache_bytes(first) <= 1.5 * cache_bytes(plain[0])  # room: at most 1/SPARE more
 
 
+def test_a_replay_past_the_window_is_refused_before_any_prefill(monkeypatch):
+    model = tiny_llama()
+    limit = model.config.max_position_embeddings
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("a prefill ran"))
+    with pytest.raises(tokenomy.TokenomyError, match=f"replaying a {limit - 8}-token context .* kvzip:chunk=4"):
+        kv_decode.run(model, ByteTokenizer(), [96, limit - 8], ["snapkv", "kvzip"], 0.25, steps=2, repeats=1, seed=0)
+    with pytest.raises(tokenomy.TokenomyError, match="no chunk fits"):
+        kv_decode.run(model, ByteTokenizer(), [limit], ["kvzip:chunk=16"], 0.25, steps=2, repeats=1, seed=0)
+
+
 def test_the_context_depends_on_the_seed_and_has_the_length_asked():
     a, b = (kv_decode.context_ids(ByteTokenizer(), 50, seed) for seed in (0, 1))
     assert a.shape == b.shape == (1, 50) and not bool((a == b).all())

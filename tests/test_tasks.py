@@ -124,6 +124,20 @@ def test_a_continuation_past_the_window_is_refused_not_truncated(smollm2):
         bench.run_sample(0, sample)
 
 
+def test_a_replay_past_the_window_is_refused_before_any_prefill(smollm2, monkeypatch):
+    """KVzip replaying a 4,200-token context whole needs 8,400+ of SmolLM2's 8,192 positions: the benchmark's
+    check names the sample and a chunk that fits before anything runs; the default chunk (2,048) passes."""
+    from tokenomy.bench.kv import KVBench, KVBenchConfig
+
+    model, tokenizer = smollm2
+    samples = TASKS["niah"](tokenizer, [4200], 1, seed=0)
+    whole = KVBench(model, tokenizer, KVBenchConfig(["snapkv", "kvzip:chunk=0"], [0.5], ["agnostic"]))
+    monkeypatch.setattr(whole, "_prefill", lambda *a: pytest.fail("a prefill ran"))
+    with pytest.raises(TokenomyError, match=r"sample 0's 4\d{3}-token context .* kvzip:chunk="):
+        whole.check(samples)
+    KVBench(model, tokenizer, KVBenchConfig(["kvzip"], [0.5], ["agnostic"])).check(samples)
+
+
 def write_lines(tmp_path, lines):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -37,7 +37,7 @@ from tokenomy.bench.tasks import Sample
 from tokenomy.models.caches import cache_bytes, copy_cache
 from tokenomy.sites.kv_cache import SITE
 from tokenomy.sites.kv_recorder import PrefillRecorder
-from tokenomy.sites.kv_session import KVStats
+from tokenomy.sites.kv_session import KVStats, check_replay_fits
 from tokenomy.bench.html import Axis, Figure, key
 
 SETTINGS = ("aware", "agnostic")
@@ -185,13 +185,29 @@ class KVBench:
         runs = sum(len(self.config.keeps) * (2 if name in self.peer_methods else 1) for name in self.config.methods)
         return settings * (1 + len(self.quanto_bits) + runs)
 
-    def run_sample(self, index: int, sample: Sample, progress: Callable[[Row], Any] = lambda row: None
-                   ) -> list[Row]:
-        """Every row of one sample; ``progress(row)`` hears of each as it is done."""
+    def check(self, samples: list[Sample]) -> None:
+        """Refuse, before any prefill, a sample too long for the model, or for a method's replay of it."""
+        methods = [catalog.create_spec(name, keep=self.config.keeps[0]) for name in self.config.methods]
+        chunks = [method.replay_chunk for method in methods if method.replays]
+        for index, sample in enumerate(samples):
+            prompt = self._fitting_prompt(index, sample)
+            settings = ["agnostic"] if sample.continuation is not None else self.config.settings
+            longest = max((prompt.full if s == "aware" else prompt.context).shape[1] for s in settings)
+            for chunk in chunks:
+                check_replay_fits(self.model, longest, chunk, f"sample {index}'s")
+
+    def _fitting_prompt(self, index: int, sample: Sample) -> Prompt:
+        """``sample``'s prompt, refused (never truncated) when it and its reply exceed the model's window."""
         prompt = build_prompt(self.tokenizer, sample)
         extra = self.config.max_new_tokens if sample.continuation is None else len(
             self.tokenizer.encode(sample.continuation, add_special_tokens=False))
         check_fits(self.model, prompt, extra, f"sample {index}")
+        return prompt
+
+    def run_sample(self, index: int, sample: Sample, progress: Callable[[Row], Any] = lambda row: None
+                   ) -> list[Row]:
+        """Every row of one sample; ``progress(row)`` hears of each as it is done."""
+        prompt = self._fitting_prompt(index, sample)
         settings = ["agnostic"] if sample.continuation is not None else self.config.settings
         rows = []
         for setting in settings:

@@ -23,6 +23,7 @@ from tokenomy.bench.html import Axis, Figure, key
 from tokenomy.bench.tasks import haystack_paragraphs
 from tokenomy.catalog import create_spec
 from tokenomy.models.caches import cache_bytes, copy_cache
+from tokenomy.sites.kv_session import check_replay_fits
 
 COLUMNS = [
     ("length", "context", "d"),
@@ -65,6 +66,10 @@ def run(model, tokenizer, lengths: list[int], specs: list[str], keep: float, ste
         progress: Callable[[int], Any] = lambda n: None) -> list[dict]:
     """One record per (length, row, repeat): see the module docstring."""
     methods = {spec: create_spec(spec, keep=keep) for spec in specs}  # bad specs fail before any prefill
+    for method in methods.values():
+        if method.replays:  # a replay past the model's window: refused before any prefill too
+            for length in lengths:
+                check_replay_fits(model, length, method.replay_chunk)
     records = []
     for length in lengths:
         ids = context_ids(tokenizer, length, seed)

@@ -47,6 +47,7 @@ def cmd_bench_kv(args) -> int:
         samples = TASKS[args.task](tokenizer, args.length, args.limit, args.seed, **extra)
         task = args.task
     bench = KVBench(model, tokenizer, config)
+    bench.check(samples)  # too long for the model or a method's replay: refused before any prefill
     started = time.perf_counter()
     lengths = "" if args.data is not None else f", context {'/'.join(map(str, args.length))} tokens"
     described = f"task {task}{lengths}, {len(samples)} sample{'s' if len(samples) != 1 else ''}"

@@ -196,11 +196,7 @@ class KVSession:
         start = time.perf_counter()
         n = next(iter(observations.values())).keys.shape[2]
         size = self.method.replay_chunk or n
-        limit = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
-        if limit is not None and n + min(size, n) > limit:
-            raise TokenomyError(f"replaying a {n}-token context {min(size, n)} tokens at a time needs "
-                                f"{n + min(size, n)} positions; the model allows {limit}: give the method a smaller "
-                                f"chunk (e.g. kvzip:chunk={max(1, (limit - n) // 2)})")
+        check_replay_fits(self.model, n, size)
         modules = {m.layer_idx: m for m in self.modules}
         for obs in observations.values():
             obs.replay = []
@@ -230,3 +226,15 @@ class KVSession:
                                 "compresses a prefill run inside its `with` block, not recorded observations")
         fresh = {idx: replace(obs, _queries={}, _received=None) for idx, obs in observations.items()}
         self.method.compress_layers(cache, fresh, self.stats, packed=self.packed)
+
+
+def check_replay_fits(model, n: int, chunk: int, where: str = "a") -> None:
+    """Refuse a replay of ``where``'s ``n``-token context, ``chunk`` tokens at a time (0: whole), that would run
+    past the model's positions, naming a chunk that fits."""
+    size = min(chunk or n, n)
+    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    if limit is not None and n + size > limit:
+        remedy = (f"give the method a smaller chunk (e.g. kvzip:chunk={(limit - n) // 2})" if limit - n >= 2 else
+                  "no chunk fits: shorten the context")
+        raise TokenomyError(f"replaying {where} {n}-token context {size} tokens at a time needs {n + size} "
+                            f"positions; the model allows {limit}: {remedy}")
