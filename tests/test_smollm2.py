@@ -12,6 +12,7 @@ from tokenomy.bench.prompts import build_prompt
 from tokenomy.bench.tasks import niah
 from tokenomy.cli import main
 from tokenomy.sites.kv_cache import SITE
+from tokenomy.sites.kv_layers import SPARE
 
 pytestmark = pytest.mark.integration
 METHODS = [m.name for m in tokenomy.methods(SITE)]
@@ -138,9 +139,13 @@ def test_cli_bench_custom_data_and_perplexity(tmp_path, capsys):
     assert 0 < question < 8  # so the first 8-token chunk brings the cut, and nothing later piles up
     grown = rows["full"]["peak_kv_bytes"] - rows["full"]["kv_bytes"]
     per_token = grown / (question + 40)  # one token's keys and values, all layers and heads
-    assert rows["tova"]["peak_kv_bytes"] == pytest.approx(rows["tova"]["kv_bytes"] + grown)
+
+    def holds(peak, entries_bytes):  # appends go into room for at most 1/SPARE more (tokenomy.sites.kv_layers)
+        return entries_bytes <= peak <= entries_bytes * (1 + 1 / SPARE)
+
+    assert holds(rows["tova"]["peak_kv_bytes"], rows["tova"]["kv_bytes"] + grown)
     assert evicting["kv_bytes"] == rows["tova"]["kv_bytes"]  # the same post-prefill budget ...
-    assert evicting["peak_kv_bytes"] == pytest.approx(evicting["kv_bytes"] + (question + 8) * per_token)
+    assert holds(evicting["peak_kv_bytes"], evicting["kv_bytes"] + (question + 8) * per_token)
 
 
 @pytest.mark.parametrize(
