@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError
-from tokenomy.adapters.lm import decoder, full_attention_modules, rotated_queries
+from tokenomy.adapters.lm import context_length, decoder, full_attention_modules, rotated_queries
 from tokenomy.models.caches import copy_cache
 from tokenomy.score.base import LayerObservation, Replay
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
@@ -232,9 +232,9 @@ def check_replay_fits(model, n: int, chunk: int, where: str = "a") -> None:
     """Refuse a replay of ``where``'s ``n``-token context, ``chunk`` tokens at a time (0: whole), that would run
     past the model's positions, naming a chunk that fits."""
     size = min(chunk or n, n)
-    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    limit = context_length(model)
     if limit is not None and n + size > limit:
-        remedy = (f"give the method a smaller chunk (e.g. kvzip:chunk={(limit - n) // 2})" if limit - n >= 2 else
+        remedy = (f"give the method a smaller chunk (chunk={limit - n} or less)" if limit > n else
                   "no chunk fits: shorten the context")
         raise TokenomyError(f"replaying {where} {n}-token context {size} tokens at a time needs {n + size} "
                             f"positions; the model allows {limit}: {remedy}")
