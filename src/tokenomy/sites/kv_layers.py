@@ -369,33 +369,32 @@ class PackedLayer(CompressedLayer):
     def attend(self, query: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         """Attention of ``query`` ``(b, heads, q, d)`` (the forward that just updated this layer) over each
         row's and KV head's own segment; ``mask``: HF's, over the positions seen ``(b, 1, q, seen)``, or
-        None (causal). Returns ``(b, q, heads, d)``, as HF's attention functions do."""
-        b, heads, q, d = query.shape
+        None (causal). Returns ``(b, q, heads, d)``, as HF's attention functions do.
+
+        One fused call per segment, its query heads as heads over the segment's keys broadcast to them (not
+        folded into one head's queries), so the kernel spreads the heads over threads even for one query."""
+        b, heads, q, _ = query.shape
         kv_heads = self.lengths.shape[1]
         group = heads // kv_heads
-        out = query.new_empty(b, heads, q, d)
-        now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)  # the queries' positions
+        grouped = query.unflatten(1, (kv_heads, group))
         keys, values, every_position, starts, sizes = self._entries()
+        if mask is None and q > 1:  # causal: a query sees the positions up to its own
+            now = (self.seen - q + torch.arange(q, device=self.device)).unsqueeze(-1)
+        results = []
         for index, (start, length) in enumerate(zip(starts, sizes)):
             row, head = divmod(index, kv_heads)
-            segment = slice(start, start + length)
-            positions = every_position[segment]
+            allowed = None
             if mask is not None:
-                allowed = mask[row, 0, -q:].index_select(-1, positions)
+                allowed = mask[row, 0, -q:].index_select(-1, every_position.narrow(0, start, length))
             elif q > 1:
-                allowed = positions <= now
-            else:
-                allowed = None
+                allowed = every_position.narrow(0, start, length) <= now
             if allowed is not None and allowed.dtype == torch.bool:
                 allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padding query sees something, unused
-            heads_of = slice(head * group, (head + 1) * group)
-            # the group's query heads share these keys: fold them into the query axis, one call per segment
-            folded = query[row, heads_of].reshape(1, 1, group * q, d)
-            result = F.scaled_dot_product_attention(
-                folded, keys[segment][None, None], values[segment][None, None],
-                attn_mask=None if allowed is None else allowed.repeat(group, 1)[None, None], scale=scale)
-            out[row, heads_of] = result.view(group, q, -1)
-        return out.transpose(1, 2).contiguous()
+            results.append(F.scaled_dot_product_attention(
+                grouped[row, head][None], keys.narrow(0, start, length).expand(1, group, length, -1),
+                values.narrow(0, start, length).expand(1, group, length, -1),
+                attn_mask=None if allowed is None else allowed[None, None], scale=scale))
+        return torch.cat(results, dim=1).view(b, heads, q, -1).transpose(1, 2).contiguous()
 
     def keep_only(self, indices: Tensor, valid: Tensor | None) -> None:
         """Keep the entries at ``indices`` ``(b, h_kv, k)`` of the rectangular layout (`padded`)."""
