@@ -76,9 +76,10 @@ def test_keep_one_changes_nothing(name, option, fitted, request):
 
 @pytest.mark.parametrize("keep", [0.5, 0.25, 0.1])
 def test_budget_is_shared_by_all_layers_and_honoured_exactly(tiny_surrogate, keep):
+    """Without the guards (``recent=0, floor=0``) every entry but the sinks competes across layers."""
     model, x = tiny_llama(), ids(80)
     cache = DynamicCache()
-    with tokenomy.apply(model, "kvzap", keep=keep, surrogate=tiny_surrogate) as session:
+    with tokenomy.apply(model, "kvzap", keep=keep, surrogate=tiny_surrogate, recent=0, floor=0.0) as session:
         model(x, past_key_values=cache)
         out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False,
                              pad_token_id=0)
@@ -88,6 +89,26 @@ def test_budget_is_shared_by_all_layers_and_honoured_exactly(tiny_surrogate, kee
     assert all(isinstance(layer, PackedLayer) for layer in cache.layers)  # ragged, stored exactly
     assert all(layer.get_seq_length() == 80 for layer in cache.layers)
     assert out.shape == (1, 86)
+
+
+@pytest.mark.parametrize("recent, floor", [(32, 0.5), (8, 0.9)])
+def test_every_head_keeps_its_floor_and_its_latest_tokens(tiny_surrogate, recent, floor):
+    """The guards: each (layer, KV head) keeps at least ``floor`` of its even budget and the ``recent`` latest
+    tokens; the total is still exact and the rest is shared, so heads keep different counts."""
+    model, n, keep = tiny_llama(), 200, 0.25
+    cache = DynamicCache()
+    with tokenomy.apply(model, "kvzap", keep=keep, surrogate=tiny_surrogate, recent=recent, floor=floor) as session:
+        model(ids(n), past_key_values=cache)
+    even = kept_count(keep, n)
+    counts = []
+    for layer in cache.layers:
+        _, _, positions, valid = layer.padded()
+        for head, flags in zip(positions[0], valid[0] if valid is not None else torch.ones_like(positions[0]).bool()):
+            kept = set(head[flags].tolist())
+            counts.append(len(kept))
+            assert len(kept) >= int(even * floor) and set(range(n - recent, n)) <= kept
+    assert sum(counts) == session.stats.entries_kept == len(counts) * even
+    assert len(set(counts)) > 1
 
 
 def test_scores_follow_the_surrogate_not_the_replay(tiny_surrogate, monkeypatch):
