@@ -103,7 +103,8 @@ def test_every_head_keeps_its_floor_and_its_latest_tokens(tiny_surrogate, recent
     counts = []
     for layer in cache.layers:
         _, _, positions, valid = layer.padded()
-        for head, flags in zip(positions[0], valid[0] if valid is not None else torch.ones_like(positions[0]).bool()):
+        valid = torch.ones_like(positions, dtype=torch.bool) if valid is None else valid
+        for head, flags in zip(positions[0], valid[0]):
             kept = set(head[flags].tolist())
             counts.append(len(kept))
             assert len(kept) >= int(even * floor) and set(range(n - recent, n)) <= kept

@@ -28,8 +28,8 @@ def kvzip(keep: float = 0.5, sinks: int = 4, pool: int = 1, chunk: int = 2048) -
 
 def shared_by_all_layers(score: Scorer, keep: float, sinks: int, recent: int | float = 0,
                          floor: float = 0.0) -> KVCompression:
-    """The paper's allocation: all heads of all layers compete for the budget (KVzip sets no ``floor``: the share
-    of its even budget every head keeps). The same score with an even budget per head kept 1 of 21 development
-    needles at keep 0.25 (query-agnostic), against 21 of 21."""
+    """The paper's allocation: all heads of all layers compete for the budget; ``floor`` (0 in KVzip) is the share
+    of its even budget every head keeps first. The same score with an even budget per head kept 1 of 21
+    development needles at keep 0.25 (query-agnostic), against 21 of 21."""
     return KVCompression(score=score, budget=Keep(keep), heads=HeadAdaptive(floor, across_layers=True), sinks=sinks,
                          recent=recent)
