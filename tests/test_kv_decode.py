@@ -7,7 +7,7 @@ from transformers import DynamicCache
 import tokenomy
 from tokenomy.budget import kept_count
 from tokenomy.bench import kv_decode
-from tokenomy.models.caches import cache_bytes, copy_cache
+from tokenomy.adapters.caches import cache_bytes, copy_cache
 from tokenomy.sites import kv_layers
 
 from conftest import tiny_llama

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 import tokenomy
 from tokenomy.budget import HeadAdaptive, Keep, Pyramid, kept_count
-from tokenomy.models.caches import copy_cache
+from tokenomy.adapters.caches import copy_cache
 from tokenomy.score.base import LayerObservation, attention_and_received
 from tokenomy.score.norms import KeyNorm
 from tokenomy.sites.kv_cache import SITE, KVCompression

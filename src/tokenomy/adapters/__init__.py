@@ -1,1 +1,2 @@
-"""Model-family adapters: `lm` for decoder-only language models, `vlm` one file per vision-language family."""
+"""Adapters to transformers' objects: `lm` for decoder-only language models, `vlm` one file per vision-language
+family, `caches` for HF's KV caches."""

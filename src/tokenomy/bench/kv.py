@@ -34,7 +34,7 @@ from tokenomy.bench.peers import (QUANTO_BITS, entries, import_kvpress, import_q
 from tokenomy.bench.report import table
 from tokenomy.bench.prompts import Prompt, build_prompt, check_fits, greedy, stop_ids
 from tokenomy.bench.tasks import Sample
-from tokenomy.models.caches import cache_bytes, copy_cache
+from tokenomy.adapters.caches import cache_bytes, copy_cache
 from tokenomy.sites.kv_cache import SITE
 from tokenomy.sites.kv_recorder import PrefillRecorder
 from tokenomy.sites.kv_session import KVStats, check_replay_fits

@@ -22,7 +22,7 @@ import torch
 from tokenomy.bench.html import Axis, Figure, key
 from tokenomy.bench.tasks import haystack_paragraphs
 from tokenomy.catalog import create_spec
-from tokenomy.models.caches import cache_bytes, copy_cache
+from tokenomy.adapters.caches import cache_bytes, copy_cache
 from tokenomy.sites.kv_session import check_replay_fits
 
 COLUMNS = [

@@ -21,7 +21,7 @@ import torch
 
 from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import attention_modules
-from tokenomy.models.caches import cache_bytes
+from tokenomy.adapters.caches import cache_bytes
 
 # tokenomy method -> kvpress press factory (compression ratio -> press)
 _KVPRESS: dict[str, Callable[[object, float], object]] = {

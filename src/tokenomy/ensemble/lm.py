@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from tokenomy.models.caches import copy_cache
+from tokenomy.adapters.caches import copy_cache
 
 
 class Branch:

@@ -20,7 +20,7 @@ Decoding appends a token per step. Rather than copy everything stored to make ro
 `torch.cat`, and HF's own layers, do), both layouts write it into spare room left after what they store: when
 the room runs out they copy once, leaving room for 1/128 more (`SPARE`), so the bytes resident exceed the kept
 entries' by under 1% while decoding, and not at all after a compression. A layer writes only into room it made
-itself: a copy of it (`tokenomy.models.caches.copy_cache` shares tensors) makes its own at its first append.
+itself: a copy of it (`tokenomy.adapters.caches.copy_cache` shares tensors) makes its own at its first append.
 """
 
 from __future__ import annotations

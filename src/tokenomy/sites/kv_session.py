@@ -12,7 +12,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError
 from tokenomy.adapters.lm import context_length, decoder, full_attention_modules, rotated_queries
-from tokenomy.models.caches import copy_cache
+from tokenomy.adapters.caches import copy_cache
 from tokenomy.score.base import LayerObservation, Replay
 from tokenomy.sites.kv_layers import CompressedLayer, PackedLayer, PrunedLayer
 from tokenomy.sites.kv_mask import map_mask
