@@ -39,7 +39,7 @@ def apply(model, method: str | list[str], **options):
     (e.g. ``keep=0.5``). Returns the session, whose ``stats`` report what was kept.
 
     A list stacks methods of different places — before a VLM's language model, inside it, the KV cache —
-    in one block: ``tokenomy.apply(vlm, ["todre", "fastv:K=2", "snapkv"], keep=[0.25, 0.5, 0.5])``; each
+    in one block: ``tokenomy.apply(vlm, ["divprune", "fastv:K=2", "snapkv"], keep=[0.25, 0.5, 0.5])``; each
     entry may carry options (``"name:option=value"``), ``keep`` is one fraction per entry (or one for all).
     """
     if isinstance(method, str):

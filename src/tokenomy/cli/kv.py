@@ -168,7 +168,7 @@ def add_commands(sub, bench) -> None:
 
     p = bench.add_parser("kv-decode", help="bytes resident and decode tokens/s of compressed KV caches")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local folder or hub id")
-    p.add_argument("--methods", type=csv_list(str), default=["snapkv", "kvzip"],
+    p.add_argument("--methods", type=csv_list(str), default=["snapkv", "adakv", "kvzap"],
                    help="comma list of KV methods (options as name:option=value); the full cache is always a row")
     p.add_argument("--keep", type=float, default=0.25, help="kept fraction")
     p.add_argument("--length", type=csv_list(int), default=[2048, 4096, 8192],

@@ -1,5 +1,5 @@
 """Methods of different sites in one block: a visual method before the language model, one inside it, and a
-KV-cache method, applied together (``tokenomy.apply(vlm, ["todre", "fastv:K=2", "snapkv"], keep=[...])``)."""
+KV-cache method, applied together (``tokenomy.apply(vlm, ["divprune", "fastv:K=2", "snapkv"], keep=[...])``)."""
 
 from __future__ import annotations
 
