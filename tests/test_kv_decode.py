@@ -107,3 +107,18 @@ def test_bad_arguments_fail_before_the_model_loads(argv, message, capsys, monkey
     monkeypatch.setattr(tokenomy, "load", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["bench", "kv-decode", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_default_methods_pass_the_checks_at_the_default_lengths_in_smollm2s_window():
+    """A bare `tokenomy bench kv-decode` must not be refused: no default method's replay overruns 8,192 positions."""
+    from tokenomy.catalog import create_spec
+    from tokenomy.cli import build_parser
+    from tokenomy.sites.kv_session import check_replay_fits
+
+    args = build_parser().parse_args(["bench", "kv-decode"])
+    model = tiny_llama()
+    model.config.max_position_embeddings = 8192
+    for spec in args.methods:
+        method = create_spec(spec, keep=args.keep)
+        if method.replays:
+            check_replay_fits(model, max(args.length), method.replay_chunk)
