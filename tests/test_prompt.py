@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import tokenomy
 from tokenomy.select.repeats import repeated_spans
-from tokenomy.sites.prompt import MetaTokens, restore
+from tokenomy.sites.prompt import MetaTokens, PromptCompression, restore
 
 PROMPT_METHODS = [m.name for m in tokenomy.methods("prompt")]
 LOSSY = [m.name for m in tokenomy.methods("prompt") if "rate" in m.options()]
@@ -143,6 +143,13 @@ def test_bad_arguments_fail_before_any_model_loads(arguments, message):
     arguments = {"context": "some text", "method": "llmlingua"} | arguments
     with pytest.raises(tokenomy.TokenomyError, match=message):
         tokenomy.compress_prompt(model="no-such-model-anywhere", **arguments)
+
+
+@pytest.mark.parametrize("switch", ["reorder", "force_digits", "question_words"])
+def test_switches_are_true_or_false_not_a_truthy_string(switch):
+    """``distilled:question_words=no`` reaches the method as the string 'no', which Python would call true."""
+    with pytest.raises(tokenomy.TokenomyError, match=f"{switch} must be True or False, got 'no'"):
+        PromptCompression(score=lambda view: None, **{switch: "no"})
 
 
 def test_a_question_longer_than_the_budget_is_refused(tiny):

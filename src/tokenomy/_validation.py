@@ -28,6 +28,13 @@ def check_int(name: str, value: object, minimum: int = 0) -> int:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is True or False (``name=yes`` in a method spec is a string, not a switch)."""
+    if not isinstance(value, bool):
+        raise TokenomyError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise raise naming the valid ones."""
     choices = list(choices)

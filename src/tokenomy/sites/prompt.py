@@ -33,7 +33,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from tokenomy._validation import TokenomyError, check_fraction, check_int
+from tokenomy._validation import TokenomyError, check_bool, check_fraction, check_int
 from tokenomy.adapters.lm import attention_from_last, decoder
 from tokenomy.score.prompt import PromptView
 from tokenomy.select.repeats import repeated_spans
@@ -231,6 +231,8 @@ class PromptCompression:
 
     def __post_init__(self):
         self.rate = check_fraction("rate", self.rate)
+        for switch in ("reorder", "force_digits", "question_words"):
+            check_bool(switch, getattr(self, switch))
         if self.segment is not None:
             check_int("segment", self.segment, minimum=8)
         check_int("window", self.window, minimum=64)

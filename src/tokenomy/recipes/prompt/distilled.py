@@ -12,8 +12,10 @@ from tokenomy.sites.prompt import SITE, PromptCompression
             "bidirectional pass, and the words the question names",
     query_aware=True,
 )
-def distilled(rate: float = 0.33, question_window: int = 3) -> PromptCompression:
+def distilled(rate: float = 0.33, question_words: bool = True, question_window: int = 3) -> PromptCompression:
+    """``question_words=False`` is LLMLingua-2's query-agnostic use: the classifier alone decides, whatever the
+    question; ``question_window``: the words kept on each side of a question word found in the context."""
     from tokenomy.models.keep_classifier import load_keep_classifier
 
-    return PromptCompression(score=TokenClassifier(load_keep_classifier()), rate=rate, question_words=True,
-                             question_window=question_window)
+    return PromptCompression(score=TokenClassifier(load_keep_classifier()), rate=rate,
+                             question_words=question_words, question_window=question_window)
