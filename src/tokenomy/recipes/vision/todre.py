@@ -10,8 +10,8 @@ from tokenomy.sites.vision.session import VisualMethods
     "todre",
     site=SITE,
     paper="ToDRE: Visual Token Pruning via Diversity and Task Awareness (Li et al., 2025, arXiv:2505.18757)",
-    summary="greedy k-center over all crops' tokens; from LLM layer `start`, a visual token leaves once the "
-    "question's attention to it falls below `threshold`",
+    summary="greedy k-center over all crops' tokens; past `start` of the LLM's depth, tokens leave once the "
+    "question's attention to them falls below `threshold`",
 )
 def todre(keep: float = 0.11, per_crop: bool = False, merge: bool = False, start: float = 0.8,
           threshold: float = 0.05) -> VisualMethods:
