@@ -152,6 +152,17 @@ def test_switches_are_true_or_false_not_a_truthy_string(switch):
         PromptCompression(score=lambda view: None, **{switch: "no"})
 
 
+@pytest.mark.parametrize("spec, message", [("distilled:question_words=no", "question_words must be True or False"),
+                                           ("distilled:question_window=-1", "question_window must be >= 0")])
+def test_distilled_refuses_bad_options_before_its_encoder_loads(spec, message, monkeypatch):
+    from tokenomy.catalog import create_spec
+    from tokenomy.models import keep_classifier
+
+    monkeypatch.setattr(keep_classifier, "load_keep_classifier", lambda *a: pytest.fail("the encoder loaded"))
+    with pytest.raises(tokenomy.TokenomyError, match=message):
+        create_spec(spec)
+
+
 def test_a_question_longer_than_the_budget_is_refused(tiny):
     with pytest.raises(tokenomy.TokenomyError, match="question alone"):
         compress(tiny, _text(9, 20), "selective-context", rate=0.1, question=_text(10, 30))

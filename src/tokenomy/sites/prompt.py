@@ -236,6 +236,7 @@ class PromptCompression:
         if self.segment is not None:
             check_int("segment", self.segment, minimum=8)
         check_int("window", self.window, minimum=64)
+        check_int("question_window", self.question_window)
         if not 0 <= self.dynamic < 1:
             raise TokenomyError(f"dynamic must be in [0, 1), got {self.dynamic!r}")
         if not self.coarse_share >= 1:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from tokenomy.registry import register
 from tokenomy.score.prompt import TokenClassifier
 from tokenomy.sites.prompt import SITE, PromptCompression
@@ -17,5 +19,6 @@ def distilled(rate: float = 0.33, question_words: bool = True, question_window: 
     question; ``question_window``: the words kept on each side of a question word found in the context."""
     from tokenomy.models.keep_classifier import load_keep_classifier
 
-    return PromptCompression(score=TokenClassifier(load_keep_classifier()), rate=rate,
-                             question_words=question_words, question_window=question_window)
+    checked = PromptCompression(score=None, rate=rate, question_words=question_words,
+                                question_window=question_window)  # bad options fail before the encoder loads
+    return replace(checked, score=TokenClassifier(load_keep_classifier()))
