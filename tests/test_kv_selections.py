@@ -46,6 +46,7 @@ def pinned():
     if os.environ.get("TOKENOMY_PIN_SELECTIONS"):
         found = {f"{name}/{impl}": kept_positions(name, impl) for name in EVICTING for impl in ("eager", "sdpa")}
         PINNED.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+        pytest.skip("kv_selections.json regenerated: nothing to compare it with in this run")
     return json.loads(PINNED.read_text())
 
 

@@ -17,8 +17,8 @@ from tokenomy.sites.kv_policies import EvictWhileDecoding, SelectPerStep
 
 from conftest import tiny_gemma3, tiny_llama
 
-# Methods with a learned part trained for one real model (kvzap) run on the tiny model in test_kvzap.py, with
-# a part trained for it. The groups below follow what each recipe declares.
+# Methods with a learned part trained for one real model (kvzap, duoattention) run on the tiny model in
+# test_kv_learned.py, with a part trained for it. The groups below follow what each recipe declares.
 RECIPES = {m.name: m.create() for m in tokenomy.methods(SITE) if m.trained_for is None}
 METHODS = list(RECIPES)
 EVICTING = [m for m, r in RECIPES.items() if not r.selects_per_step]
@@ -70,11 +70,11 @@ def test_methods_run_where_the_model_is(name):
     with torch.no_grad(), tokenomy.apply(gpu, name, keep=0.3) as session:
         out = gpu.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert out.device.type == "cuda" and out.shape == (1, 88)
-    assert name == "tokenselect" or session.stats.entries_kept < session.stats.entries_seen
+    assert RECIPES[name].selects_per_step or session.stats.entries_kept < session.stats.entries_seen
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("name", ["h2o", "vatp", "tova", "streamingllm"])
+@pytest.mark.parametrize("name", EVICT_WHILE_DECODING)
 def test_eviction_while_decoding_runs_where_the_model_is(name):
     gpu, x = tiny_llama().to("cuda"), ids(80).cuda()
     with torch.no_grad(), tokenomy.apply(gpu, name, keep=0.3, evict_every=4) as session:
@@ -219,7 +219,7 @@ def test_methods_decode_coherently_with_sliding_window_layers(name):
     with tokenomy.apply(model, name, keep=0.3) as session:
         out = generate(model, x)
     assert out.sequences.shape == (1, 48)
-    assert name == "tokenselect" or session.stats.entries_kept < session.stats.entries_seen
+    assert RECIPES[name].selects_per_step or session.stats.entries_kept < session.stats.entries_seen
 
 
 @pytest.mark.parametrize("name", UNIFORM)
@@ -383,7 +383,7 @@ def test_decoding_matches_a_plain_cache_of_the_kept_entries(model, name):
     assert torch.allclose(ours_step, ref_step, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [m for m in EVICTING if m != "kvzip"])  # kvzip needs its own prefill (below)
+@pytest.mark.parametrize("name", [m for m in EVICTING if not RECIPES[m].replays])  # a replay: its own test below
 def test_recorded_prefill_gives_the_same_cache_as_the_hooks(model, name):
     x = ids(64)
     hooked = DynamicCache()
@@ -492,7 +492,7 @@ def assert_padded_batch_matches_each_row(model, name, new_tokens, **options):
     return session
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "random"])  # random draws depend on the batch
+@pytest.mark.parametrize("name", [m for m in METHODS if not RECIPES[m].batch_dependent])
 def test_left_padded_batch_matches_each_row_alone(model, name):
     assert_padded_batch_matches_each_row(model, name, 6)
 
@@ -519,7 +519,7 @@ def test_eviction_while_decoding_holds_the_budget(model, name):
     assert session.stats.evictions == 3 * (steps // every)
 
 
-@pytest.mark.parametrize("name", ["streamingllm", "snapkv", "tova", "knorm", "h2o"])
+@pytest.mark.parametrize("name", [m for m in UNIFORM if m in EVICT_WHILE_DECODING])
 def test_decoding_after_an_eviction_matches_a_plain_cache_of_the_kept_entries(model, name):
     """Positions and masks after evictions while decoding: each step equals a plain HF cache holding the
     entries the layer kept, fed with the step's true position."""
@@ -746,12 +746,24 @@ def test_bad_arguments_raise_one_clear_error(model, call, message):
 
 
 def test_beam_search_reorders_positions_with_the_cache():
+    """Every returned beam's score (summed log-probabilities: no length penalty) is what its tokens cost when fed
+    one by one after the same compressed prefill: each beam's cache followed its parent's."""
     model = tiny_llama()
-    x = ids(40)
-    with tokenomy.apply(model, "snapkv", keep=0.5):
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, num_beams=3, do_sample=False,
-                             pad_token_id=0)
-    assert out.shape == (1, 45)
+    x = ids(40, seed=7)  # a prompt whose beams change parents
+    with tokenomy.apply(model, "snapkv", keep=0.5), torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, num_beams=3, do_sample=False,
+                             pad_token_id=0, length_penalty=0.0, num_return_sequences=3, output_scores=True,
+                             return_dict_in_generate=True)
+        costs = []
+        for sequence in out.sequences[:, 40:].tolist():
+            cache = DynamicCache()
+            logits = model(x, past_key_values=cache).logits[:, -1]
+            costs.append(0.0)
+            for token in sequence:
+                costs[-1] += float(logits.log_softmax(-1)[0, token])
+                logits = model(torch.tensor([[token]]), past_key_values=cache).logits[:, -1]
+    assert out.sequences.shape == (3, 48) and bool((out.beam_indices[:, :-1] > 0).any())
+    assert torch.allclose(out.sequences_scores, torch.tensor(costs), atol=1e-4)
 
 
 def test_public_listing_survives_loading_the_recipes():
@@ -791,24 +803,26 @@ def test_quantized_entries_round_trip_within_their_step(bits, tolerance):
 def test_quantized_cache_stores_bytes_and_decodes_close_to_the_float_one(name):
     """bits=4 on rectangular and packed layouts: the layers store uint8 rows (resident bytes = kept entries x
     row widths + the key groups' scales, exactly), tokens added while decoding wait in full precision until
-    a key group of them is complete, and the logits stay close to the float cache's."""
+    a key group of them is complete, and the logits stay close to the float cache's (2 bits: further away)."""
     model, x = tiny_llama(), ids(80)
-    logits, stats = {}, {}
-    for bits in (16, 4):
+    logits, stats, caches = {}, {}, {}
+    for bits in (16, 4, 2):
         cache = DynamicCache()
         with tokenomy.apply(model, name, keep=0.5, bits=bits) as session:
             model(x, past_key_values=cache)
             out = model.generate(torch.cat([x, ids(4, seed=5)], dim=1), past_key_values=cache, max_new_tokens=3,
                                  do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
-        logits[bits], stats[bits] = torch.stack(out.scores), session.stats
+        logits[bits], stats[bits], caches[bits] = torch.stack(out.scores), session.stats, cache
         if bits == 4:
             for layer in cache.layers:
                 assert layer.keys.dtype == torch.uint8 and layer.tail_length == 6  # 6 tokens fed: fewer than 32
             assert sum(layer.kept_entries() for layer in cache.layers) == stats[16].entries_kept + 6 * 2 * 3  # 2 KV heads, 3 layers
     assert stats[4].entries_kept == stats[16].entries_kept
-    groups = sum(layer.table.shape[0] for layer in cache.layers)
+    groups = sum(layer.table.shape[0] for layer in caches[4].layers)
     assert stats[4].bytes_kept == stats[4].entries_kept * ((16 * 4 // 8 + 4) * 2) + groups * 2 * 16 * 2  # head size 16
-    assert torch.allclose(logits[4].softmax(-1), logits[16].softmax(-1), atol=0.05)
+    error = {bits: float((logits[bits] - logits[16]).abs().max()) for bits in (4, 2)}
+    assert error[4] < 0.03 < float((logits[16] - logits[16].mean(-1, keepdim=True)).abs().max())  # logits span ~0.6
+    assert error[2] > 2 * error[4]
 
 
 @pytest.mark.parametrize("name", ["snapkv", "kvzip", "h2o"])

@@ -14,6 +14,7 @@ from tokenomy.adapters.lm import decoder
 from tokenomy.adapters.vlm import supported_families, vlm_adapter
 from tokenomy.budget import Keep, kept_count
 from tokenomy.sites.vision.in_llm import AtLayers, EvenStages, InLLM
+from tokenomy.sites.vision.prellm import PreLLM
 from tokenomy.sites.vision.session import VisualMethods
 
 SITES = ("pre-llm", "vision-encoder", "in-llm")
@@ -91,9 +92,11 @@ def test_reduced_generation_runs_and_counts_exactly(name, method):
     assert torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"])  # the caller's prompt comes back
     stats = session.stats
     images = len(stats.crop_counts)
-    if methods.before is not None:  # each image keeps floor(keep * placeholders + 1/2) of its placeholders
+    if methods.before is not None:
         assert stats.tokens_kept < stats.tokens_seen and images >= 2
         assert all(sum(counts) >= 1 for counts in stats.crop_counts)
+    if isinstance(methods.before, PreLLM):  # each image keeps floor(keep * placeholders + 1/2) of its placeholders
+        assert [sum(counts) for counts in stats.crop_counts] == [int(kept_count(0.3, p)) for p in stats.placeholders]
     if methods.inside is not None:  # visual tokens never come back; a fixed budget drops some at its first layer
         first = min(methods.inside.stage_layers(len(stats.layer_tokens)))
         tokens = stats.layer_tokens

@@ -25,6 +25,7 @@ class RandomScores:
     """Uniform random scores from a seeded generator (a different draw per layer, reproducible)."""
 
     seed: int = 0
+    batch_dependent = True  # one draw for the whole batch: a row's scores depend on the batch's shape
 
     def __call__(self, obs: LayerObservation) -> Tensor:
         b, h, n, _ = obs.keys.shape

@@ -134,6 +134,12 @@ class KVCompression:
         return self._score_says("replays")
 
     @property
+    def batch_dependent(self) -> bool:
+        """A row's scores depend on the rest of its batch (random draws): a padded batch then keeps other entries
+        than each of its rows compressed alone."""
+        return self._score_says("batch_dependent")
+
+    @property
     def packable(self) -> bool:
         """Its compressed layers may be stored packed (`PackedLayer`); a policy that reads the rectangular
         layout while decoding says otherwise."""
