@@ -18,6 +18,7 @@ from tokenomy.score.surrogate import entry_features
 from tokenomy.sites.kv_layers import PackedLayer
 
 from conftest import tiny_llama
+from test_kv_site import assert_padded_batch_matches_each_row
 
 
 def ids(n=60, seed=1):
@@ -72,6 +73,13 @@ def test_keep_one_changes_nothing(name, option, fitted, request):
     with tokenomy.apply(model, name, keep=1.0, **{option: request.getfixturevalue(fitted)}) as session:
         out = model(x, past_key_values=DynamicCache()).logits
     assert torch.equal(out, reference) and session.stats.layers_compressed == 0
+
+
+@pytest.mark.parametrize("name, option, fitted", [("kvzap", "surrogate", "tiny_surrogate"),
+                                                  ("duoattention", "profile", "tiny_profile")])
+def test_left_padded_batch_matches_each_row_alone(name, option, fitted, request):
+    """The site invariant test_kv_site.py holds every other method to, with the fitted part given."""
+    assert_padded_batch_matches_each_row(tiny_llama(), name, 6, **{option: request.getfixturevalue(fitted)})
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.25, 0.1])
