@@ -38,6 +38,13 @@ def tiny_gemma3(seed: int = 0):
     return Gemma3ForCausalLM(config).eval()
 
 
+def pytest_collection_modifyitems(items):
+    """A test that reads the real packaged SmolLM2 is an integration test, whether or not its file says so."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def model():
     return tiny_llama()
