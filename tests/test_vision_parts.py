@@ -333,3 +333,33 @@ def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls
         received = weights.mean(dim=(1, 2))[0].view(1, 1, 4, 4)
         expected = torch.nn.functional.avg_pool2d(received, 2).flatten() * 4
         torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
+    if name == "internvl":  # [CLS] row of every tile, summed over each token's pixel-shuffle window
+        tower = model.model.vision_tower
+        tower.config._attn_implementation = "eager"
+        with torch.no_grad():
+            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
+        tower.config._attn_implementation = "sdpa"
+        side = adapter.side
+        received = weights[:, :, 0, 1:].mean(1).view(-1, 1, side, side)
+        expected = torch.nn.functional.avg_pool2d(received, adapter.scale).flatten() * adapter.scale**2
+        torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
+    if name == "qwen2_vl":  # the mean over every patch of its image as a query, summed over each merged 2x2 block
+        block = adapter.blocks[-1].attn
+        module = sys.modules[type(block).__module__]
+        eager, seen = module.eager_attention_forward, []
+
+        def recording(*args, **kwargs):
+            out, weights = eager(*args, **kwargs)
+            seen.append(weights)
+            return out, weights
+
+        module.eager_attention_forward = recording
+        block.config._attn_implementation = "eager"
+        try:
+            with torch.no_grad():
+                model(**inputs)
+        finally:
+            module.eager_attention_forward = eager
+            block.config._attn_implementation = "sdpa"
+        received = seen[-1].mean(dim=(1, 2))[0]  # the last block's single image (batch of 1, every patch asks)
+        torch.testing.assert_close(mine, received.view(-1, 4).sum(-1), rtol=1e-4, atol=1e-6)
