@@ -3,6 +3,8 @@ plumbing, the reference VLM's processor and data."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -292,11 +294,9 @@ def test_bench_vision_refuses_bad_methods_before_loading(spec, message, capsys):
 # -- the tower's attention, as the adapters read it ------------------------------------------------------------
 @pytest.mark.parametrize("name, with_cls", [("llava", True), ("reference_v2", True), ("gemma3", False),
                                             ("internvl", True), ("qwen2_vl", False)])
-def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls):
+def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls, monkeypatch):
     """[CLS]'s attention row, or the mean row every patch pays (tiny towers: every patch asks), equals what the
     tower's eager attention computes."""
-    import sys
-
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from vlm_families import FAMILIES
 
@@ -317,49 +317,40 @@ def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls
     mine = image.view.attention(-1)
     assert mine.shape == (image.view.features.shape[0],)
     assert torch.isfinite(mine).all() and bool((mine >= 0).all())
-    if name in ("llava", "reference_v2"):  # against CLIP's (DINOv2's) own eager weights: [CLS] row, CLS column dropped, mean over heads
-        tower = model.model.vision_tower
-        tower.config._attn_implementation = "eager"
-        with torch.no_grad():
-            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
-        tower.config._attn_implementation = "sdpa"
-        torch.testing.assert_close(mine, weights[:, :, 0, 1:].mean(1).flatten(), rtol=1e-4, atol=1e-6)
-    if name == "gemma3":  # the mean over every patch as a query, summed over each token's 2x2 pooling window
-        tower = model.model.vision_tower
-        tower.config._attn_implementation = "eager"
-        with torch.no_grad():
-            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
-        tower.config._attn_implementation = "sdpa"
-        received = weights.mean(dim=(1, 2))[0].view(1, 1, 4, 4)
-        expected = torch.nn.functional.avg_pool2d(received, 2).flatten() * 4
-        torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
-    if name == "internvl":  # [CLS] row of every tile, summed over each token's pixel-shuffle window
-        tower = model.model.vision_tower
-        tower.config._attn_implementation = "eager"
-        with torch.no_grad():
-            weights = tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
-        tower.config._attn_implementation = "sdpa"
-        side = adapter.side
-        received = weights[:, :, 0, 1:].mean(1).view(-1, 1, side, side)
+    if name in ("llava", "reference_v2"):  # against CLIP's (DINOv2's) own weights: [CLS] row, CLS column dropped, mean over heads
+        weights = _last_layer_eager_weights(model, inputs, monkeypatch)
+        expected = weights[:, :, 0, 1:].mean(1).flatten()
+    elif name == "internvl":  # [CLS] row of every tile, summed over each token's pixel-shuffle window
+        weights = _last_layer_eager_weights(model, inputs, monkeypatch)
+        received = weights[:, :, 0, 1:].mean(1).view(-1, 1, adapter.side, adapter.side)
         expected = torch.nn.functional.avg_pool2d(received, adapter.scale).flatten() * adapter.scale**2
-        torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
-    if name == "qwen2_vl":  # the mean over every patch of its image as a query, summed over each merged 2x2 block
-        block = adapter.blocks[-1].attn
-        module = sys.modules[type(block).__module__]
-        eager, seen = module.eager_attention_forward, []
+    elif name == "gemma3":  # the mean over every patch as a query, summed over each token's 2x2 pooling window
+        weights = _last_layer_eager_weights(model, inputs, monkeypatch)
+        expected = torch.nn.functional.avg_pool2d(weights.mean(dim=(1, 2))[0].view(1, 1, 4, 4), 2).flatten() * 4
+    else:  # qwen2_vl: the mean over every patch of its image as a query, summed over each merged 2x2 block
+        weights = _last_layer_eager_weights(model, inputs, monkeypatch, block=adapter.blocks[-1].attn)
+        expected = weights.mean(dim=(1, 2))[0].view(-1, 4).sum(-1)  # one image: a single segment
+    torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-6)
 
-        def recording(*args, **kwargs):
-            out, weights = eager(*args, **kwargs)
-            seen.append(weights)
-            return out, weights
 
-        module.eager_attention_forward = recording
-        block.config._attn_implementation = "eager"
-        try:
-            with torch.no_grad():
-                model(**inputs)
-        finally:
-            module.eager_attention_forward = eager
-            block.config._attn_implementation = "sdpa"
-        received = seen[-1].mean(dim=(1, 2))[0]  # the last block's single image (batch of 1, every patch asks)
-        torch.testing.assert_close(mine, received.view(-1, 4).sum(-1), rtol=1e-4, atol=1e-6)
+def _last_layer_eager_weights(model, inputs, monkeypatch, block=None):
+    """The attention weights the vision tower's last layer computes under eager attention: through
+    ``output_attentions`` where the tower returns them, else (``block``: an attention module that drops them)
+    recorded from its module's ``eager_attention_forward``."""
+    tower = model.model.vision_tower if block is None else block
+    monkeypatch.setattr(tower.config, "_attn_implementation", "eager")
+    if block is None:
+        with torch.no_grad():
+            return tower(inputs["pixel_values"], output_attentions=True).attentions[-1]
+    module = sys.modules[type(block).__module__]
+    eager, seen = module.eager_attention_forward, []
+
+    def recording(*args, **kwargs):
+        out, weights = eager(*args, **kwargs)
+        seen.append(weights)
+        return out, weights
+
+    monkeypatch.setattr(module, "eager_attention_forward", recording)
+    with torch.no_grad():
+        model(**inputs)
+    return seen[-1]
