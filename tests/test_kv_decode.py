@@ -23,11 +23,13 @@ class ByteTokenizer:
 def test_resident_bytes_follow_the_kept_entries_for_uniform_and_ragged_budgets():
     model = tiny_llama()
     records = kv_decode.run(model, ByteTokenizer(), [96], ["snapkv", "kvzip"], 0.25, steps=3, repeats=2, seed=1)
-    assert len(records) == 3 * 2 and all(len(r["step_seconds"]) == 3 for r in records)
+    assert len(records) == 4 * 2 and all(len(r["step_seconds"]) == 3 for r in records)
     rows = {row["method"]: row for row in kv_decode.summarize(records)}
-    assert list(rows) == ["full", "snapkv", "kvzip"]
+    assert list(rows) == ["full", kv_decode.IN_PLACE, "snapkv", "kvzip"]
     share = kept_count(0.25, 96).item() / 96
     assert rows["full"]["resident_share"] == 1.0 and rows["full"]["speedup"] == 1.0
+    in_place = rows[kv_decode.IN_PLACE]  # the same entries, the same attention: the same tokens, nothing evicted
+    assert in_place["keep"] == 1.0 and in_place["resident_share"] == 1.0 and in_place["same_tokens"] == 1.0
     for name in ("snapkv", "kvzip"):  # kvzip's heads keep ragged counts: stored packed, nothing padded
         assert rows[name]["resident_share"] == pytest.approx(share, abs=1e-12)
         assert 0.0 <= rows[name]["same_tokens"] <= 1.0 and rows[name]["tokens_per_s"] > 0
@@ -122,3 +124,23 @@ def test_the_default_methods_pass_the_checks_at_the_default_lengths_in_smollm2s_
         method = create_spec(spec, keep=args.keep)
         if method.replays:
             check_replay_fits(model, max(args.length), method.replay_chunk)
+
+
+def test_the_full_cache_held_in_place_decodes_as_hf_s_and_appends_without_copying():
+    """`held_in_place` shares the prefill's tensors, gives HF's cache's logits, and after its first append (which
+    makes room for 1/`SPARE` more) writes each token into that room: the stored keys stay where they are."""
+    model = tiny_llama()
+    context = torch.randint(3, 128, (1, 300), generator=torch.Generator().manual_seed(0))  # room for 301 // 128
+    with torch.no_grad():
+        prefilled = DynamicCache()
+        model(context, past_key_values=prefilled)
+        held = kv_layers.held_in_place(prefilled)
+        assert held.layers[0].keys.data_ptr() == prefilled.layers[0].keys.data_ptr()
+        expected = [model(torch.tensor([[t]]), past_key_values=prefilled).logits for t in (5, 6, 7)]
+        with tokenomy.apply(model, "streamingllm", keep=1.0):
+            got, places = [], []
+            for t in (5, 6, 7):
+                got.append(model(torch.tensor([[t]]), past_key_values=held).logits)
+                places.append(held.layers[0].keys.data_ptr())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
+    assert places[0] == places[1] == places[2] and held.get_seq_length() == 303

@@ -1,9 +1,11 @@
 """`tokenomy bench kv-decode`: what a compressed KV cache saves while decoding — bytes resident and tokens/s.
 
 For each context length, a stretch of the packaged *Alice* (a random start per ``seed``) is prefilled once per
-row — the uncompressed cache ("full") and every method at ``keep`` — and each compressed cache is then
-decoded greedily for ``steps`` tokens, ``repeats`` times, rows alternating, each time from a copy of the
-cache as the prefill left it. Columns: bytes of keys + values resident (summed over layers, what the layers
+row — the uncompressed cache ("full") and every method at ``keep`` — and each cache is then decoded greedily
+for ``steps`` tokens, ``repeats`` times, rows alternating, each time from a copy of the cache as the prefill
+left it. One more row, "full, in place", decodes the uncompressed cache's entries from tokenomy's layers, which
+append in place where HF's copy the whole cache at every step: between it and "full" lies what not copying
+buys, between it and a method what holding fewer entries buys. Columns: bytes of keys + values resident (summed over layers, what the layers
 really store: padding included where a layout pads) and their share of the full cache's, decode ms per token
 and tokens/s (medians over every step of every repeat), the speed-up over the full cache, the prefill with its
 compression, and how many of the greedy tokens equal the full cache's (a quality hint, not a benchmark).
@@ -23,7 +25,10 @@ from tokenomy.bench.html import Axis, Figure, key
 from tokenomy.bench.tasks import haystack_paragraphs
 from tokenomy.catalog import create_spec
 from tokenomy.adapters.caches import cache_bytes, copy_cache
+from tokenomy.sites.kv_layers import held_in_place
 from tokenomy.sites.kv_session import check_replay_fits
+
+IN_PLACE = "full, in place"
 
 COLUMNS = [
     ("length", "context", "d"),
@@ -82,13 +87,16 @@ def run(model, tokenizer, lengths: list[int], specs: list[str], keep: float, ste
                 prepared[label] = (method, out.past_key_values, out.logits[:, -1:].argmax(-1),
                                    time.perf_counter() - start)
             progress(1)
+        _, cache, first, prefill = prepared["full"]  # any KV session decodes it; at keep 1 none evicts
+        prepared = {"full": prepared["full"], IN_PLACE: (create_spec("streamingllm", keep=1.0), held_in_place(cache),
+                                                          first, prefill), **prepared}
         for repeat in range(repeats):
             for label, (method, cache, first, prefill) in prepared.items():
                 session = nullcontext() if method is None else method.apply(model)
                 with torch.inference_mode(), session:
                     grown = copy_cache(cache)
                     seconds, tokens = _decode(model, grown, first, steps)
-                records.append({"length": length, "method": label, "keep": 1.0 if method is None else keep,
+                records.append({"length": length, "method": label, "keep": keep if label in methods else 1.0,
                                 "repeat": repeat, "resident_bytes": cache_bytes(cache), "prefill": prefill,
                                 "step_seconds": seconds, "tokens": tokens})
                 progress(1)

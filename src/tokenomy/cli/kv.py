@@ -106,8 +106,9 @@ def cmd_bench_kv_decode(args) -> int:
     for spec in args.methods:
         create_spec(spec, keep=keep)  # a bad method fails before the model loads
     model, tokenizer = load(args.model)
-    rows = 1 + len(args.methods)
-    with progress_bar(total=len(args.length) * rows * (1 + args.repeats), desc="bench kv-decode", unit="run") as bar:
+    prefills = 1 + len(args.methods)  # and one more row decoded: the full cache held in place
+    with progress_bar(total=len(args.length) * (prefills + (prefills + 1) * args.repeats), desc="bench kv-decode",
+                      unit="run") as bar:
         records = bench.run(model, tokenizer, args.length, args.methods, keep, args.steps, args.repeats, args.seed,
                             progress=bar.update)
     results = bench.summarize(records)

@@ -418,6 +418,21 @@ class PackedLayer(CompressedLayer):
         self._starts, self._room, self._room_owner = _starts(self._sizes), 0, None
 
 
+def held_in_place(cache):
+    """A `DynamicCache` holding every entry of the uncompressed ``cache`` in `PrunedLayer`s (tensors shared, not
+    copied), to be decoded inside a KV method's session: the same attention over the same entries, appended in
+    place rather than copied at every step, which tells what a compressed cache's decoding speed owes to that
+    apart from what it owes to holding fewer entries."""
+    from transformers import DynamicCache
+
+    held = DynamicCache()
+    for layer in cache.layers:
+        b, h, n, _ = layer.keys.shape
+        held.layers.append(PrunedLayer(layer.keys, layer.values, torch.arange(n, device=layer.keys.device)
+                                       .expand(b, h, n), None, n))
+    return held
+
+
 def _segment_attention(query: Tensor, keys: Tensor, values: Tensor, allowed: Tensor | None, scale: float) -> Tensor:
     """Softmax attention of ``query`` ``(group, q, d)`` over one segment's ``keys``, ``values`` ``(n, d)``;
     ``allowed``: ``(q, n)``, boolean or added to the scores, or None (all). Returns ``(group, q, d)``.
