@@ -144,3 +144,34 @@ def test_the_full_cache_held_in_place_decodes_as_hf_s_and_appends_without_copyin
                 places.append(held.layers[0].keys.data_ptr())
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
     assert places[0] == places[1] == places[2] and held.get_seq_length() == 303
+
+
+def test_held_in_place_refuses_layers_that_do_not_hold_every_token_seen():
+    """A sliding-window layer holds only the window: held as if it held everything, its positions would be
+    wrong, so it is refused by name."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    cache = DynamicCache()
+    cache.layers.append(DynamicSlidingWindowLayer(sliding_window=4))
+    cache.layers[0].update(torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16))
+    with pytest.raises(tokenomy.TokenomyError, match="DynamicSlidingWindowLayer"):
+        kv_layers.held_in_place(cache)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_a_decoding_step_attends_a_segment_as_sdpa_does(dtype, atol, mask):
+    """One query per head (the matrix-product path) against the fused kernel, with no mask, a boolean one and an
+    additive one, in float32 and bfloat16 (softmax in float32 either way)."""
+    generator = torch.Generator().manual_seed(0)
+    query, keys, values = (torch.randn(*shape, generator=generator).to(dtype) for shape in
+                           [(3, 1, 16), (40, 16), (40, 16)])
+    allowed = {None: None, "bool": torch.rand(1, 40, generator=generator) > 0.3,
+               "float": torch.randn(1, 40, generator=generator).to(dtype)}[mask]
+    got = kv_layers._segment_attention(query, keys, values, allowed, 0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float()[None], keys.float().expand(1, 3, 40, 16), values.float().expand(1, 3, 40, 16),
+        attn_mask=None if allowed is None else (allowed if mask == "bool" else allowed.float())[None, None],
+        scale=0.25)[0]
+    assert got.shape == (3, 1, 16) and got.dtype == dtype
+    assert torch.allclose(got.float(), expected, atol=atol)

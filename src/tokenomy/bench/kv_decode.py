@@ -87,9 +87,10 @@ def run(model, tokenizer, lengths: list[int], specs: list[str], keep: float, ste
                 prepared[label] = (method, out.past_key_values, out.logits[:, -1:].argmax(-1),
                                    time.perf_counter() - start)
             progress(1)
-        _, cache, first, prefill = prepared["full"]  # any KV session decodes it; at keep 1 none evicts
-        prepared = {"full": prepared["full"], IN_PLACE: (create_spec("streamingllm", keep=1.0), held_in_place(cache),
-                                                          first, prefill), **prepared}
+        full = prepared.pop("full")
+        _, cache, first, prefill = full  # any KV session decodes the in-place row; at keep 1 none evicts
+        in_place = (create_spec("streamingllm", keep=1.0), held_in_place(cache), first, prefill)
+        prepared = {"full": full, IN_PLACE: in_place, **prepared}
         for repeat in range(repeats):
             for label, (method, cache, first, prefill) in prepared.items():
                 session = nullcontext() if method is None else method.apply(model)

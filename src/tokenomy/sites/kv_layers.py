@@ -30,6 +30,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from tokenomy._validation import TokenomyError
@@ -423,10 +424,11 @@ def held_in_place(cache):
     copied), to be decoded inside a KV method's session: the same attention over the same entries, appended in
     place rather than copied at every step, which tells what a compressed cache's decoding speed owes to that
     apart from what it owes to holding fewer entries."""
-    from transformers import DynamicCache
-
     held = DynamicCache()
     for layer in cache.layers:
+        if type(layer) is not DynamicLayer or layer.keys is None:
+            raise TokenomyError("held_in_place takes a prefilled cache of plain dynamic layers (every token seen "
+                                f"kept, in order), got a {type(layer).__name__} layer")
         b, h, n, _ = layer.keys.shape
         held.layers.append(PrunedLayer(layer.keys, layer.values, torch.arange(n, device=layer.keys.device)
                                        .expand(b, h, n), None, n))
@@ -437,11 +439,11 @@ def _segment_attention(query: Tensor, keys: Tensor, values: Tensor, allowed: Ten
     """Softmax attention of ``query`` ``(group, q, d)`` over one segment's ``keys``, ``values`` ``(n, d)``;
     ``allowed``: ``(q, n)``, boolean or added to the scores, or None (all). Returns ``(group, q, d)``.
 
-    A decoding step (one query per head) is two matrix-vector products and a softmax, done as such: the fused
-    kernel's per-call setup costs about a third more per segment at 2k entries. Longer inputs take the fused
+    On a CPU, a decoding step (one query per head) is two matrix-vector products and a softmax, done as such:
+    the fused kernel's per-call setup outweighs that work. Longer inputs, and other devices, take the fused
     kernel, which tiles the scores instead of holding them all."""
     group, q, d = query.shape
-    if q > 1:
+    if q > 1 or query.device.type != "cpu":
         n = keys.shape[0]
         return F.scaled_dot_product_attention(
             query[None], keys.expand(1, group, n, d), values.expand(1, group, n, d),
@@ -449,7 +451,7 @@ def _segment_attention(query: Tensor, keys: Tensor, values: Tensor, allowed: Ten
     scores = torch.mm(query.reshape(group, d), keys.T).mul_(scale)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf")) if allowed.dtype == torch.bool else scores + allowed
-    return torch.mm(torch.softmax(scores, -1), values).view(group, 1, d)
+    return torch.mm(torch.softmax(scores, -1, dtype=torch.float32).to(values.dtype), values).view(group, 1, d)
 
 
 def _starts(sizes: list[int]) -> list[int]:

@@ -109,8 +109,7 @@ class KVQuantizer:
 
     def _unpack(self, packed: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
         """Packed bytes ``(..., bytes)`` -> their ``channels`` codes as ``dtype``: one lookup per byte in a table
-        of every byte's codes (`_code_table`), which reads back a cache several times faster than shifting and
-        masking each code."""
+        of every byte's codes (`_code_table`)."""
         return F.embedding(packed.int(), _code_table(self.bits, dtype, packed.device)).reshape(*packed.shape[:-1],
                                                                                               channels)
 
