@@ -317,7 +317,7 @@ def test_tower_attention_matches_the_towers_own_attention_weights(name, with_cls
     mine = image.view.attention(-1)
     assert mine.shape == (image.view.features.shape[0],)
     assert torch.isfinite(mine).all() and bool((mine >= 0).all())
-    if name in ("llava", "reference_v2"):  # against CLIP's (DINOv2's) own weights: [CLS] row, CLS column dropped, mean over heads
+    if name in ("llava", "reference_v2"):  # CLIP's (DINOv2's) own weights: [CLS] row, CLS column out, head mean
         weights = _last_layer_eager_weights(model, inputs, monkeypatch)
         expected = weights[:, :, 0, 1:].mean(1).flatten()
     elif name == "internvl":  # [CLS] row of every tile, summed over each token's pixel-shuffle window

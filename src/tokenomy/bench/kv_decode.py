@@ -3,12 +3,13 @@
 For each context length, a stretch of the packaged *Alice* (a random start per ``seed``) is prefilled once per
 row — the uncompressed cache ("full") and every method at ``keep`` — and each cache is then decoded greedily
 for ``steps`` tokens, ``repeats`` times, rows alternating, each time from a copy of the cache as the prefill
-left it. One more row, "full, in place", decodes the uncompressed cache's entries from tokenomy's layers, which
-append in place where HF's copy the whole cache at every step: between it and "full" lies what not copying
-buys, between it and a method what holding fewer entries buys. Columns: bytes of keys + values resident (summed over layers, what the layers
-really store: padding included where a layout pads) and their share of the full cache's, decode ms per token
-and tokens/s (medians over every step of every repeat), the speed-up over the full cache, the prefill with its
-compression, and how many of the greedy tokens equal the full cache's (a quality hint, not a benchmark).
+left it. One more row, "full, in place", decodes the uncompressed cache's entries from tokenomy's rectangular
+layer, which appends in place where HF's copies the whole cache at every step: between it and "full" lies what
+not copying buys, between it and a method what holding fewer entries buys. Columns: bytes of keys + values
+resident (summed over layers, what the layers really store: padding included where a layout pads) and their
+share of the full cache's, decode ms per token and tokens/s (medians over every step of every repeat), the
+speed-up over the full cache, the prefill with its compression, and how many of the greedy tokens equal the
+full cache's (a quality hint, not a benchmark).
 """
 
 from __future__ import annotations
